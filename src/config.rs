@@ -1,0 +1,452 @@
+//! Typed configuration: built-in defaults -> optional TOML file -> `SLUICE__SECTION__KEY`
+//! environment variables, layered with the `config` crate and validated at start-up.
+//!
+//! Every field documents its meaning and default; unknown keys are rejected so a typo
+//! fails loudly instead of being ignored. Key names are part of sluice's interface
+//! (see docs/configuration.md) and do not change.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Environment variable prefix; `SLUICE__KAFKA__GROUP_ID` sets `kafka.group_id`.
+pub const ENV_PREFIX: &str = "SLUICE";
+/// Separator between prefix, section and key in environment variable names.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// Configuration failures, each naming the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// The whole configuration of every role. Each role reads the sections it needs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub ingress: IngressConfig,
+    pub worker: WorkerConfig,
+    pub backend: BackendConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+/// `[kafka]`: brokers, topics and pass-through librdkafka properties.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list. Default `127.0.0.1:9092`.
+    pub bootstrap_servers: String,
+    /// Request topic; priority lanes add `.<lane>`. Default `sluice.requests`.
+    pub request_topic: String,
+    /// Reply topic for final replies and streamed chunks. Default `sluice.replies`.
+    pub reply_topic: String,
+    /// Dead-letter topic for messages that cannot be processed. Default `sluice.dlq`.
+    pub dlq_topic: String,
+    /// Consumer group of the workers. Default `sluice-workers`.
+    pub group_id: String,
+    /// Priority lanes, highest first. A request with `lane = "x"` goes to
+    /// `<request_topic>.x`; a lane not listed here is rejected. Default: none.
+    pub lanes: Vec<String>,
+    /// Arbitrary librdkafka properties applied to every client (SASL, SSL, ...).
+    /// In environment variables `_` stands for `.`:
+    /// `SLUICE__KAFKA__CLIENT__SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`.
+    pub client: BTreeMap<String, String>,
+}
+
+/// `[ingress]`: the HTTP API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    /// Listen address for the API, /metrics, /healthz and /readyz. Default `0.0.0.0:8080`.
+    pub listen: SocketAddr,
+    /// Largest accepted request body in bytes (413 above). Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// How long a write to Kafka may take before the ingress answers 503.
+    /// Also librdkafka's `message.timeout.ms`, so a refused write is never stored later.
+    /// Default 1000 ms.
+    pub enqueue_timeout_ms: u64,
+    /// `Retry-After` seconds sent with a 503. Default 1.
+    pub retry_after_secs: u64,
+    /// How long a final reply stays readable through `GET /v1/requests/{id}`. Default 10 min.
+    pub result_ttl_ms: u64,
+    /// Most requests the result cache holds; the oldest are evicted first. Default 100,000.
+    pub result_cache_capacity: usize,
+}
+
+/// `[worker]`: the consumer-group member that calls the backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Listen address for /metrics, /healthz and /readyz. Default `0.0.0.0:9090`.
+    pub admin_listen: SocketAddr,
+    /// Hard cap on concurrent backend calls (and so on messages held) per worker. Default 256.
+    pub max_in_flight: usize,
+    /// On SIGTERM, how long in-flight calls may take to finish before the worker
+    /// leaves without committing them (they are re-delivered). Default 30 s.
+    pub shutdown_grace_ms: u64,
+    /// Identity written to dead letters and logs. Default `<hostname>-<pid>`.
+    pub worker_id: Option<String>,
+}
+
+/// `[backend]`: the OpenAI-compatible LLM server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Base URL; `/v1/chat/completions` is appended. Default `http://127.0.0.1:8000`.
+    pub url: String,
+    /// Bearer token sent to the backend. Never logged. Default unset.
+    pub api_key: Option<String>,
+    /// Per-attempt timeout. Default 120,000 ms.
+    pub timeout_ms: u64,
+    /// Value of `gen_ai.provider.name` on client spans. Default `openai`.
+    pub provider: String,
+    /// Most backend calls per request (first try included) before it ends `error`.
+    /// Default 6.
+    pub max_attempts: u32,
+    /// First retry backoff; each retry doubles it (full jitter). Default 200 ms.
+    pub retry_initial_backoff_ms: u64,
+    /// Largest backoff between two attempts, and cap on a backend's Retry-After. Default 30,000 ms.
+    pub retry_max_backoff_ms: u64,
+}
+
+/// `[telemetry]`: traces and logs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP base URL (`/v1/traces` is appended). Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// is honoured; neither set means no exporter.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` resource. Default: the role name (`sluice-ingress`, ...).
+    pub service_name: Option<String>,
+    /// Log format: `text` or `json`. Default `text`.
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            request_topic: "sluice.requests".into(),
+            reply_topic: "sluice.replies".into(),
+            dlq_topic: "sluice.dlq".into(),
+            group_id: "sluice-workers".into(),
+            lanes: Vec::new(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 1024 * 1024,
+            enqueue_timeout_ms: 1000,
+            retry_after_secs: 1,
+            result_ttl_ms: 10 * 60 * 1000,
+            result_cache_capacity: 100_000,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            max_in_flight: 256,
+            shutdown_grace_ms: 30_000,
+            worker_id: None,
+        }
+    }
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8000".into(),
+            api_key: None,
+            timeout_ms: 120_000,
+            provider: "openai".into(),
+            max_attempts: 6,
+            retry_initial_backoff_ms: 200,
+            retry_max_backoff_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, std::env::vars())
+    }
+
+    /// Like [`Config::load`] with an explicit environment, for tests.
+    pub fn load_from(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator(ENV_SEPARATOR)
+                .separator(ENV_SEPARATOR)
+                .list_separator(",")
+                .with_list_parse_key("kafka.lanes")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let mut config: Config = builder.build()?.try_deserialize()?;
+        config.kafka.client = normalise_client_keys(std::mem::take(&mut config.kafka.client));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: non-empty names, positive limits, parseable URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        let k = &self.kafka;
+        for (key, value) in [
+            ("kafka.bootstrap_servers", &k.bootstrap_servers),
+            ("kafka.request_topic", &k.request_topic),
+            ("kafka.reply_topic", &k.reply_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+            ("kafka.group_id", &k.group_id),
+        ] {
+            if value.trim().is_empty() {
+                return invalid(key, "must not be empty");
+            }
+        }
+        if let Some(lane) = k.lanes.iter().find(|l| !is_valid_lane(l)) {
+            return Err(ConfigError::Invalid {
+                key: "kafka.lanes",
+                reason: format!("lane {lane:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+            });
+        }
+        if self.worker.max_in_flight == 0 {
+            return invalid("worker.max_in_flight", "must be at least 1");
+        }
+        if self.ingress.max_body_bytes == 0 {
+            return invalid("ingress.max_body_bytes", "must be at least 1");
+        }
+        if self.ingress.enqueue_timeout_ms == 0 {
+            return invalid("ingress.enqueue_timeout_ms", "must be at least 1");
+        }
+        if self.ingress.result_cache_capacity == 0 {
+            return invalid("ingress.result_cache_capacity", "must be at least 1");
+        }
+        if self.backend.max_attempts == 0 {
+            return invalid("backend.max_attempts", "must be at least 1");
+        }
+        if self.backend.retry_initial_backoff_ms > self.backend.retry_max_backoff_ms {
+            return invalid(
+                "backend.retry_initial_backoff_ms",
+                "must not exceed backend.retry_max_backoff_ms",
+            );
+        }
+        if self.backend.timeout_ms == 0 {
+            return invalid("backend.timeout_ms", "must be at least 1");
+        }
+        match reqwest::Url::parse(&self.backend.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => return invalid("backend.url", "must be an http:// or https:// URL"),
+            Err(e) => return invalid("backend.url", &format!("not a URL: {e}")),
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            if reqwest::Url::parse(endpoint).is_err() {
+                return invalid("telemetry.otlp_endpoint", "not a URL");
+            }
+        }
+        Ok(())
+    }
+
+    /// The identity this worker writes into dead letters and logs.
+    pub fn worker_id(&self) -> String {
+        self.worker.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "sluice".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The Kafka topic a request in `lane` (or the default lane) is written to.
+    pub fn request_topic_for(&self, lane: Option<&str>) -> String {
+        match lane {
+            Some(lane) => format!("{}.{lane}", self.kafka.request_topic),
+            None => self.kafka.request_topic.clone(),
+        }
+    }
+}
+
+/// Lane names become topic-name suffixes, so they are kept to a safe alphabet.
+pub fn is_valid_lane(lane: &str) -> bool {
+    (1..=64).contains(&lane.len())
+        && lane
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// librdkafka property names use dots and never underscores, while environment
+/// variable names cannot hold dots; so `_` in a pass-through key means `.`.
+fn normalise_client_keys(client: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    client
+        .into_iter()
+        .map(|(k, v)| (k.replace('_', "."), v))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_match_the_design_table() {
+        let c = Config::load_from(None, env(&[])).unwrap();
+        assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(c.kafka.request_topic, "sluice.requests");
+        assert_eq!(c.kafka.reply_topic, "sluice.replies");
+        assert_eq!(c.kafka.dlq_topic, "sluice.dlq");
+        assert_eq!(c.kafka.group_id, "sluice-workers");
+        assert_eq!(c.ingress.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.worker.admin_listen.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.worker.max_in_flight, 256);
+        assert_eq!(c.backend.url, "http://127.0.0.1:8000");
+        assert_eq!(c.backend.api_key, None);
+        assert_eq!(c.backend.timeout_ms, 120_000);
+        assert_eq!(c.telemetry.otlp_endpoint, None);
+        assert_eq!(c.telemetry.service_name, None);
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_env_overrides_file() {
+        let file = toml_file(
+            "[kafka]\nrequest_topic = \"from-file\"\nreply_topic = \"replies-file\"\n\
+             [worker]\nmax_in_flight = 8\n",
+        );
+        let c = Config::load_from(
+            Some(file.path()),
+            env(&[
+                ("SLUICE__KAFKA__REQUEST_TOPIC", "from-env"),
+                ("SLUICE__BACKEND__TIMEOUT_MS", "5000"),
+                ("OTHER__KAFKA__REPLY_TOPIC", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.request_topic, "from-env");
+        assert_eq!(c.kafka.reply_topic, "replies-file");
+        assert_eq!(c.worker.max_in_flight, 8);
+        assert_eq!(c.backend.timeout_ms, 5000);
+        assert_eq!(c.kafka.group_id, "sluice-workers");
+    }
+
+    #[test]
+    fn client_properties_pass_through_from_file_and_env() {
+        let file = toml_file("[kafka.client]\n\"sasl.mechanisms\" = \"PLAIN\"\n");
+        let c = Config::load_from(
+            Some(file.path()),
+            env(&[("SLUICE__KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_SSL")]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka.client["sasl.mechanisms"], "PLAIN");
+        assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
+    }
+
+    #[test]
+    fn lanes_parse_from_env_lists() {
+        let c =
+            Config::load_from(None, env(&[("SLUICE__KAFKA__LANES", "interactive,batch")])).unwrap();
+        assert_eq!(c.kafka.lanes, vec!["interactive", "batch"]);
+        assert_eq!(c.request_topic_for(Some("batch")), "sluice.requests.batch");
+    }
+
+    #[test]
+    fn unknown_env_key_is_rejected_by_name() {
+        let err = Config::load_from(None, env(&[("SLUICE__WORKER__MAX_INFLIGHT", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_inflight"), "{err}");
+    }
+
+    #[test]
+    fn unknown_file_section_is_rejected_by_name() {
+        let file = toml_file("[wroker]\nmax_in_flight = 3\n");
+        let err = Config::load_from(Some(file.path()), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wroker"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let err = Config::load_from(None, env(&[("SLUICE__WORKER__MAX_IN_FLIGHT", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_in_flight"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        for (var, value, key) in [
+            ("SLUICE__WORKER__MAX_IN_FLIGHT", "0", "worker.max_in_flight"),
+            ("SLUICE__BACKEND__URL", "not a url", "backend.url"),
+            ("SLUICE__BACKEND__URL", "ftp://x", "backend.url"),
+            ("SLUICE__KAFKA__REQUEST_TOPIC", " ", "kafka.request_topic"),
+            ("SLUICE__KAFKA__LANES", "Bad Lane", "kafka.lanes"),
+            ("SLUICE__INGRESS__LISTEN", "nowhere", "listen"),
+        ] {
+            let err = Config::load_from(None, env(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{var}={value}: {err}");
+        }
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error() {
+        let err = Config::load_from(Some(Path::new("/nonexistent/sluice.toml")), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sluice.toml"), "{err}");
+    }
+}

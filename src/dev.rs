@@ -1,0 +1,211 @@
+//! `sluice dev`: the first run. One process starts an embedded Kafka-protocol broker
+//! (librdkafka's mock cluster, topics created), the mock LLM backend, the ingress and a
+//! worker, then prints a ready line and curl commands to try.
+//!
+//! Honest limits: the embedded broker keeps everything in memory (lost on exit) and only
+//! about 5 MiB per partition. `--bootstrap-servers` uses a real broker instead.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::kafka::embedded::EmbeddedBroker;
+use crate::mock_llm::{self, MockLlmArgs};
+
+/// Flags of `sluice dev`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Use this Kafka cluster instead of the embedded in-memory broker
+    /// (topics are created if missing).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap_servers: Option<String>,
+    /// Where the ingress listens.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the worker serves /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Call this OpenAI-compatible backend instead of the built-in mock
+    /// (for example a local llama.cpp or vLLM server).
+    #[arg(long, value_name = "URL")]
+    pub backend_url: Option<String>,
+    /// Partitions of each topic created.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Concurrent requests the mock backend serves.
+    #[arg(long, default_value_t = 8)]
+    pub mock_slots: usize,
+    /// The mock backend's base latency per request.
+    #[arg(long, default_value_t = 200)]
+    pub mock_latency_ms: u64,
+    /// The mock backend's extra latency per generated token.
+    #[arg(long, default_value_t = 5)]
+    pub mock_per_token_ms: u64,
+}
+
+/// How long the pipeline may take to become ready before `dev` gives up.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the whole pipeline in this process until `shutdown`.
+pub async fn run(
+    mut config: Config,
+    args: DevArgs,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut topics = vec![
+        (config.request_topic_for(None), args.partitions),
+        (config.kafka.reply_topic.clone(), args.partitions),
+        (config.kafka.dlq_topic.clone(), 1),
+    ];
+    for lane in &config.kafka.lanes {
+        topics.push((config.request_topic_for(Some(lane)), args.partitions));
+    }
+
+    // The embedded broker lives until this function returns.
+    let (_broker, kafka_description) = match &args.bootstrap_servers {
+        Some(servers) => {
+            config.kafka.bootstrap_servers = servers.clone();
+            crate::kafka::admin::ensure_topics(&config.kafka, &topics)
+                .await
+                .with_context(|| format!("creating topics on {servers}"))?;
+            (None, servers.clone())
+        }
+        None => {
+            let broker = EmbeddedBroker::start(1).context("starting the embedded broker")?;
+            for (name, partitions) in &topics {
+                broker
+                    .create_topic(name, *partitions)
+                    .with_context(|| format!("creating topic {name}"))?;
+            }
+            config.kafka.bootstrap_servers = broker.bootstrap_servers().to_string();
+            // Quick group joins on the single embedded broker.
+            for (key, value) in [
+                ("session.timeout.ms", "6000"),
+                ("heartbeat.interval.ms", "500"),
+            ] {
+                config
+                    .kafka
+                    .client
+                    .entry(key.into())
+                    .or_insert(value.into());
+            }
+            let description = format!(
+                "embedded in-memory broker at {}",
+                broker.bootstrap_servers()
+            );
+            (Some(broker), description)
+        }
+    };
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let backend_description = match &args.backend_url {
+        Some(url) => {
+            config.backend.url = url.clone();
+            url.clone()
+        }
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("binding the mock backend")?;
+            let url = format!("http://{}", listener.local_addr()?);
+            config.backend.url = url.clone();
+            let mock = MockLlmArgs {
+                listen: listener.local_addr()?,
+                slots: args.mock_slots,
+                latency_ms: args.mock_latency_ms,
+                per_token_ms: args.mock_per_token_ms,
+                ..MockLlmArgs::default()
+            };
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                mock_llm::serve(listener, mock, stop)
+                    .await
+                    .context("mock backend")
+            });
+            format!("mock-llm at {url} ({} slots)", args.mock_slots)
+        }
+    };
+    config.validate().context("dev configuration")?;
+
+    let ingress_listener = TcpListener::bind(args.listen).await.with_context(|| {
+        format!(
+            "binding {} (is another sluice running? use --listen)",
+            args.listen
+        )
+    })?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding {} (use --admin-listen)", args.admin_listen))?;
+    let ingress_url = format!("http://{}", ingress_listener.local_addr()?);
+    tasks.spawn(crate::ingress::serve(
+        ingress_listener,
+        config.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(crate::worker::serve(
+        admin_listener,
+        config.clone(),
+        shutdown.clone(),
+    ));
+
+    tokio::select! {
+        ready = wait_ready(&ingress_url) => ready?,
+        Some(failed) = tasks.join_next() => {
+            failed.context("a dev component panicked")??;
+            anyhow::bail!("a dev component stopped before the pipeline was ready");
+        }
+        _ = shutdown.cancelled() => {}
+    }
+    if !shutdown.is_cancelled() {
+        print_ready(&ingress_url, &kafka_description, &backend_description);
+    }
+
+    let mut first_error = None;
+    while let Some(done) = tasks.join_next().await {
+        let result = done.context("a dev component panicked").and_then(|r| r);
+        if let Err(e) = result {
+            tracing::error!(error = %format!("{e:#}"), "dev component failed; stopping");
+            shutdown.cancel();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Polls the ingress's /readyz until Kafka and the reply reader are up.
+async fn wait_ready(ingress_url: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let ready = client
+            .get(format!("{ingress_url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the pipeline was not ready within {READY_TIMEOUT:?}; see the log above");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn print_ready(ingress_url: &str, kafka: &str, backend: &str) {
+    println!(
+        "sluice dev ready: ingress {ingress_url} | Kafka: {kafka} | backend: {backend}\n\
+         \n\
+         Send a request (answers 202 with its id once Kafka has it):\n  \
+         curl -s -X POST {ingress_url}/v1/requests -H 'content-type: application/json' \\\n    \
+         -d '{{\"body\":{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":16}}}}'\n\
+         Read its result (queued until the worker has answered):\n  \
+         curl -s {ingress_url}/v1/requests/<id>\n\
+         \n\
+         Ctrl-C stops everything (in-memory: nothing is kept)."
+    );
+}

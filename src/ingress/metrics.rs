@@ -1,0 +1,75 @@
+//! The ingress's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+/// Counters and histograms the ingress updates.
+#[derive(Clone)]
+pub struct IngressMetrics {
+    /// Submissions by HTTP status answered.
+    pub submissions: Family<StatusLabel, Counter>,
+    /// Time from receiving a submission to Kafka's acknowledgement.
+    pub enqueue_seconds: Histogram,
+    /// Final replies read from the reply topic, by reply status.
+    pub replies: Family<StatusLabel, Counter>,
+    /// Final replies for an id that already had one (kept: the first).
+    pub duplicate_replies: Counter,
+    /// Reply-topic messages that could not be decoded (skipped).
+    pub undecodable_replies: Counter,
+    /// Ids held in the result cache.
+    pub cached: Gauge,
+}
+
+impl IngressMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            submissions: Family::default(),
+            enqueue_seconds: crate::metrics::latency_histogram(),
+            replies: Family::default(),
+            duplicate_replies: Counter::default(),
+            undecodable_replies: Counter::default(),
+            cached: Gauge::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sluice_ingress");
+        r.register(
+            "submissions",
+            "Submissions by HTTP status answered",
+            m.submissions.clone(),
+        );
+        r.register(
+            "enqueue_seconds",
+            "Time until Kafka acknowledged a submission",
+            m.enqueue_seconds.clone(),
+        );
+        r.register(
+            "replies",
+            "Final replies read, by status",
+            m.replies.clone(),
+        );
+        r.register(
+            "duplicate_replies",
+            "Final replies for an id that already had one",
+            m.duplicate_replies.clone(),
+        );
+        r.register(
+            "undecodable_replies",
+            "Reply-topic messages that could not be decoded",
+            m.undecodable_replies.clone(),
+        );
+        r.register(
+            "cached_results",
+            "Request ids held in the result cache",
+            m.cached.clone(),
+        );
+        m
+    }
+}

@@ -1,0 +1,143 @@
+//! `sluice ingress`: the HTTP API. Accepts requests and answers 202 only once Kafka has
+//! acknowledged them (acks=all, idempotent producer), 503 with Retry-After when Kafka
+//! cannot take them in time; serves results from a cache fed by the reply topic.
+
+pub mod cache;
+pub mod error;
+pub mod metrics;
+pub mod replies;
+pub mod routes;
+pub mod submit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{AdminState, Readiness};
+use crate::config::Config;
+use crate::kafka::producer::{Producer, ProducerLimits};
+use cache::ReplyCache;
+use metrics::IngressMetrics;
+use routes::IngressState;
+
+/// How often Kafka connectivity is checked for `/readyz`.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long queued writes may take to drain at shutdown.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Local producer queue bound (librdkafka `queue.buffering.max.kbytes`): a full queue
+/// answers 503 at once instead of growing memory while Kafka is away.
+const PRODUCER_QUEUE_KBYTES: u32 = 64 * 1024;
+
+/// Binds `ingress.listen` and serves until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.ingress.listen)
+        .await
+        .with_context(|| format!("binding ingress.listen {}", config.ingress.listen))?;
+    serve(listener, config, shutdown).await
+}
+
+/// The state routes need, built from config (also used by route tests).
+pub fn build_state(config: Arc<Config>, registry: &mut Registry) -> anyhow::Result<IngressState> {
+    let producer = Producer::new(
+        &config.kafka,
+        ProducerLimits {
+            delivery_timeout: Duration::from_millis(config.ingress.enqueue_timeout_ms),
+            queue_wait: Duration::ZERO,
+            queue_max_kbytes: PRODUCER_QUEUE_KBYTES,
+        },
+    )
+    .context("creating the Kafka producer")?;
+    let cache = Arc::new(ReplyCache::new(
+        Duration::from_millis(config.ingress.result_ttl_ms),
+        config.ingress.result_cache_capacity,
+    ));
+    Ok(IngressState {
+        metrics: IngressMetrics::register(registry),
+        config,
+        producer,
+        cache,
+    })
+}
+
+/// Serves the ingress on an already-bound listener until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let mut registry = Registry::default();
+    let state = build_state(config.clone(), &mut registry)?;
+    let ready = Readiness::default();
+    let reader_assigned = Readiness::default();
+
+    let reader = tokio::spawn(replies::run(
+        config.clone(),
+        state.cache.clone(),
+        state.metrics.clone(),
+        reader_assigned.clone(),
+        shutdown.clone(),
+    ));
+    let probe = tokio::spawn(probe_kafka(
+        state.producer.clone(),
+        reader_assigned,
+        ready.clone(),
+        shutdown.clone(),
+    ));
+
+    let producer = state.producer.clone();
+    let app = routes::app(
+        state,
+        AdminState {
+            registry: Arc::new(registry),
+            ready,
+        },
+    );
+    tracing::info!(listen = %listener.local_addr()?, "ingress listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("serving HTTP")?;
+
+    probe.await.context("readiness probe task")?;
+    reader.await.context("reply reader task")??;
+    tokio::task::spawn_blocking(move || producer.flush_blocking(FLUSH_TIMEOUT))
+        .await
+        .context("producer flush task")?
+        .context("flushing the producer")?;
+    tracing::info!("ingress stopped");
+    Ok(())
+}
+
+/// Keeps `ready` true while Kafka answers and the reply reader is assigned.
+async fn probe_kafka(
+    producer: Producer,
+    reader_assigned: Readiness,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut interval = tokio::time::interval(PROBE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => { ready.set(false); return; }
+            _ = interval.tick() => {}
+        }
+        let p = producer.clone();
+        let reachable = tokio::task::spawn_blocking(move || p.probe_blocking(PROBE_INTERVAL))
+            .await
+            .unwrap_or(false);
+        let now_ready = reachable && reader_assigned.is_ready();
+        if now_ready != ready.is_ready() {
+            tracing::info!(
+                ready = now_ready,
+                kafka_reachable = reachable,
+                "ingress readiness changed"
+            );
+        }
+        ready.set(now_ready);
+    }
+}

@@ -1,0 +1,153 @@
+//! The HTTP routes of the ingress: enqueue (`POST /v1/requests`) and results
+//! (`GET /v1/requests/{id}`), plus the admin routes.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::cache::{Entry, ReplyCache};
+use super::error::AppError;
+use super::metrics::{IngressMetrics, StatusLabel};
+use super::submit;
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::envelope::headers;
+use crate::kafka::producer::{Outgoing, Producer};
+use crate::telemetry::{propagation, semconv};
+
+/// Everything a route needs; cheap to clone.
+#[derive(Clone)]
+pub struct IngressState {
+    pub config: Arc<Config>,
+    pub producer: Producer,
+    pub cache: Arc<ReplyCache>,
+    pub metrics: IngressMetrics,
+}
+
+/// The ingress router: API routes plus `/healthz`, `/readyz`, `/metrics`.
+pub fn app(state: IngressState, admin: AdminState) -> Router {
+    let limit = state.config.ingress.max_body_bytes;
+    Router::new()
+        .route("/v1/requests", post(submit_request))
+        .route("/v1/requests/{id}", get(get_request))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+        .merge(admin::routes(admin))
+}
+
+async fn submit_request(
+    State(state): State<IngressState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let span = semconv::http_server_span("POST", "/v1/requests");
+    propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
+    let result = enqueue(&state, body).instrument(span.clone()).await;
+    let status = match &result {
+        Ok((status, _)) => *status,
+        Err(e) => {
+            semconv::record_error(&span, e.kind());
+            e.status()
+        }
+    };
+    span.set_attribute(
+        semconv::HTTP_RESPONSE_STATUS_CODE,
+        i64::from(status.as_u16()),
+    );
+    state
+        .metrics
+        .submissions
+        .get_or_create(&StatusLabel {
+            status: status.as_u16().to_string(),
+        })
+        .inc();
+    result
+}
+
+async fn enqueue(
+    state: &IngressState,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<Value>), AppError> {
+    let config = &state.config;
+    let bytes = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge {
+            limit: config.ingress.max_body_bytes,
+        },
+        _ => AppError::BadRequest(format!("could not read the request body: {rejection}")),
+    })?;
+    let request = submit::parse(&bytes, config, None)?;
+    tracing::Span::current().record("request_id", request.id.as_str());
+
+    // An id this instance already accepted is not written again (idempotent retries).
+    if let Some(entry) = state.cache.get(&request.id) {
+        return Ok((StatusCode::ACCEPTED, Json(status_body(&request.id, &entry))));
+    }
+
+    let payload =
+        serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
+    let topic = config.request_topic_for(request.lane.as_deref());
+    let key = request.ordering_key.as_deref().unwrap_or(&request.id);
+    let started = Instant::now();
+    let sent = state
+        .producer
+        .send(Outgoing {
+            topic: &topic,
+            key,
+            payload: &payload,
+            headers: vec![(headers::ID, request.id.as_bytes())],
+        })
+        .await;
+    state
+        .metrics
+        .enqueue_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match sent {
+        Ok(_) => {
+            state.cache.mark_queued(&request.id);
+            state.metrics.cached.set(state.cache.len() as i64);
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({ "id": request.id, "status": "queued" })),
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, topic = %topic, "Kafka did not acknowledge a submission; answering 503");
+            Err(AppError::Unavailable {
+                message: format!(
+                    "the request could not be stored in Kafka within {} ms and was not accepted; retry later",
+                    config.ingress.enqueue_timeout_ms
+                ),
+                retry_after_secs: config.ingress.retry_after_secs,
+            })
+        }
+    }
+}
+
+async fn get_request(
+    State(state): State<IngressState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    match state.cache.get(&id) {
+        Some(entry) => Ok(Json(status_body(&id, &entry))),
+        None => Err(AppError::NotFound(id)),
+    }
+}
+
+/// `{id, status}` for a queued request, `{id, status, reply}` for a finished one.
+fn status_body(id: &str, entry: &Entry) -> Value {
+    match entry {
+        Entry::Queued => json!({ "id": id, "status": "queued" }),
+        Entry::Final(reply) => {
+            json!({ "id": id, "status": reply.status.as_str(), "reply": reply.as_ref() })
+        }
+    }
+}

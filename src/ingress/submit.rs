@@ -1,0 +1,209 @@
+//! Turning a `POST /v1/requests` body into a version-1 request envelope, with a clear
+//! 400 message for every way the body can be wrong.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::error::AppError;
+use crate::config::Config;
+use crate::envelope::{self, Request};
+
+/// The body of `POST /v1/requests`. Unknown fields are rejected so a misspelt
+/// `deadline_ms` fails loudly instead of being ignored.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    pub id: Option<String>,
+    pub body: Map<String, Value>,
+    pub deadline_ms: Option<u64>,
+    pub lane: Option<String>,
+    pub ordering_key: Option<String>,
+    pub reply_to: Option<String>,
+    pub metadata: Option<Value>,
+}
+
+/// Parses and validates a submission into the envelope written to Kafka.
+pub fn parse(bytes: &[u8], config: &Config, tenant: Option<String>) -> Result<Request, AppError> {
+    let submit: SubmitBody = serde_json::from_slice(bytes).map_err(|e| {
+        AppError::BadRequest(match e.classify() {
+            serde_json::error::Category::Data => format!("invalid request: {e}"),
+            _ => format!("request body is not valid JSON: {e}"),
+        })
+    })?;
+    into_request(submit, config, tenant)
+}
+
+fn into_request(
+    submit: SubmitBody,
+    config: &Config,
+    tenant: Option<String>,
+) -> Result<Request, AppError> {
+    let bad = |m: String| Err(AppError::BadRequest(m));
+    let id = match submit.id {
+        Some(id) if !envelope::is_valid_id(&id) => {
+            return bad(format!(
+                "id must be 1-{} characters without '/' or control characters",
+                envelope::MAX_ID_LEN
+            ))
+        }
+        Some(id) => id,
+        None => envelope::new_id(),
+    };
+    match submit.body.get("messages") {
+        Some(Value::Array(messages)) if !messages.is_empty() => {}
+        Some(Value::Array(_)) => return bad("body.messages must not be empty".into()),
+        Some(_) => return bad("body.messages must be an array of chat messages".into()),
+        None => {
+            return bad("body.messages is required (an OpenAI chat.completions request)".into())
+        }
+    }
+    if let Some(deadline) = submit.deadline_ms {
+        if deadline <= envelope::now_ms() {
+            return bad(format!("deadline_ms {deadline} is already in the past"));
+        }
+    }
+    if let Some(lane) = &submit.lane {
+        if !config.kafka.lanes.iter().any(|l| l == lane) {
+            return bad(if config.kafka.lanes.is_empty() {
+                format!("unknown lane {lane:?}: no lanes are configured")
+            } else {
+                format!(
+                    "unknown lane {lane:?}; configured lanes: {}",
+                    config.kafka.lanes.join(", ")
+                )
+            });
+        }
+    }
+    if let Some(key) = &submit.ordering_key {
+        if key.is_empty() || key.len() > envelope::MAX_ID_LEN {
+            return bad(format!(
+                "ordering_key must be 1-{} characters",
+                envelope::MAX_ID_LEN
+            ));
+        }
+    }
+    if let Some(topic) = &submit.reply_to {
+        if !is_valid_topic(topic) {
+            return bad("reply_to must be a Kafka topic name (1-249 of a-z A-Z 0-9 . _ -)".into());
+        }
+    }
+    Ok(Request {
+        v: envelope::VERSION,
+        id,
+        tenant,
+        deadline_ms: submit.deadline_ms,
+        lane: submit.lane,
+        reply_to: submit.reply_to,
+        ordering_key: submit.ordering_key,
+        body: submit.body,
+        metadata: submit.metadata,
+    })
+}
+
+/// Kafka's own rule for topic names.
+pub fn is_valid_topic(name: &str) -> bool {
+    (1..=249).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        let mut c = Config::default();
+        c.kafka.lanes = vec!["interactive".into()];
+        c
+    }
+
+    fn err(body: &str) -> String {
+        parse(body.as_bytes(), &config(), None)
+            .unwrap_err()
+            .to_string()
+    }
+
+    const MESSAGES: &str = r#""messages":[{"role":"user","content":"hi"}]"#;
+
+    #[test]
+    fn minimal_body_gets_a_uuid_v7_id() {
+        let request = parse(
+            format!(r#"{{"body":{{{MESSAGES}}}}}"#).as_bytes(),
+            &config(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            uuid::Uuid::parse_str(&request.id)
+                .unwrap()
+                .get_version_num(),
+            7
+        );
+        assert_eq!(request.v, 1);
+    }
+
+    #[test]
+    fn all_fields_are_carried() {
+        let deadline = envelope::now_ms() + 60_000;
+        let text = format!(
+            r#"{{"id":"req-1","body":{{{MESSAGES}}},"deadline_ms":{deadline},"lane":"interactive",
+               "ordering_key":"conv","reply_to":"my.replies","metadata":{{"k":[1]}}}}"#
+        );
+        let r = parse(text.as_bytes(), &config(), Some("acme".into())).unwrap();
+        assert_eq!(r.id, "req-1");
+        assert_eq!(r.deadline_ms, Some(deadline));
+        assert_eq!(r.lane.as_deref(), Some("interactive"));
+        assert_eq!(r.ordering_key.as_deref(), Some("conv"));
+        assert_eq!(r.reply_to.as_deref(), Some("my.replies"));
+        assert_eq!(r.tenant.as_deref(), Some("acme"));
+        assert_eq!(r.metadata, Some(serde_json::json!({"k": [1]})));
+    }
+
+    #[test]
+    fn every_bad_body_has_a_message() {
+        for (body, expected) in [
+            ("{not json", "not valid JSON"),
+            ("", "not valid JSON"),
+            ("[]", "invalid request"),
+            (r#"{"id":"x"}"#, "missing field `body`"),
+            (r#"{"body":"text"}"#, "invalid type"),
+            (r#"{"body":{}}"#, "body.messages is required"),
+            (r#"{"body":{"messages":[]}}"#, "must not be empty"),
+            (r#"{"body":{"messages":"hi"}}"#, "must be an array"),
+            (
+                &format!(r#"{{"body":{{{MESSAGES}}},"id":""}}"#),
+                "id must be",
+            ),
+            (
+                &format!(r#"{{"body":{{{MESSAGES}}},"id":7}}"#),
+                "invalid type",
+            ),
+            (
+                &format!(r#"{{"body":{{{MESSAGES}}},"deadline_ms":"soon"}}"#),
+                "invalid type",
+            ),
+            (
+                &format!(r#"{{"body":{{{MESSAGES}}},"deadline_ms":1}}"#),
+                "in the past",
+            ),
+            (
+                &format!(r#"{{"body":{{{MESSAGES}}},"lane":"gold"}}"#),
+                "unknown lane",
+            ),
+            (
+                &format!(r#"{{"body":{{{MESSAGES}}},"reply_to":"a b"}}"#),
+                "reply_to",
+            ),
+            (
+                &format!(r#"{{"body":{{{MESSAGES}}},"dedline_ms":5}}"#),
+                "unknown field `dedline_ms`",
+            ),
+        ] {
+            let message = err(body);
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! The worker's consumer-group member. Offsets are *stored* only when a message's final
+//! output was delivered (see `offsets`), and librdkafka commits what was stored in the
+//! background and on revoke; a revoke also drops the tracker's state for the partition
+//! so late completions from the old assignment commit nothing.
+
+use std::sync::{Arc, Mutex};
+
+use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::ClientContext;
+
+use super::offsets::OffsetTracker;
+use crate::config::KafkaConfig;
+
+/// Consumer callbacks: keeps the offset tracker in step with the assignment.
+pub struct WorkerContext {
+    /// Shared with the pull loop, which begins and completes tickets.
+    pub tracker: Arc<Mutex<OffsetTracker>>,
+}
+
+impl ClientContext for WorkerContext {}
+
+impl ConsumerContext for WorkerContext {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(partitions) => {
+                let mut tracker = self
+                    .tracker
+                    .lock()
+                    .expect("offset tracker lock is never poisoned: no panics while held");
+                for p in partitions.elements() {
+                    tracker.revoke(p.topic(), p.partition());
+                }
+                tracing::info!(partitions = partitions.count(), "partitions revoked");
+            }
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// The worker's consumer type.
+pub type WorkerConsumer = StreamConsumer<WorkerContext>;
+
+/// Creates the consumer; the caller subscribes. Fetch buffers are bounded so memory
+/// does not grow with lag.
+pub fn worker_consumer(
+    kafka: &KafkaConfig,
+    tracker: Arc<Mutex<OffsetTracker>>,
+) -> Result<WorkerConsumer, KafkaError> {
+    super::client_config(
+        kafka,
+        super::ClientKind::Consumer,
+        &[
+            ("auto.offset.reset", "earliest"),
+            ("auto.commit.interval.ms", "1000"),
+            ("queued.max.messages.kbytes", "8192"),
+            ("queued.min.messages", "1000"),
+            ("session.timeout.ms", "10000"),
+        ],
+        &[
+            ("group.id", &kafka.group_id),
+            ("enable.auto.commit", "true"),
+            ("enable.auto.offset.store", "false"),
+        ],
+    )
+    .create_with_context(WorkerContext { tracker })
+}

@@ -1,0 +1,76 @@
+//! An in-process Kafka-protocol broker for `sluice dev` and hermetic tests: librdkafka's
+//! mock cluster. Real TCP listeners on 127.0.0.1, so any Kafka client can connect.
+//!
+//! Limits, stated plainly: everything is in memory and lost on exit; each partition keeps
+//! only about 5 MiB (older records are dropped); no transactions isolation. For anything
+//! beyond a first run, point sluice at a real cluster.
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseProducer, Producer as _};
+use rdkafka::ClientConfig;
+
+/// A running mock cluster; dropped, it stops.
+pub struct EmbeddedBroker {
+    /// The client that owns the mock cluster; the cluster lives as long as it does.
+    owner: BaseProducer,
+    bootstrap_servers: String,
+}
+
+impl EmbeddedBroker {
+    /// Starts a cluster of `brokers` brokers with group rebalances made immediate.
+    pub fn start(brokers: u32) -> Result<Self, KafkaError> {
+        let owner: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", brokers.to_string())
+            .set("log_level", "3")
+            .create()?;
+        let bootstrap_servers = owner
+            .client()
+            .mock_cluster()
+            .ok_or(KafkaError::ClientCreation(
+                "mock cluster did not start".into(),
+            ))?
+            .bootstrap_servers();
+        // SAFETY: the handle belongs to `owner`, which is alive for this call; the
+        // function only sets an integer on the cluster.
+        unsafe {
+            let handle =
+                rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.client().native_ptr());
+            if !handle.is_null() {
+                rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(handle, 0);
+            }
+        }
+        Ok(Self {
+            owner,
+            bootstrap_servers,
+        })
+    }
+
+    /// `host:port` list clients connect to.
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap_servers
+    }
+
+    /// Creates a topic (the mock cluster has no CreateTopics API and no auto-create for consumers).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), KafkaError> {
+        let mock = self
+            .owner
+            .client()
+            .mock_cluster()
+            .expect("the owner client was created with test.mock.num.brokers");
+        mock.create_topic(name, partitions, 1)
+    }
+
+    /// Fault injection for tests: take a broker (1-based id) down or bring it back.
+    pub fn set_broker_up(&self, broker_id: i32, up: bool) -> Result<(), KafkaError> {
+        let mock = self
+            .owner
+            .client()
+            .mock_cluster()
+            .expect("the owner client was created with test.mock.num.brokers");
+        if up {
+            mock.broker_up(broker_id)
+        } else {
+            mock.broker_down(broker_id)
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Kafka plumbing: client configuration, the traced producer, the worker's consumer,
+//! the contiguous-prefix offset tracker and the embedded broker used by `sluice dev`.
+
+pub mod admin;
+pub mod consumer;
+pub mod embedded;
+pub mod offsets;
+pub mod producer;
+
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaConfig;
+
+/// Which kind of client a configuration is for: pass-through properties that only
+/// the other kind understands are left out (librdkafka warns about them otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    Producer,
+    Consumer,
+    Admin,
+}
+
+/// Property-name prefixes only consumers use.
+const CONSUMER_ONLY: &[&str] = &[
+    "group.",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "auto.offset.reset",
+    "enable.auto.",
+    "auto.commit.",
+    "partition.assignment.strategy",
+    "fetch.",
+    "queued.",
+    "isolation.level",
+    "check.crcs",
+    "enable.partition.eof",
+];
+/// Property-name prefixes only producers use.
+const PRODUCER_ONLY: &[&str] = &[
+    "acks",
+    "request.required.acks",
+    "linger.ms",
+    "queue.buffering.",
+    "batch.",
+    "compression.",
+    "enable.idempotence",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "retries",
+    "retry.backoff",
+    "transactional.id",
+    "transaction.timeout.ms",
+    "max.in.flight",
+    "partitioner",
+    "sticky.partitioning",
+];
+
+impl ClientKind {
+    fn accepts(self, key: &str) -> bool {
+        let starts = |list: &[&str]| list.iter().any(|p| key.starts_with(p));
+        match self {
+            ClientKind::Producer => !starts(CONSUMER_ONLY),
+            ClientKind::Consumer => !starts(PRODUCER_ONLY),
+            ClientKind::Admin => !starts(CONSUMER_ONLY) && !starts(PRODUCER_ONLY),
+        }
+    }
+}
+
+/// A client configuration with the brokers and the operator's pass-through properties.
+/// Callers set their own defaults first and their guarantees after this.
+pub fn client_config(
+    kafka: &KafkaConfig,
+    kind: ClientKind,
+    defaults: &[(&str, &str)],
+    enforced: &[(&str, &str)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in defaults {
+        config.set(*key, *value);
+    }
+    for (key, value) in kafka.client.iter().filter(|(key, _)| kind.accepts(key)) {
+        config.set(key, value);
+    }
+    // What the delivery guarantees rest on is not the operator's to override.
+    for (key, value) in enforced {
+        config.set(*key, *value);
+    }
+    config
+}
+
+/// Owned copy of a message's headers as (key, value) pairs, for dead letters and tests.
+pub fn header_pairs<H: rdkafka::message::Headers>(
+    headers: Option<&H>,
+) -> Vec<(String, Option<Vec<u8>>)> {
+    headers
+        .map(|h| {
+            h.iter()
+                .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_through_goes_to_the_clients_that_understand_it() {
+        let mut kafka = KafkaConfig::default();
+        for (k, v) in [
+            ("session.timeout.ms", "2000"),
+            ("linger.ms", "9"),
+            ("security.protocol", "SSL"),
+        ] {
+            kafka.client.insert(k.into(), v.into());
+        }
+        let producer = client_config(
+            &kafka,
+            ClientKind::Producer,
+            &[("linger.ms", "2")],
+            &[("acks", "all")],
+        );
+        assert_eq!(
+            producer.get("linger.ms"),
+            Some("9"),
+            "operator overrides defaults"
+        );
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("security.protocol"), Some("SSL"));
+        let consumer = client_config(&kafka, ClientKind::Consumer, &[], &[]);
+        assert_eq!(consumer.get("session.timeout.ms"), Some("2000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        let admin = client_config(&kafka, ClientKind::Admin, &[], &[]);
+        assert_eq!(admin.get("security.protocol"), Some("SSL"));
+        assert_eq!(admin.get("linger.ms"), None);
+    }
+
+    #[test]
+    fn enforced_properties_win_over_pass_through() {
+        let mut kafka = KafkaConfig::default();
+        kafka.client.insert("acks".into(), "0".into());
+        let producer = client_config(&kafka, ClientKind::Producer, &[], &[("acks", "all")]);
+        assert_eq!(producer.get("acks"), Some("all"));
+    }
+}

@@ -1,0 +1,116 @@
+//! The traced, idempotent Kafka producer used by the ingress (requests) and the worker
+//! (replies, dead letters). A send resolves only when the broker acknowledged the write
+//! (acks=all), so callers may answer 202 or commit offsets on its success.
+
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
+use rdkafka::util::Timeout;
+use tracing::Instrument;
+
+use crate::config::KafkaConfig;
+use crate::telemetry::{propagation, semconv};
+
+/// Where an acknowledged message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// One message to write; the trace context is added by [`Producer::send`].
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub topic: &'a str,
+    pub key: &'a str,
+    pub payload: &'a [u8],
+    pub headers: Vec<(&'a str, &'a [u8])>,
+}
+
+/// How a producer behaves when the broker is slow or gone.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerLimits {
+    /// librdkafka `message.timeout.ms`: a write not acknowledged by then fails (and is
+    /// not retried later behind the caller's back).
+    pub delivery_timeout: Duration,
+    /// How long to wait for room in the local queue when it is full; zero fails at once.
+    pub queue_wait: Duration,
+    /// librdkafka `queue.buffering.max.kbytes`: bounds the producer's memory.
+    pub queue_max_kbytes: u32,
+}
+
+/// Idempotent acks=all producer that opens a PRODUCER span per message.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+    limits: ProducerLimits,
+}
+
+impl Producer {
+    pub fn new(kafka: &KafkaConfig, limits: ProducerLimits) -> Result<Self, KafkaError> {
+        let timeout_ms = limits.delivery_timeout.as_millis().max(1).to_string();
+        let kbytes = limits.queue_max_kbytes.to_string();
+        let inner: FutureProducer = super::client_config(
+            kafka,
+            super::ClientKind::Producer,
+            &[("linger.ms", "2"), ("compression.type", "lz4")],
+            &[
+                ("acks", "all"),
+                ("enable.idempotence", "true"),
+                ("message.timeout.ms", &timeout_ms),
+                ("queue.buffering.max.kbytes", &kbytes),
+            ],
+        )
+        .create()?;
+        Ok(Self { inner, limits })
+    }
+
+    /// Writes one message inside a `send {topic}` PRODUCER span (a child of the current
+    /// span) whose context travels in the `traceparent`/`tracestate` headers.
+    pub async fn send(&self, message: Outgoing<'_>) -> Result<Delivered, KafkaError> {
+        let span = semconv::kafka_send_span(message.topic, message.key);
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2);
+        for (key, value) in &message.headers {
+            headers = headers.insert(Header {
+                key,
+                value: Some(*value),
+            });
+        }
+        let headers = propagation::inject_kafka(&span, headers);
+        let record = FutureRecord::to(message.topic)
+            .key(message.key)
+            .payload(message.payload)
+            .headers(headers);
+        let result = self
+            .inner
+            .send(record, Timeout::After(self.limits.queue_wait))
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(delivery) => {
+                semconv::record_delivery(&span, delivery.partition, delivery.offset);
+                Ok(Delivered {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                })
+            }
+            Err((error, _)) => {
+                semconv::record_error(&span, &error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Asks the cluster for metadata: true when a broker answered within `timeout`.
+    /// Blocking; run it on a blocking thread.
+    pub fn probe_blocking(&self, timeout: Duration) -> bool {
+        self.inner.client().fetch_metadata(None, timeout).is_ok()
+    }
+
+    /// Waits up to `timeout` for queued messages to be delivered. Blocking.
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.inner.flush(timeout)
+    }
+}

@@ -1,0 +1,34 @@
+//! sluice: a Kafka-backed peak-shaving layer for LLM calls.
+//!
+//! Services put chat-completion requests on a Kafka request topic (directly or through
+//! the HTTP ingress); a consumer group of workers calls an OpenAI-compatible backend at
+//! the rate it can sustain; every request ends in one final reply on the reply topic.
+//! One OpenTelemetry trace follows each request across every hop.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed configuration, layered defaults -> TOML -> `SLUICE__*` env, validated.
+//! - [`envelope`]: the wire contract (request, reply, chunk, header names).
+//! - [`telemetry`]: logs, OTLP export, W3C propagation, semantic-convention names.
+//! - [`shutdown`]: signals -> one cancellation token.
+//! - [`metrics`]: the Prometheus registry and its `/metrics` text endpoint.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` routes shared by every role.
+//! - [`kafka`]: producer, worker consumer, contiguous-prefix offset tracker, embedded broker.
+//! - [`backend`]: the OpenAI-compatible HTTP client and the outcome classifier.
+//! - [`ingress`]: the HTTP API (`sluice ingress`): enqueue, results, reply cache.
+//! - [`worker`]: the pull loop (`sluice worker`): take, call, reply, commit.
+//! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
+//! - [`dev`]: everything in one process for a first run (`sluice dev`).
+
+pub mod admin;
+pub mod backend;
+pub mod config;
+pub mod dev;
+pub mod envelope;
+pub mod ingress;
+pub mod kafka;
+pub mod metrics;
+pub mod mock_llm;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,108 @@
+//! The `sluice` binary: parses the command line, loads configuration, sets up telemetry
+//! and runs one role until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use sluice::config::Config;
+use sluice::dev::DevArgs;
+use sluice::mock_llm::MockLlmArgs;
+use sluice::{dev, ingress, mock_llm, shutdown, telemetry, worker};
+
+/// sluice: a Kafka-backed peak-shaving layer for LLM calls.
+///
+/// Bursts of LLM requests wait in Kafka; workers release them to the backend at the
+/// rate it can sustain; every request ends in one final reply on the reply topic.
+///
+/// Configuration is layered: built-in defaults, then the TOML file given with
+/// --config, then environment variables SLUICE__SECTION__KEY
+/// (e.g. SLUICE__KAFKA__BOOTSTRAP_SERVERS=broker:9092). See docs/configuration.md.
+#[derive(Parser, Debug)]
+#[command(name = "sluice", version, max_term_width = 100)]
+struct Cli {
+    /// TOML configuration file, layered over the defaults and under SLUICE__* variables.
+    #[arg(long, short, global = true, value_name = "FILE", env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// HTTP API: accept requests into Kafka (202 once stored, 503 when Kafka cannot take
+    /// them) and serve their results. Listens on ingress.listen.
+    Ingress,
+    /// Consumer-group member: take requests from Kafka while there is room, call the
+    /// backend, write one final reply each, commit. Admin routes on worker.admin_listen.
+    Worker,
+    /// Everything in one process for a first run: an embedded in-memory Kafka-protocol
+    /// broker (about 5 MiB kept per partition, nothing kept after exit), the mock backend,
+    /// the ingress on 127.0.0.1:8080 and a worker. Prints a ready line and curl examples.
+    Dev(DevArgs),
+    /// OpenAI-compatible simulated backend with a capacity model, for demos, tests and
+    /// benchmarks.
+    MockLlm(MockLlmArgs),
+}
+
+impl Command {
+    fn role(&self) -> &'static str {
+        match self {
+            Command::Ingress => "ingress",
+            Command::Worker => "worker",
+            Command::Dev(_) => "dev",
+            Command::MockLlm(_) => "mock-llm",
+        }
+    }
+}
+
+/// How long Tokio may take to stop stray tasks after a role returned.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let role = cli.command.role();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("sluice {role}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match telemetry::init(&config.telemetry, &format!("sluice-{role}")) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("sluice {role}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("sluice {role}: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let shutdown = shutdown::on_signal();
+        match cli.command {
+            Command::Ingress => ingress::run(config, shutdown).await,
+            Command::Worker => worker::run(config, shutdown).await,
+            Command::Dev(args) => dev::run(config, args, shutdown).await,
+            Command::MockLlm(args) => mock_llm::run(args, shutdown).await.map_err(Into::into),
+        }
+    });
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    telemetry.shutdown();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sluice {role}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

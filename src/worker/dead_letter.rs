@@ -1,0 +1,175 @@
+//! Dead letters: a message the worker cannot process is written to the DLQ topic with
+//! its original key, value and headers, plus `sluice-error-*` headers saying why, when,
+//! by which worker and after how many attempts — then its offset may be committed.
+
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::Message;
+
+use crate::envelope::headers;
+use crate::kafka::producer::Outgoing;
+
+/// Why a message is dead-lettered.
+#[derive(Debug, Clone)]
+pub struct Reason {
+    /// Stable class for the `sluice-error-class` header (`decode`, ...).
+    pub class: &'static str,
+    /// Human-readable reason.
+    pub message: String,
+    pub attempts: u32,
+}
+
+/// The DLQ record's parts, owned so the write can be retried.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// Original headers first, then sluice's error headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl DeadLetter {
+    pub fn new(message: &OwnedMessage, reason: &Reason, worker_id: &str) -> Self {
+        let mut record_headers: Vec<(String, Vec<u8>)> = message
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|header| {
+                        (
+                            header.key.to_string(),
+                            header.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let at = httpdate_rfc3339(std::time::SystemTime::now());
+        for (key, value) in [
+            (headers::ERROR_REASON, reason.message.clone()),
+            (headers::ERROR_CLASS, reason.class.to_string()),
+            (headers::ERROR_AT, at),
+            (headers::ERROR_ATTEMPTS, reason.attempts.to_string()),
+            (headers::WORKER, worker_id.to_string()),
+            (headers::SOURCE_TOPIC, message.topic().to_string()),
+            (headers::SOURCE_PARTITION, message.partition().to_string()),
+            (headers::SOURCE_OFFSET, message.offset().to_string()),
+        ] {
+            record_headers.push((key.to_string(), value.into_bytes()));
+        }
+        Self {
+            key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
+            value: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: record_headers,
+        }
+    }
+
+    /// The record to write to `topic`. A non-UTF-8 key is carried hex-encoded.
+    pub fn outgoing<'a>(&'a self, topic: &'a str, key: &'a str) -> Outgoing<'a> {
+        Outgoing {
+            topic,
+            key,
+            payload: &self.value,
+            headers: self
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .collect(),
+        }
+    }
+
+    /// The key as text for the producer (original bytes when they are UTF-8).
+    pub fn key_text(&self) -> String {
+        match std::str::from_utf8(&self.key) {
+            Ok(text) => text.to_string(),
+            Err(_) => self.key.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
+/// RFC 3339 UTC timestamp with millisecond precision, e.g. `2026-11-22T03:30:00.123Z`.
+pub fn httpdate_rfc3339(time: std::time::SystemTime) -> String {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), Howard Hinnant's algorithm.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::Timestamp;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(httpdate_rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
+        assert_eq!(httpdate_rfc3339(t), "2025-11-24T16:00:00.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&httpdate_rfc3339(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn dead_letter_keeps_the_original_and_says_why() {
+        let original = OwnedMessage::new(
+            Some(b"\xff\xfe garbage".to_vec()),
+            Some(b"k1".to_vec()),
+            "sluice.requests".into(),
+            Timestamp::CreateTime(1),
+            2,
+            41,
+            Some(OwnedHeaders::new().insert(Header {
+                key: "traceparent",
+                value: Some("00-abc"),
+            })),
+        );
+        let reason = Reason {
+            class: "decode",
+            message: "not JSON".into(),
+            attempts: 0,
+        };
+        let dl = DeadLetter::new(&original, &reason, "w-1");
+        assert_eq!(dl.value, b"\xff\xfe garbage");
+        assert_eq!(dl.key_text(), "k1");
+        let get = |k: &str| {
+            dl.headers
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(
+            dl.headers[0].0, "traceparent",
+            "original headers come first"
+        );
+        assert_eq!(get(headers::ERROR_REASON).unwrap(), "not JSON");
+        assert_eq!(get(headers::ERROR_CLASS).unwrap(), "decode");
+        assert_eq!(get(headers::WORKER).unwrap(), "w-1");
+        assert_eq!(get(headers::ERROR_ATTEMPTS).unwrap(), "0");
+        assert_eq!(get(headers::SOURCE_PARTITION).unwrap(), "2");
+        assert_eq!(get(headers::SOURCE_OFFSET).unwrap(), "41");
+        assert!(get(headers::ERROR_AT).unwrap().ends_with('Z'));
+    }
+}

@@ -1,0 +1,137 @@
+//! The worker's Prometheus metrics.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `ok`, `error`, `expired`, `rejected` or `dead_letter`.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    /// The classifier's verdict: `success`, `retry`, `back_pressure`, `fatal`.
+    pub class: String,
+}
+
+/// Counters, gauges and histograms the worker updates.
+#[derive(Clone)]
+pub struct WorkerMetrics {
+    /// Messages finished, by outcome.
+    pub messages: Family<OutcomeLabel, Counter>,
+    /// Backend attempts, by classified outcome.
+    pub backend_calls: Family<ClassLabel, Counter>,
+    /// Attempts after the first.
+    pub retries: Counter,
+    /// Dead letters written.
+    pub dead_letters: Counter,
+    /// Messages taken and not yet finished.
+    pub in_flight: Gauge,
+    /// The configured cap on in-flight messages.
+    pub max_in_flight: Gauge,
+    /// Time a request waited in Kafka before a worker took it.
+    pub queue_wait_seconds: Histogram,
+    /// Time spent in backend calls per request (all attempts).
+    pub backend_seconds: Histogram,
+    /// From enqueue to final reply delivered.
+    pub end_to_end_seconds: Histogram,
+    /// Tokens reported by the backend.
+    pub prompt_tokens: Counter,
+    pub completion_tokens: Counter,
+    /// Failed writes of replies or dead letters to Kafka (each retried).
+    pub produce_failures: Counter,
+}
+
+impl WorkerMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            messages: Family::default(),
+            backend_calls: Family::default(),
+            retries: Counter::default(),
+            dead_letters: Counter::default(),
+            in_flight: Gauge::default(),
+            max_in_flight: Gauge::default(),
+            queue_wait_seconds: crate::metrics::latency_histogram(),
+            backend_seconds: crate::metrics::latency_histogram(),
+            end_to_end_seconds: crate::metrics::latency_histogram(),
+            prompt_tokens: Counter::default(),
+            completion_tokens: Counter::default(),
+            produce_failures: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("sluice_worker");
+        r.register(
+            "messages",
+            "Messages finished, by outcome",
+            m.messages.clone(),
+        );
+        r.register(
+            "backend_calls",
+            "Backend attempts, by classified outcome",
+            m.backend_calls.clone(),
+        );
+        r.register(
+            "retries",
+            "Backend attempts after the first",
+            m.retries.clone(),
+        );
+        r.register(
+            "dead_letters",
+            "Dead letters written",
+            m.dead_letters.clone(),
+        );
+        r.register(
+            "in_flight",
+            "Messages taken and not yet finished",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "max_in_flight",
+            "Configured cap on in-flight messages",
+            m.max_in_flight.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time a request waited in Kafka",
+            m.queue_wait_seconds.clone(),
+        );
+        r.register(
+            "backend_seconds",
+            "Time in backend calls per request",
+            m.backend_seconds.clone(),
+        );
+        r.register(
+            "end_to_end_seconds",
+            "Enqueue to final reply delivered",
+            m.end_to_end_seconds.clone(),
+        );
+        r.register(
+            "prompt_tokens",
+            "Prompt tokens reported by the backend",
+            m.prompt_tokens.clone(),
+        );
+        r.register(
+            "completion_tokens",
+            "Completion tokens reported by the backend",
+            m.completion_tokens.clone(),
+        );
+        r.register(
+            "produce_failures",
+            "Failed writes to Kafka (retried)",
+            m.produce_failures.clone(),
+        );
+        m
+    }
+
+    pub fn finished(&self, outcome: &str) {
+        self.messages
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,230 @@
+//! `sluice worker`: a consumer-group member that calls the backend and writes replies.
+//!
+//! Delivery hazard, and how it is avoided: an offset committed before its reply is
+//! acknowledged would lose the request if the worker died in between. So the worker
+//! takes up to `worker.max_in_flight` messages at once, they finish out of order, and
+//! an offset is stored for commit only when it and every offset before it in its
+//! partition have had their final reply (or dead letter) acknowledged by Kafka
+//! (`kafka::offsets`). A crash re-delivers everything after the last such prefix: backend
+//! calls are at-least-once, and a re-delivered request may produce a second final reply
+//! with the same id, which every sluice reader deduplicates.
+//!
+//! Back-pressure: a message is taken from Kafka only when an in-flight slot is free, so
+//! backlog stays in Kafka and memory stays bounded whatever the lag.
+
+pub mod dead_letter;
+pub mod metrics;
+pub mod process;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::Message;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::{AdminState, Readiness};
+use crate::backend::client::OpenAiClient;
+use crate::backend::retry::RetryPolicy;
+use crate::config::Config;
+use crate::kafka::consumer::{worker_consumer, WorkerConsumer};
+use crate::kafka::offsets::OffsetTracker;
+use crate::kafka::producer::{Producer, ProducerLimits};
+use metrics::WorkerMetrics;
+use process::Shared;
+
+/// librdkafka `message.timeout.ms` for replies: a failed write is retried by `process`.
+const REPLY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pause after a consumer error before asking again.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+/// After the grace period, how long abandoned tasks get to notice before the commit.
+const HARD_STOP_SETTLE: Duration = Duration::from_millis(200);
+
+/// Binds `worker.admin_listen` and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let admin = TcpListener::bind(config.worker.admin_listen)
+        .await
+        .with_context(|| format!("binding worker.admin_listen {}", config.worker.admin_listen))?;
+    serve(admin, config, shutdown).await
+}
+
+/// Runs the worker with its admin routes on an already-bound listener.
+pub async fn serve(
+    admin: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let mut registry = Registry::default();
+    let metrics = WorkerMetrics::register(&mut registry);
+    metrics
+        .max_in_flight
+        .set(config.worker.max_in_flight as i64);
+
+    let request_topics: Vec<String> = std::iter::once(config.request_topic_for(None))
+        .chain(
+            config
+                .kafka
+                .lanes
+                .iter()
+                .map(|lane| config.request_topic_for(Some(lane))),
+        )
+        .collect();
+    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    let consumer = Arc::new(
+        worker_consumer(&config.kafka, tracker.clone()).context("creating the Kafka consumer")?,
+    );
+    let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .context("subscribing to the request topics")?;
+    let topics = topics.join(",");
+
+    let hard_stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        worker_id: config.worker_id(),
+        producer: Producer::new(
+            &config.kafka,
+            ProducerLimits {
+                delivery_timeout: REPLY_DELIVERY_TIMEOUT,
+                queue_wait: REPLY_DELIVERY_TIMEOUT,
+                queue_max_kbytes: 64 * 1024,
+            },
+        )
+        .context("creating the Kafka producer")?,
+        client: OpenAiClient::new(&config.backend).context("creating the backend client")?,
+        retry: RetryPolicy::from_config(&config.backend),
+        metrics,
+        request_topics,
+        hard_stop: hard_stop.clone(),
+        config: config.clone(),
+    });
+
+    let ready = Readiness::default();
+    ready.set(true);
+    let admin_app = crate::admin::routes(AdminState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    });
+    tracing::info!(admin = %admin.local_addr()?, worker_id = %shared.worker_id, topics = %topics,
+        group = %config.kafka.group_id, max_in_flight = config.worker.max_in_flight, "worker started");
+    // The admin routes outlive the pull loop so /metrics and /readyz answer while draining.
+    let admin_stop = CancellationToken::new();
+    let admin_server = tokio::spawn({
+        let stop = admin_stop.clone();
+        async move {
+            axum::serve(admin, admin_app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        }
+    });
+
+    let tasks = TaskTracker::new();
+    pull_loop(&consumer, &shared, &tracker, &tasks, &shutdown).await;
+
+    // Drain: stop taking, let in-flight calls finish within the grace period.
+    ready.set(false);
+    tasks.close();
+    let grace = Duration::from_millis(config.worker.shutdown_grace_ms);
+    let in_flight = tracker
+        .lock()
+        .expect("offset tracker lock is never poisoned")
+        .in_flight();
+    tracing::info!(
+        in_flight,
+        grace_ms = grace.as_millis() as u64,
+        "draining in-flight requests"
+    );
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!("grace period over; unfinished requests will be re-delivered");
+        hard_stop.cancel();
+        let _ = tokio::time::timeout(HARD_STOP_SETTLE, tasks.wait()).await;
+    }
+    leave_group(consumer, shared).await;
+    admin_stop.cancel();
+    admin_server
+        .await
+        .context("admin server task")?
+        .context("serving admin routes")?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Takes messages while there is room, until `shutdown`.
+async fn pull_loop(
+    consumer: &Arc<WorkerConsumer>,
+    shared: &Arc<Shared>,
+    tracker: &Arc<Mutex<OffsetTracker>>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.worker.max_in_flight));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = slots.clone().acquire_owned() => permit.expect("the in-flight semaphore is never closed"),
+        };
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message.detach(),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                continue;
+            }
+        };
+        let ticket = tracker
+            .lock()
+            .expect("offset tracker lock is never poisoned")
+            .begin(message.topic(), message.partition(), message.offset());
+        shared.metrics.in_flight.inc();
+        let (consumer, shared, tracker) = (consumer.clone(), shared.clone(), tracker.clone());
+        tasks.spawn(async move {
+            let delivered = process::handle(&shared, message).await;
+            shared.metrics.in_flight.dec();
+            drop(permit);
+            if !delivered {
+                return;
+            }
+            let position = tracker
+                .lock()
+                .expect("offset tracker lock is never poisoned")
+                .complete(&ticket);
+            if let Some(position) = position {
+                if let Err(e) = consumer.store_offset(&ticket.topic, ticket.partition, position) {
+                    // The partition was revoked meanwhile; its new owner re-processes.
+                    tracing::debug!(error = %e, topic = %ticket.topic, partition = ticket.partition,
+                        "offset not stored");
+                }
+            }
+        });
+    }
+}
+
+/// Commits what was stored, flushes replies and leaves the group (blocking calls, so
+/// off the async threads).
+async fn leave_group(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
+    let result = tokio::task::spawn_blocking(move || {
+        if let Err(e) = shared.producer.flush_blocking(Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "flushing the producer failed");
+        }
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => tracing::info!("offsets committed"),
+            Err(e) => tracing::info!(error = %e, "no offsets committed"),
+        }
+        consumer.unsubscribe();
+        drop(consumer);
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "leaving the group failed");
+    }
+}

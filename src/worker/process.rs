@@ -1,0 +1,348 @@
+//! Handling one request message to its one final output: a reply (`ok`, `error`,
+//! `expired`, `rejected`) on the reply topic, or a dead letter when it does not decode.
+//! `handle` returns only once that output is acknowledged by Kafka (or the worker's
+//! grace period ran out), so its caller may then commit the offset.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::dead_letter::{DeadLetter, Reason};
+use super::metrics::{ClassLabel, WorkerMetrics};
+use crate::backend::client::OpenAiClient;
+use crate::backend::retry::{call_with_retry, Finished, RetryPolicy};
+use crate::backend::{BackendError, ChatRequest};
+use crate::config::Config;
+use crate::envelope::{self, headers, now_ms, Reply, ReplyError, Request, Status, Timing};
+use crate::kafka::producer::{Outgoing, Producer};
+use crate::telemetry::{propagation, semconv};
+
+/// What every message task shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    /// Written into dead letters and logs.
+    pub worker_id: String,
+    pub producer: Producer,
+    pub client: OpenAiClient,
+    pub retry: RetryPolicy,
+    pub metrics: WorkerMetrics,
+    /// Every request topic this worker reads; `reply_to` may not name one of them.
+    pub request_topics: Vec<String>,
+    /// Cancelled when the shutdown grace period is over: stop retrying writes.
+    pub hard_stop: CancellationToken,
+}
+
+/// The one output a message ends in.
+enum Output {
+    Reply { topic: String, reply: Reply },
+    DeadLetter(DeadLetter),
+}
+
+/// Pause before the first retry of a failed Kafka write; doubles up to the cap.
+const WRITE_RETRY_INITIAL: Duration = Duration::from_millis(100);
+const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Processes one message inside a `process <topic>` CONSUMER span that continues the
+/// producer's trace. Returns true once the output is delivered, false if abandoned.
+pub async fn handle(shared: &Shared, message: OwnedMessage) -> bool {
+    let span = semconv::kafka_process_span(&semconv::Consumed {
+        topic: message.topic(),
+        partition: message.partition(),
+        offset: message.offset(),
+        group: Some(&shared.config.kafka.group_id),
+    });
+    propagation::adopt_remote_parent(&span, propagation::extract_kafka(message.headers()));
+    async {
+        let output = decide(shared, &message).await;
+        let enqueued_ms = match &output {
+            Output::Reply { reply, .. } => Some(reply.timing.enqueued_ms),
+            Output::DeadLetter(_) => None,
+        };
+        deliver(shared, output, enqueued_ms).await
+    }
+    .instrument(span)
+    .await
+}
+
+async fn decide(shared: &Shared, message: &OwnedMessage) -> Output {
+    let started_ms = now_ms();
+    let request = match envelope::decode_request(message.payload().unwrap_or_default()) {
+        Ok(request) => request,
+        Err(e) => {
+            tracing::warn!(error = %e, topic = message.topic(), partition = message.partition(),
+                offset = message.offset(), "undecodable request; dead-lettering it");
+            let reason = Reason {
+                class: e.class(),
+                message: e.to_string(),
+                attempts: 0,
+            };
+            return Output::DeadLetter(DeadLetter::new(message, &reason, &shared.worker_id));
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("request_id", request.id.as_str());
+    let enqueued_ms = message
+        .timestamp()
+        .to_millis()
+        .map(|ms| ms.max(0) as u64)
+        .unwrap_or(started_ms);
+    let queue_ms = started_ms.saturating_sub(enqueued_ms);
+    span.set_attribute(semconv::SLUICE_QUEUE_MS, queue_ms as i64);
+    shared
+        .metrics
+        .queue_wait_seconds
+        .observe(queue_ms as f64 / 1000.0);
+    let mut timing = Timing {
+        enqueued_ms,
+        started_ms,
+        queue_ms,
+        ..Timing::default()
+    };
+
+    let default_topic = shared.config.kafka.reply_topic.clone();
+    if let Some(topic) = &request.reply_to {
+        if shared.request_topics.contains(topic) || *topic == shared.config.kafka.dlq_topic {
+            let error = ReplyError {
+                kind: "invalid_request".into(),
+                message: format!("reply_to {topic:?} names a request or dead-letter topic"),
+                status: None,
+            };
+            return reply_output(
+                default_topic,
+                &request,
+                Status::Rejected,
+                0,
+                Err(error),
+                timing,
+            );
+        }
+    }
+    let topic = request.reply_to.clone().unwrap_or(default_topic);
+
+    if request.deadline_ms.is_some_and(|d| started_ms >= d) {
+        let error = ReplyError {
+            kind: "expired".into(),
+            message: "the deadline passed before the backend was called".into(),
+            status: None,
+        };
+        return reply_output(topic, &request, Status::Expired, 0, Err(error), timing);
+    }
+
+    let chat = ChatRequest {
+        body: backend_body(&request),
+    };
+    let call_started = Instant::now();
+    let metrics = &shared.metrics;
+    let finished = call_with_retry(
+        &shared.client,
+        &chat,
+        shared.retry,
+        request.deadline_ms,
+        |outcome| {
+            metrics
+                .backend_calls
+                .get_or_create(&ClassLabel {
+                    class: outcome.label().into(),
+                })
+                .inc();
+        },
+    )
+    .await;
+    let backend = call_started.elapsed();
+    timing.backend_ms = backend.as_millis() as u64;
+    shared
+        .metrics
+        .backend_seconds
+        .observe(backend.as_secs_f64());
+
+    let (status, attempts, result) = match finished {
+        Finished::Answered {
+            result: Ok(response),
+            attempts,
+        } => {
+            if let Some(usage) = response.usage {
+                shared.metrics.prompt_tokens.inc_by(usage.prompt_tokens);
+                shared
+                    .metrics
+                    .completion_tokens
+                    .inc_by(usage.completion_tokens);
+            }
+            (Status::Ok, attempts, Ok(response))
+        }
+        Finished::Answered {
+            result: Err(e),
+            attempts,
+        } => (Status::Error, attempts, Err(reply_error(&e))),
+        Finished::Expired {
+            attempts,
+            last_error,
+        } => {
+            let message = match last_error {
+                Some(e) => format!("the deadline passed while retrying; last error: {e}"),
+                None => "the deadline passed before the backend was called".into(),
+            };
+            (
+                Status::Expired,
+                attempts,
+                Err(ReplyError {
+                    kind: "expired".into(),
+                    message,
+                    status: None,
+                }),
+            )
+        }
+    };
+    if attempts > 1 {
+        shared.metrics.retries.inc_by(u64::from(attempts - 1));
+    }
+    let result = result.map(|response| (response.body, response.usage));
+    reply_output(topic, &request, status, attempts, result, timing)
+}
+
+/// The body sent to the backend. Streaming is relayed by a later version of the worker;
+/// until then the backend is always asked for a whole completion.
+fn backend_body(request: &Request) -> serde_json::Map<String, Value> {
+    let mut body = request.body.clone();
+    body.remove("stream");
+    body.remove("stream_options");
+    body
+}
+
+fn reply_error(e: &BackendError) -> ReplyError {
+    ReplyError {
+        kind: e.kind().into(),
+        message: e.to_string(),
+        status: e.status(),
+    }
+}
+
+fn reply_output(
+    topic: String,
+    request: &Request,
+    status: Status,
+    attempts: u32,
+    result: Result<(Value, Option<envelope::Usage>), ReplyError>,
+    mut timing: Timing,
+) -> Output {
+    timing.finished_ms = now_ms();
+    let (body, usage, error) = match result {
+        Ok((body, usage)) => (Some(body), usage, None),
+        Err(error) => (None, None, Some(error)),
+    };
+    let span = tracing::Span::current();
+    span.set_attribute(semconv::SLUICE_STATUS, status.as_str());
+    span.set_attribute(semconv::SLUICE_ATTEMPTS, i64::from(attempts));
+    if let Some(e) = &error {
+        semconv::record_error(&span, &e.kind);
+    }
+    Output::Reply {
+        topic,
+        reply: Reply {
+            v: envelope::VERSION,
+            id: request.id.clone(),
+            status,
+            attempts,
+            body,
+            error,
+            usage,
+            timing,
+            metadata: request.metadata.clone(),
+        },
+    }
+}
+
+/// An output ready to write, owned so the write can be retried.
+struct Record {
+    /// Metric label: the reply status or `dead_letter`.
+    outcome: &'static str,
+    topic: String,
+    key: String,
+    payload: Vec<u8>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+impl Output {
+    fn into_record(self, dlq_topic: &str) -> Record {
+        match self {
+            Output::Reply { topic, reply } => Record {
+                outcome: reply.status.as_str(),
+                payload: serde_json::to_vec(&reply).expect("a Reply always serializes"),
+                headers: vec![
+                    (headers::ID.into(), reply.id.clone().into_bytes()),
+                    (
+                        headers::KIND.into(),
+                        headers::KIND_FINAL.as_bytes().to_vec(),
+                    ),
+                ],
+                key: reply.id,
+                topic,
+            },
+            Output::DeadLetter(dl) => Record {
+                outcome: "dead_letter",
+                topic: dlq_topic.to_string(),
+                key: dl.key_text(),
+                payload: dl.value,
+                headers: dl.headers,
+            },
+        }
+    }
+}
+
+/// Writes the output, retrying until Kafka acknowledges it or the hard stop.
+async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> bool {
+    let Record {
+        outcome,
+        topic,
+        key,
+        payload,
+        headers: record_headers,
+    } = output.into_record(&shared.config.kafka.dlq_topic);
+    let mut wait = WRITE_RETRY_INITIAL;
+    loop {
+        let sent = shared
+            .producer
+            .send(Outgoing {
+                topic: &topic,
+                key: &key,
+                payload: &payload,
+                headers: record_headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .collect(),
+            })
+            .await;
+        match sent {
+            Ok(_) => break,
+            Err(e) => {
+                shared.metrics.produce_failures.inc();
+                tracing::warn!(error = %e, topic = %topic, retry_in_ms = wait.as_millis() as u64,
+                    "writing the outcome to Kafka failed; retrying");
+                tokio::select! {
+                    _ = shared.hard_stop.cancelled() => return false,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(WRITE_RETRY_MAX);
+            }
+        }
+    }
+    shared.metrics.finished(outcome);
+    match enqueued_ms {
+        Some(enqueued) => {
+            let e2e_ms = now_ms().saturating_sub(enqueued);
+            shared
+                .metrics
+                .end_to_end_seconds
+                .observe(e2e_ms as f64 / 1000.0);
+        }
+        None => {
+            shared.metrics.dead_letters.inc();
+        }
+    }
+    true
+}

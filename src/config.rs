@@ -113,6 +113,17 @@ pub struct BackendConfig {
     pub retry_initial_backoff_ms: u64,
     /// Largest backoff between two attempts, and cap on a backend's Retry-After. Default 30,000 ms.
     pub retry_max_backoff_ms: u64,
+    /// Retry budget: retries may add at most this fraction of the calls made over the
+    /// last ten seconds (so a degraded backend is not stormed). Default 0.2.
+    pub retry_budget_ratio: f32,
+    /// Retry budget floor: this many retries per second are always allowed. Default 10.
+    pub retry_budget_min_per_second: u32,
+    /// `[backend.concurrency]`: the adaptive concurrency limit.
+    pub concurrency: crate::backend::concurrency::ConcurrencySettings,
+    /// `[backend.rate]`: group-wide request and token rates.
+    pub rate: crate::backend::rate::RateSettings,
+    /// `[backend.breaker]`: the circuit breaker.
+    pub breaker: crate::backend::breaker::BreakerSettings,
 }
 
 /// `[telemetry]`: traces and logs.
@@ -185,6 +196,11 @@ impl Default for BackendConfig {
             max_attempts: 6,
             retry_initial_backoff_ms: 200,
             retry_max_backoff_ms: 30_000,
+            retry_budget_ratio: 0.2,
+            retry_budget_min_per_second: 10,
+            concurrency: Default::default(),
+            rate: Default::default(),
+            breaker: Default::default(),
         }
     }
 }

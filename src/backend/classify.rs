@@ -40,6 +40,9 @@ pub fn classify(result: &Result<ChatResponse, BackendError>) -> Outcome {
         Err(BackendError::Timeout(_)) => Outcome::BackPressure,
         Err(BackendError::Transport(_)) => Outcome::Retry,
         Err(BackendError::InvalidResponse(_)) => Outcome::Retry,
+        // The backend was not asked: not a sign of its load, but worth another try later.
+        Err(BackendError::CircuitOpen { .. }) => Outcome::Retry,
+        Err(BackendError::DeadlineExceeded) => Outcome::Fatal,
     }
 }
 

@@ -58,7 +58,7 @@ impl OpenAiClient {
     }
 
     /// One attempt, inside a `chat {model}` CLIENT span.
-    pub async fn call(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
+    pub async fn send_chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
         let span = semconv::chat_span(request.model(), &self.provider, request.max_tokens());
         let result = self.send(request, &span).instrument(span.clone()).await;
         match &result {
@@ -141,6 +141,28 @@ impl OpenAiClient {
             // Without the URL: it may carry credentials in userinfo.
             BackendError::Transport(e.without_url().to_string())
         }
+    }
+}
+
+/// The innermost service of the stack; the Timeout layer bounds each attempt.
+impl tower::Service<ChatRequest> for OpenAiClient {
+    type Response = ChatResponse;
+    type Error = BackendError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<ChatResponse, BackendError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BackendError>> {
+        // reqwest's pool has no limit of its own; the layers above decide how many calls run.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        let client = self.clone();
+        Box::pin(async move { client.send_chat(&request).await })
     }
 }
 

@@ -1,9 +1,20 @@
-//! The call path to the OpenAI-compatible backend: the HTTP client, the classifier that
-//! decides what every outcome means, and the retry policy that reads it.
+//! The call path to the OpenAI-compatible backend, a stack of small tower layers
+//! assembled in [`stack::build_stack`] (outer to inner):
+//!
+//! `Retry -> RateLimit -> AdaptiveConcurrency -> CircuitBreaker -> Timeout -> OpenAiClient`
+//!
+//! Every layer is a `Service<ChatRequest, Response = ChatResponse, Error = BackendError>`,
+//! so decisions stay typed end to end; one classifier ([`classify`]) says what each
+//! outcome means, and retry, the concurrency controller and the breaker all read it.
 
+pub mod breaker;
 pub mod classify;
 pub mod client;
+pub mod concurrency;
+pub mod rate;
 pub mod retry;
+pub mod stack;
+pub mod timeout;
 
 use std::time::Duration;
 
@@ -11,14 +22,47 @@ use serde_json::{Map, Value};
 
 use crate::envelope::Usage;
 
+/// `max_tokens` assumed for cost estimates when a request does not set it.
+pub const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 256;
+
 /// One chat-completion call, as the worker hands it to the backend path.
 #[derive(Debug, Clone)]
 pub struct ChatRequest {
     /// The OpenAI `chat.completions` request body, sent as is.
     pub body: Map<String, Value>,
+    /// Unix milliseconds after which no attempt may start.
+    pub deadline_ms: Option<u64>,
 }
 
 impl ChatRequest {
+    pub fn new(body: Map<String, Value>, deadline_ms: Option<u64>) -> Self {
+        Self { body, deadline_ms }
+    }
+
+    /// Estimated prompt tokens: about four characters of message text per token.
+    pub fn estimated_prompt_tokens(&self) -> u64 {
+        let chars: usize = self.body["messages"]
+            .as_array()
+            .map(|messages| {
+                messages
+                    .iter()
+                    .map(|m| match &m["content"] {
+                        Value::String(text) => text.len(),
+                        other => other.to_string().len(),
+                    })
+                    .sum()
+            })
+            .unwrap_or(0);
+        (chars as u64).div_ceil(4).max(1)
+    }
+
+    /// What the call may cost in tokens: estimated prompt plus `max_tokens`
+    /// (or [`DEFAULT_MAX_TOKENS_ESTIMATE`]). Used by the tokens/min budget and to
+    /// normalise latency for the concurrency controller.
+    pub fn estimated_tokens(&self) -> u64 {
+        self.estimated_prompt_tokens() + self.max_tokens().unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE)
+    }
+
     /// The `model` field, or `unknown` (only used for span names).
     pub fn model(&self) -> &str {
         self.body
@@ -64,6 +108,12 @@ pub enum BackendError {
     /// A 2xx answer that is not a chat completion.
     #[error("backend answer is not a chat completion: {0}")]
     InvalidResponse(String),
+    /// The circuit breaker is open: the backend was not called.
+    #[error("circuit breaker open; backend not called (next probe in {retry_in:?})")]
+    CircuitOpen { retry_in: Duration },
+    /// The request's deadline passed before this attempt could start.
+    #[error("the request's deadline passed before the backend could be called")]
+    DeadlineExceeded,
 }
 
 impl BackendError {
@@ -74,6 +124,8 @@ impl BackendError {
             BackendError::Timeout(_) => "timeout",
             BackendError::Transport(_) => "transport",
             BackendError::InvalidResponse(_) => "invalid_response",
+            BackendError::CircuitOpen { .. } => "circuit_open",
+            BackendError::DeadlineExceeded => "expired",
         }
     }
 
@@ -89,6 +141,7 @@ impl BackendError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             BackendError::Status { retry_after, .. } => *retry_after,
+            BackendError::CircuitOpen { retry_in } => Some(*retry_in),
             _ => None,
         }
     }

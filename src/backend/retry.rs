@@ -89,7 +89,7 @@ pub async fn call_with_retry(
             };
         }
         attempts += 1;
-        let result = client.call(request).await;
+        let result = client.send_chat(request).await;
         let outcome = classify(&result);
         on_attempt(outcome);
         if !outcome.is_retryable() || attempts >= policy.max_attempts {

@@ -134,9 +134,7 @@ async fn decide(shared: &Shared, message: &OwnedMessage) -> Output {
         return reply_output(topic, &request, Status::Expired, 0, Err(error), timing);
     }
 
-    let chat = ChatRequest {
-        body: backend_body(&request),
-    };
+    let chat = ChatRequest::new(backend_body(&request), request.deadline_ms);
     let call_started = Instant::now();
     let metrics = &shared.metrics;
     let finished = call_with_retry(

@@ -1,0 +1,1 @@
+//! Assembles the backend call path from configuration, in one place.

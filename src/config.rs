@@ -51,7 +51,9 @@ pub struct KafkaConfig {
     /// Consumer group of the workers. Default `sluice-workers`.
     pub group_id: String,
     /// Priority lanes, highest first. A request with `lane = "x"` goes to
-    /// `<request_topic>.x`; a lane not listed here is rejected. Default: none.
+    /// `<request_topic>.x`; a lane not listed here is rejected. The name `default` stands
+    /// for the plain request topic (requests without a lane) and places it in the order;
+    /// when it is not listed the plain topic ranks last. Default: none.
     pub lanes: Vec<String>,
     /// Arbitrary librdkafka properties applied to every client (SASL, SSL, ...).
     /// In environment variables `_` stands for `.`:
@@ -92,6 +94,12 @@ pub struct WorkerConfig {
     pub shutdown_grace_ms: u64,
     /// Identity written to dead letters and logs. Default `<hostname>-<pid>`.
     pub worker_id: Option<String>,
+    /// Messages buffered per lane between Kafka and the backend; a full lane's partitions
+    /// are paused, so memory stays bounded whatever the lag. Default 64.
+    pub lane_buffer: usize,
+    /// Minimum share of dispatches each lower lane keeps while higher lanes have work,
+    /// in [0, 1]. Default 0.1.
+    pub lane_min_share: f64,
 }
 
 /// `[backend]`: the OpenAI-compatible LLM server.
@@ -182,6 +190,8 @@ impl Default for WorkerConfig {
             max_in_flight: 256,
             shutdown_grace_ms: 30_000,
             worker_id: None,
+            lane_buffer: 64,
+            lane_min_share: 0.1,
         }
     }
 }
@@ -265,6 +275,12 @@ impl Config {
                 reason: format!("lane {lane:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"),
             });
         }
+        if self.worker.lane_buffer == 0 {
+            return invalid("worker.lane_buffer", "must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.worker.lane_min_share) {
+            return invalid("worker.lane_min_share", "must be between 0 and 1");
+        }
         if self.worker.max_in_flight == 0 {
             return invalid("worker.max_in_flight", "must be at least 1");
         }
@@ -315,11 +331,28 @@ impl Config {
     /// The Kafka topic a request in `lane` (or the default lane) is written to.
     pub fn request_topic_for(&self, lane: Option<&str>) -> String {
         match lane {
-            Some(lane) => format!("{}.{lane}", self.kafka.request_topic),
-            None => self.kafka.request_topic.clone(),
+            Some(lane) if lane != DEFAULT_LANE => format!("{}.{lane}", self.kafka.request_topic),
+            _ => self.kafka.request_topic.clone(),
         }
     }
+
+    /// Every request topic, highest priority first (see `kafka.lanes`).
+    pub fn lane_topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self
+            .kafka
+            .lanes
+            .iter()
+            .map(|lane| self.request_topic_for(Some(lane)))
+            .collect();
+        if !self.kafka.lanes.iter().any(|l| l == DEFAULT_LANE) {
+            topics.push(self.request_topic_for(None));
+        }
+        topics
+    }
 }
+
+/// The lane name that stands for the plain request topic.
+pub const DEFAULT_LANE: &str = "default";
 
 /// Lane names become topic-name suffixes, so they are kept to a safe alphabet.
 pub fn is_valid_lane(lane: &str) -> bool {

@@ -24,6 +24,7 @@ pub struct OpenAiClient {
     endpoint: String,
     /// `Bearer <key>`, marked sensitive so it is never printed.
     authorization: Option<HeaderValue>,
+    /// Reported in timeout errors from the transport (the Timeout layer bounds attempts).
     timeout: Duration,
     /// `gen_ai.provider.name` for spans.
     provider: String,
@@ -107,7 +108,6 @@ impl OpenAiClient {
             .http
             .post(&self.endpoint)
             .headers(headers)
-            .timeout(self.timeout)
             .json(&request.body)
             .send()
             .await

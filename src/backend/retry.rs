@@ -1,13 +1,19 @@
-//! Retrying one request: exponential backoff with full jitter, the backend's
-//! Retry-After honoured (capped), a bounded number of attempts, and never past the
-//! request's deadline. The classifier decides what is retryable.
+//! Retry, the outermost layer: exponential backoff with full jitter, the backend's
+//! Retry-After honoured (capped), a bounded number of attempts, a retry budget so a
+//! degraded backend is not stormed, and never an attempt past the request's deadline.
+//! The classifier decides what is retryable.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rand::Rng;
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::{Layer, Service, ServiceExt};
 
 use super::classify::{classify, Outcome};
-use super::client::OpenAiClient;
 use super::{BackendError, ChatRequest, ChatResponse};
 use crate::config::BackendConfig;
 use crate::envelope::now_ms;
@@ -70,38 +76,131 @@ pub enum Finished {
     },
 }
 
-/// Calls the backend until success, a fatal answer, attempts run out, or the deadline.
-/// `on_attempt` sees the classified outcome of every attempt (for metrics).
-pub async fn call_with_retry(
-    client: &OpenAiClient,
-    request: &ChatRequest,
+/// Shared retry budget: every request deposits, every retry withdraws, so retries add
+/// at most `retry_budget_ratio` of recent traffic (plus a small floor).
+pub type RetryBudget = Arc<TpsBudget>;
+
+/// Builds a budget from `[backend]` settings (10-second memory, as tower's default).
+pub fn budget_from_config(config: &BackendConfig) -> RetryBudget {
+    Arc::new(TpsBudget::new(
+        Duration::from_secs(10),
+        config.retry_budget_min_per_second,
+        config.retry_budget_ratio,
+    ))
+}
+
+/// Called with the classified outcome of every attempt (for metrics).
+pub type AttemptObserver = Arc<dyn Fn(Outcome) + Send + Sync>;
+
+/// Retries a request through the layers below it.
+#[derive(Clone)]
+pub struct RetryLayer {
     policy: RetryPolicy,
-    deadline_ms: Option<u64>,
-    on_attempt: impl Fn(Outcome),
-) -> Finished {
+    budget: RetryBudget,
+    observer: AttemptObserver,
+}
+
+impl RetryLayer {
+    pub fn new(policy: RetryPolicy, budget: RetryBudget, observer: AttemptObserver) -> Self {
+        Self {
+            policy,
+            budget,
+            observer,
+        }
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Retry<S> {
+        Retry {
+            inner,
+            policy: self.policy,
+            budget: self.budget.clone(),
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+/// See [`RetryLayer`]. Its response is how the request ended ([`Finished`]), attempts
+/// counted; its error only comes from a layer's readiness.
+#[derive(Clone)]
+pub struct Retry<S> {
+    inner: S,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    observer: AttemptObserver,
+}
+
+impl<S> Service<ChatRequest> for Retry<S>
+where
+    S: Service<ChatRequest, Response = ChatResponse, Error = BackendError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Finished;
+    type Error = BackendError;
+    type Future = Pin<Box<dyn Future<Output = Result<Finished, BackendError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: ChatRequest) -> Self::Future {
+        // The ready instance (holding what poll_ready reserved) serves the first attempt;
+        // a fresh clone stays behind for the next poll_ready.
+        let fresh = self.inner.clone();
+        let ready = std::mem::replace(&mut self.inner, fresh);
+        let (policy, budget, observer) = (self.policy, self.budget.clone(), self.observer.clone());
+        Box::pin(attempt_until_done(ready, request, policy, budget, observer))
+    }
+}
+
+async fn attempt_until_done<S>(
+    mut service: S,
+    request: ChatRequest,
+    policy: RetryPolicy,
+    budget: RetryBudget,
+    observer: AttemptObserver,
+) -> Result<Finished, BackendError>
+where
+    S: Service<ChatRequest, Response = ChatResponse, Error = BackendError>,
+{
+    budget.deposit();
+    let deadline_ms = request.deadline_ms;
     let mut attempts = 0;
     let mut last_error = None;
     loop {
         if deadline_ms.is_some_and(|d| now_ms() >= d) {
-            return Finished::Expired {
+            return Ok(Finished::Expired {
                 attempts,
                 last_error,
-            };
+            });
+        }
+        if attempts > 0 {
+            service.ready().await?;
         }
         attempts += 1;
-        let result = client.send_chat(request).await;
+        let result = service.call(request.clone()).await;
         let outcome = classify(&result);
-        on_attempt(outcome);
+        observer(outcome);
         if !outcome.is_retryable() || attempts >= policy.max_attempts {
-            return Finished::Answered { result, attempts };
+            return Ok(Finished::Answered { result, attempts });
         }
         let error = result.expect_err("a retryable outcome is always an error");
+        if !budget.withdraw() {
+            tracing::debug!(attempts, error = %error, "retry budget exhausted; giving up");
+            return Ok(Finished::Answered {
+                result: Err(error),
+                attempts,
+            });
+        }
         let wait = policy.backoff(attempts, error.retry_after(), &mut rand::rng());
         if deadline_ms.is_some_and(|d| now_ms() + wait.as_millis() as u64 >= d) {
-            return Finished::Expired {
+            return Ok(Finished::Expired {
                 attempts,
                 last_error: Some(error),
-            };
+            });
         }
         tracing::debug!(attempt = attempts, wait_ms = wait.as_millis() as u64, error = %error,
             back_pressure = (outcome == Outcome::BackPressure), "retrying backend call");
@@ -141,6 +240,189 @@ mod tests {
                 "full jitter should spread up to the bound"
             );
         }
+    }
+
+    /// A backend that answers from a script and counts calls.
+    fn scripted(
+        answers: Vec<Result<ChatResponse, BackendError>>,
+    ) -> (
+        impl Service<ChatRequest, Response = ChatResponse, Error = BackendError, Future = impl Send>
+            + Clone
+            + Send,
+        Arc<std::sync::Mutex<usize>>,
+    ) {
+        let script = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::from(
+            answers,
+        )));
+        let calls = Arc::new(std::sync::Mutex::new(0));
+        let counter = calls.clone();
+        let service = tower::service_fn(move |_: ChatRequest| {
+            *counter.lock().unwrap() += 1;
+            let answer = script
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("the script covers every call");
+            async move { answer }
+        });
+        (service, calls)
+    }
+
+    fn ok() -> Result<ChatResponse, BackendError> {
+        Ok(ChatResponse {
+            body: serde_json::json!({"ok": true}),
+            usage: None,
+        })
+    }
+
+    fn status(code: u16, retry_after_ms: Option<u64>) -> Result<ChatResponse, BackendError> {
+        Err(BackendError::Status {
+            status: code,
+            message: "no".into(),
+            retry_after: retry_after_ms.map(Duration::from_millis),
+        })
+    }
+
+    fn retry_layer(
+        max_attempts: u32,
+        budget_ratio: f32,
+        budget_floor: u32,
+    ) -> (RetryLayer, Arc<std::sync::Mutex<Vec<Outcome>>>) {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let policy = RetryPolicy {
+            max_attempts,
+            ..policy()
+        };
+        let budget = Arc::new(TpsBudget::new(
+            Duration::from_secs(10),
+            budget_floor,
+            budget_ratio,
+        ));
+        (
+            RetryLayer::new(
+                policy,
+                budget,
+                Arc::new(move |o| record.lock().unwrap().push(o)),
+            ),
+            seen,
+        )
+    }
+
+    fn request(deadline_ms: Option<u64>) -> ChatRequest {
+        ChatRequest::new(serde_json::Map::new(), deadline_ms)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_pressure_is_retried_after_retry_after() {
+        let (backend, calls) = scripted(vec![status(429, Some(700)), status(503, None), ok()]);
+        let (layer, seen) = retry_layer(5, 0.2, 10);
+        let started = tokio::time::Instant::now();
+        let finished = layer.layer(backend).oneshot(request(None)).await.unwrap();
+        match finished {
+            Finished::Answered {
+                result: Ok(_),
+                attempts,
+            } => assert_eq!(attempts, 3),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*calls.lock().unwrap(), 3);
+        assert!(
+            started.elapsed() >= Duration::from_millis(700),
+            "waited {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![
+                Outcome::BackPressure,
+                Outcome::BackPressure,
+                Outcome::Success
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fatal_answers_are_not_retried() {
+        let (backend, calls) = scripted(vec![status(400, None)]);
+        let (layer, _) = retry_layer(5, 0.2, 10);
+        match layer.layer(backend).oneshot(request(None)).await.unwrap() {
+            Finished::Answered {
+                result: Err(e),
+                attempts: 1,
+            } => assert_eq!(e.status(), Some(400)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_are_bounded() {
+        let (backend, calls) = scripted(vec![
+            status(500, None),
+            status(502, None),
+            status(504, None),
+        ]);
+        let (layer, _) = retry_layer(3, 0.2, 10);
+        match layer.layer(backend).oneshot(request(None)).await.unwrap() {
+            Finished::Answered {
+                result: Err(e),
+                attempts: 3,
+            } => assert_eq!(e.status(), Some(504)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*calls.lock().unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_budget_stops_retries() {
+        let (backend, calls) = scripted(vec![status(503, None)]);
+        let (layer, _) = retry_layer(5, 0.0, 0);
+        match layer.layer(backend).oneshot(request(None)).await.unwrap() {
+            Finished::Answered {
+                result: Err(_),
+                attempts: 1,
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadlines_stop_attempts() {
+        let (backend, calls) = scripted(vec![]);
+        let (layer, _) = retry_layer(5, 0.2, 10);
+        let past = now_ms() - 1;
+        match layer
+            .layer(backend)
+            .oneshot(request(Some(past)))
+            .await
+            .unwrap()
+        {
+            Finished::Expired {
+                attempts: 0,
+                last_error: None,
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*calls.lock().unwrap(), 0, "never called past the deadline");
+
+        // The backend asks for 5 s; the deadline is 1 s away: no second attempt.
+        let (backend, calls) = scripted(vec![status(429, Some(5_000))]);
+        let (layer, _) = retry_layer(5, 0.2, 10);
+        match layer
+            .layer(backend)
+            .oneshot(request(Some(now_ms() + 1_000)))
+            .await
+            .unwrap()
+        {
+            Finished::Expired {
+                attempts: 1,
+                last_error: Some(e),
+            } => assert_eq!(e.status(), Some(429)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*calls.lock().unwrap(), 1);
     }
 
     #[test]

@@ -1,1 +1,52 @@
-//! Assembles the backend call path from configuration, in one place.
+//! Assembles the backend call path from configuration, in one place:
+//! `Retry -> RateLimit -> AdaptiveConcurrency -> CircuitBreaker -> Timeout -> OpenAiClient`.
+
+use std::time::Duration;
+
+use tower::util::BoxCloneService;
+use tower::ServiceBuilder;
+
+use super::client::OpenAiClient;
+use super::retry::{budget_from_config, AttemptObserver, Retry, RetryLayer, RetryPolicy};
+use super::timeout::TimeoutLayer;
+use super::{BackendError, ChatRequest, ChatResponse};
+use crate::config::BackendConfig;
+
+/// The layers under Retry, boxed so the stack has one nameable type.
+pub type Attempts = BoxCloneService<ChatRequest, ChatResponse, BackendError>;
+
+/// The whole call path; `ready()` it before taking a message, then `call` it.
+pub type BackendStack = Retry<Attempts>;
+
+/// Builds the stack over the real HTTP client.
+pub fn build_stack(
+    config: &BackendConfig,
+    observer: AttemptObserver,
+) -> Result<BackendStack, BackendError> {
+    let client = OpenAiClient::new(config)?;
+    Ok(build_stack_over(config, observer, client))
+}
+
+/// Builds the stack over any innermost service (simulations and tests use a model).
+pub fn build_stack_over<S>(
+    config: &BackendConfig,
+    observer: AttemptObserver,
+    innermost: S,
+) -> BackendStack
+where
+    S: tower::Service<ChatRequest, Response = ChatResponse, Error = BackendError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let attempts = ServiceBuilder::new()
+        .layer(TimeoutLayer::new(Duration::from_millis(config.timeout_ms)))
+        .service(innermost);
+    let retry = RetryLayer::new(
+        RetryPolicy::from_config(config),
+        budget_from_config(config),
+        observer,
+    );
+    tower::Layer::layer(&retry, BoxCloneService::new(attempts))
+}

@@ -10,12 +10,15 @@ use rdkafka::error::KafkaError;
 use rdkafka::ClientContext;
 
 use super::offsets::OffsetTracker;
+use crate::admin::Readiness;
 use crate::config::KafkaConfig;
 
 /// Consumer callbacks: keeps the offset tracker in step with the assignment.
 pub struct WorkerContext {
     /// Shared with the pull loop, which begins and completes tickets.
     pub tracker: Arc<Mutex<OffsetTracker>>,
+    /// True while this member holds an assignment (possibly empty): it has joined the group.
+    pub joined: Readiness,
 }
 
 impl ClientContext for WorkerContext {}
@@ -31,9 +34,11 @@ impl ConsumerContext for WorkerContext {
                 for p in partitions.elements() {
                     tracker.revoke(p.topic(), p.partition());
                 }
+                self.joined.set(false);
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
             }
             Rebalance::Assign(partitions) => {
+                self.joined.set(true);
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -49,6 +54,7 @@ pub type WorkerConsumer = StreamConsumer<WorkerContext>;
 pub fn worker_consumer(
     kafka: &KafkaConfig,
     tracker: Arc<Mutex<OffsetTracker>>,
+    joined: Readiness,
 ) -> Result<WorkerConsumer, KafkaError> {
     super::client_config(
         kafka,
@@ -66,5 +72,5 @@ pub fn worker_consumer(
             ("enable.auto.offset.store", "false"),
         ],
     )
-    .create_with_context(WorkerContext { tracker })
+    .create_with_context(WorkerContext { tracker, joined })
 }

@@ -89,6 +89,16 @@ impl OffsetTracker {
         Some(position)
     }
 
+    /// Whether the ticket still belongs to the current assignment of its partition
+    /// (false once the partition was revoked, even if it was assigned again since).
+    pub fn is_current(&self, ticket: &Ticket) -> bool {
+        self.partitions
+            .get(&(ticket.topic.clone(), ticket.partition))
+            .is_some_and(|s| {
+                s.generation == ticket.generation && s.pending.contains(&ticket.offset)
+            })
+    }
+
     /// Forgets a revoked partition: its in-flight work may finish but commits nothing.
     pub fn revoke(&mut self, topic: &str, partition: i32) {
         self.partitions.remove(&(topic.to_string(), partition));

@@ -11,9 +11,11 @@ pub mod semconv;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -89,19 +91,25 @@ pub fn init(config: &TelemetryConfig, default_service: &str) -> Result<Telemetry
         opentelemetry::global::set_tracer_provider(p.clone());
     }
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(
-            "info,rdkafka=warn,opentelemetry=warn,opentelemetry_sdk=warn,hyper=warn,reqwest=warn",
-        )
-    });
-    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
+    // RUST_LOG filters logs only; spans are exported whatever the log level, or quieting
+    // the logs would silently switch off tracing.
+    let log_filter = || {
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+            EnvFilter::new("info,rdkafka=warn,opentelemetry=warn,opentelemetry_sdk=warn,hyper=warn,reqwest=warn")
+        })
+    };
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(Targets::new().with_target("sluice", Level::INFO));
+    let registry = tracing_subscriber::registry().with(otel);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match config.log_format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                    .with_writer(std::io::stderr),
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
             )
             .try_init()?,
         LogFormat::Json => registry
@@ -110,7 +118,8 @@ pub fn init(config: &TelemetryConfig, default_service: &str) -> Result<Telemetry
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(log_filter()),
             )
             .try_init()?,
     }

@@ -92,11 +92,14 @@ pub fn adopt_remote_parent(span: &tracing::Span, remote: Context) {
     record_trace_id(span);
 }
 
-/// Records the span's OpenTelemetry trace id in its `trace_id` log field.
+/// Records the span's OpenTelemetry trace and span ids in its `trace_id` and `span_id`
+/// log fields, so log lines can be found from Jaeger and back.
 pub fn record_trace_id(span: &tracing::Span) {
     use opentelemetry::trace::TraceContextExt;
-    let trace_id = span.context().span().span_context().trace_id();
-    span.record("trace_id", tracing::field::display(trace_id));
+    let cx = span.context();
+    let context = cx.span().span_context().clone();
+    span.record("trace_id", tracing::field::display(context.trace_id()));
+    span.record("span_id", tracing::field::display(context.span_id()));
 }
 
 /// The hex trace id of `span`, for tests and replies.

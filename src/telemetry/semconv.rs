@@ -46,6 +46,7 @@ pub fn http_server_span(method: &str, route: &'static str) -> Span {
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         request_id = tracing::field::Empty,
     );
     span.set_attribute(HTTP_REQUEST_METHOD, method.to_string());
@@ -95,6 +96,7 @@ pub fn kafka_process_span(consumed: &Consumed<'_>) -> Span {
         otel.kind = "consumer",
         otel.status_code = tracing::field::Empty,
         trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty,
         request_id = tracing::field::Empty,
     );
     span.set_attribute(MESSAGING_SYSTEM, KAFKA);

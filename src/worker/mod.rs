@@ -9,12 +9,16 @@
 //! calls are at-least-once, and a re-delivered request may produce a second final reply
 //! with the same id, which every sluice reader deduplicates.
 //!
-//! Back-pressure: a message is taken from Kafka only when an in-flight slot is free, so
+//! Back-pressure: a message starts only when an in-flight slot is free and the backend
+//! stack is ready (rate, adaptive concurrency and circuit breaker all agree); until
+//! then it waits in a small per-lane buffer, and a full buffer pauses its partitions. So
 //! backlog stays in Kafka and memory stays bounded whatever the lag.
 
 pub mod dead_letter;
+pub mod intake;
 pub mod metrics;
 pub mod process;
+pub mod scheduler;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -22,26 +26,26 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::Message;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{AdminState, Readiness};
-use crate::backend::client::OpenAiClient;
-use crate::backend::retry::RetryPolicy;
+use crate::backend::classify::Outcome;
+use crate::backend::stack::{build_stack, BackendStack};
 use crate::config::Config;
 use crate::kafka::consumer::{worker_consumer, WorkerConsumer};
 use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::producer::{Producer, ProducerLimits};
-use metrics::WorkerMetrics;
+use intake::Intake;
+use metrics::{ClassLabel, WorkerMetrics};
 use process::Shared;
+use tower::ServiceExt;
 
 /// librdkafka `message.timeout.ms` for replies: a failed write is retried by `process`.
 const REPLY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause after a consumer error before asking again.
-const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// After the grace period, how long abandoned tasks get to notice before the commit.
 const HARD_STOP_SETTLE: Duration = Duration::from_millis(200);
 
@@ -66,24 +70,33 @@ pub async fn serve(
         .max_in_flight
         .set(config.worker.max_in_flight as i64);
 
-    let request_topics: Vec<String> = std::iter::once(config.request_topic_for(None))
-        .chain(
-            config
-                .kafka
-                .lanes
-                .iter()
-                .map(|lane| config.request_topic_for(Some(lane))),
-        )
-        .collect();
+    let request_topics = config.lane_topics();
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+    // Ready once the consumer has joined the group (assignment received).
+    let ready = Readiness::default();
     let consumer = Arc::new(
-        worker_consumer(&config.kafka, tracker.clone()).context("creating the Kafka consumer")?,
+        worker_consumer(&config.kafka, tracker.clone(), ready.clone())
+            .context("creating the Kafka consumer")?,
     );
     let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .context("subscribing to the request topics")?;
     let topics = topics.join(",");
+
+    let observer_metrics = metrics.clone();
+    let stack = build_stack(
+        &config.backend,
+        Arc::new(move |outcome: Outcome| {
+            observer_metrics
+                .backend_calls
+                .get_or_create(&ClassLabel {
+                    class: outcome.label().into(),
+                })
+                .inc();
+        }),
+    )
+    .context("creating the backend client")?;
 
     let hard_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -97,16 +110,19 @@ pub async fn serve(
             },
         )
         .context("creating the Kafka producer")?,
-        client: OpenAiClient::new(&config.backend).context("creating the backend client")?,
-        retry: RetryPolicy::from_config(&config.backend),
         metrics,
-        request_topics,
+        request_topics: request_topics.clone(),
         hard_stop: hard_stop.clone(),
         config: config.clone(),
     });
+    let intake = Arc::new(Intake::new(
+        consumer.clone(),
+        tracker.clone(),
+        request_topics,
+        config.worker.lane_buffer,
+        config.worker.lane_min_share,
+    ));
 
-    let ready = Readiness::default();
-    ready.set(true);
     let admin_app = crate::admin::routes(AdminState {
         registry: Arc::new(registry),
         ready: ready.clone(),
@@ -123,28 +139,36 @@ pub async fn serve(
                 .await
         }
     });
+    let receiving = tokio::spawn({
+        let intake = intake.clone();
+        let stop = shutdown.clone();
+        async move { intake.run(stop).await }
+    });
 
     let tasks = TaskTracker::new();
-    pull_loop(&consumer, &shared, &tracker, &tasks, &shutdown).await;
+    dispatch_loop(
+        &intake, stack, &consumer, &shared, &tracker, &tasks, &shutdown,
+    )
+    .await;
+    receiving.await.context("intake task")?;
 
     // Drain: stop taking, let in-flight calls finish within the grace period.
     ready.set(false);
     tasks.close();
     let grace = Duration::from_millis(config.worker.shutdown_grace_ms);
-    let in_flight = tracker
-        .lock()
-        .expect("offset tracker lock is never poisoned")
-        .in_flight();
+    let in_flight = shared.metrics.in_flight.get();
     tracing::info!(
         in_flight,
+        buffered = intake.buffered(),
         grace_ms = grace.as_millis() as u64,
-        "draining in-flight requests"
+        "draining in-flight requests (buffered ones are re-delivered)"
     );
     if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
         tracing::warn!("grace period over; unfinished requests will be re-delivered");
         hard_stop.cancel();
         let _ = tokio::time::timeout(HARD_STOP_SETTLE, tasks.wait()).await;
     }
+    drop(intake);
     leave_group(consumer, shared).await;
     admin_stop.cancel();
     admin_server
@@ -155,8 +179,11 @@ pub async fn serve(
     Ok(())
 }
 
-/// Takes messages while there is room, until `shutdown`.
-async fn pull_loop(
+/// Starts buffered messages while there is room, until `shutdown`: an in-flight slot,
+/// then the next message by lane and ordering key, then a ready backend stack.
+async fn dispatch_loop(
+    intake: &Arc<Intake>,
+    mut stack: BackendStack,
     consumer: &Arc<WorkerConsumer>,
     shared: &Arc<Shared>,
     tracker: &Arc<Mutex<OffsetTracker>>,
@@ -169,28 +196,37 @@ async fn pull_loop(
             _ = shutdown.cancelled() => return,
             permit = slots.clone().acquire_owned() => permit.expect("the in-flight semaphore is never closed"),
         };
-        let message = tokio::select! {
+        let entry = tokio::select! {
             _ = shutdown.cancelled() => return,
-            message = consumer.recv() => message,
+            entry = intake.next() => entry,
         };
-        let message = match message {
-            Ok(message) => message.detach(),
-            Err(e) => {
-                tracing::warn!(error = %e, "consumer error");
-                tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
-                continue;
-            }
+        let ready = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            ready = stack.ready() => ready.map(|_| ()),
         };
-        let ticket = tracker
-            .lock()
-            .expect("offset tracker lock is never poisoned")
-            .begin(message.topic(), message.partition(), message.offset());
+        if let Err(e) = ready {
+            // No layer fails readiness today; if one does, the message is re-delivered.
+            tracing::error!(error = %e, "backend stack failed; stopping");
+            return;
+        }
+        // The ready instance holds what readiness reserved; a fresh clone waits for the next.
+        let fresh = stack.clone();
+        let backend = std::mem::replace(&mut stack, fresh);
+        let key = entry.ordering_key;
+        let taken = entry.item;
+        let ticket = taken.ticket.clone();
         shared.metrics.in_flight.inc();
-        let (consumer, shared, tracker) = (consumer.clone(), shared.clone(), tracker.clone());
+        let (consumer, shared, tracker, intake) = (
+            consumer.clone(),
+            shared.clone(),
+            tracker.clone(),
+            intake.clone(),
+        );
         tasks.spawn(async move {
-            let delivered = process::handle(&shared, message).await;
+            let delivered = process::handle(&shared, taken, backend).await;
             shared.metrics.in_flight.dec();
             drop(permit);
+            intake.finished(key.as_deref());
             if !delivered {
                 return;
             }
@@ -199,13 +235,22 @@ async fn pull_loop(
                 .expect("offset tracker lock is never poisoned")
                 .complete(&ticket);
             if let Some(position) = position {
-                if let Err(e) = consumer.store_offset(&ticket.topic, ticket.partition, position) {
-                    // The partition was revoked meanwhile; its new owner re-processes.
-                    tracing::debug!(error = %e, topic = %ticket.topic, partition = ticket.partition,
-                        "offset not stored");
-                }
+                store_position(&consumer, &ticket.topic, ticket.partition, position);
             }
         });
+    }
+}
+/// Stores `position` (the next offset to consume) for the next commit. Not
+/// `store_offset`: that legacy librdkafka call stores `offset + 1`, which here would
+/// skip the lowest unfinished message.
+fn store_position(consumer: &WorkerConsumer, topic: &str, partition: i32, position: i64) {
+    let mut list = TopicPartitionList::new();
+    let stored = list
+        .add_partition_offset(topic, partition, Offset::Offset(position))
+        .and_then(|()| consumer.store_offsets(&list));
+    if let Err(e) = stored {
+        // The partition was revoked meanwhile; its new owner re-processes.
+        tracing::debug!(error = %e, topic, partition, "offset not stored");
     }
 }
 

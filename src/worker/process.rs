@@ -14,9 +14,10 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::dead_letter::{DeadLetter, Reason};
-use super::metrics::{ClassLabel, WorkerMetrics};
-use crate::backend::client::OpenAiClient;
-use crate::backend::retry::{call_with_retry, Finished, RetryPolicy};
+use super::intake::Taken;
+use super::metrics::WorkerMetrics;
+use crate::backend::retry::Finished;
+use crate::backend::stack::BackendStack;
 use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
 use crate::envelope::{self, headers, now_ms, Reply, ReplyError, Request, Status, Timing};
@@ -29,8 +30,6 @@ pub struct Shared {
     /// Written into dead letters and logs.
     pub worker_id: String,
     pub producer: Producer,
-    pub client: OpenAiClient,
-    pub retry: RetryPolicy,
     pub metrics: WorkerMetrics,
     /// Every request topic this worker reads; `reply_to` may not name one of them.
     pub request_topics: Vec<String>,
@@ -49,8 +48,12 @@ const WRITE_RETRY_INITIAL: Duration = Duration::from_millis(100);
 const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Processes one message inside a `process <topic>` CONSUMER span that continues the
-/// producer's trace. Returns true once the output is delivered, false if abandoned.
-pub async fn handle(shared: &Shared, message: OwnedMessage) -> bool {
+/// producer's trace, calling the backend through `backend` (a ready instance of the
+/// stack). Returns true once the output is delivered, false if abandoned.
+pub async fn handle(shared: &Shared, taken: Taken, backend: BackendStack) -> bool {
+    let Taken {
+        message, request, ..
+    } = taken;
     let span = semconv::kafka_process_span(&semconv::Consumed {
         topic: message.topic(),
         partition: message.partition(),
@@ -59,7 +62,7 @@ pub async fn handle(shared: &Shared, message: OwnedMessage) -> bool {
     });
     propagation::adopt_remote_parent(&span, propagation::extract_kafka(message.headers()));
     async {
-        let output = decide(shared, &message).await;
+        let output = decide(shared, &message, request, backend).await;
         let enqueued_ms = match &output {
             Output::Reply { reply, .. } => Some(reply.timing.enqueued_ms),
             Output::DeadLetter(_) => None,
@@ -70,9 +73,14 @@ pub async fn handle(shared: &Shared, message: OwnedMessage) -> bool {
     .await
 }
 
-async fn decide(shared: &Shared, message: &OwnedMessage) -> Output {
+async fn decide(
+    shared: &Shared,
+    message: &OwnedMessage,
+    request: Result<Request, envelope::DecodeError>,
+    mut backend: BackendStack,
+) -> Output {
     let started_ms = now_ms();
-    let request = match envelope::decode_request(message.payload().unwrap_or_default()) {
+    let request = match request {
         Ok(request) => request,
         Err(e) => {
             tracing::warn!(error = %e, topic = message.topic(), partition = message.partition(),
@@ -136,22 +144,12 @@ async fn decide(shared: &Shared, message: &OwnedMessage) -> Output {
 
     let chat = ChatRequest::new(backend_body(&request), request.deadline_ms);
     let call_started = Instant::now();
-    let metrics = &shared.metrics;
-    let finished = call_with_retry(
-        &shared.client,
-        &chat,
-        shared.retry,
-        request.deadline_ms,
-        |outcome| {
-            metrics
-                .backend_calls
-                .get_or_create(&ClassLabel {
-                    class: outcome.label().into(),
-                })
-                .inc();
-        },
-    )
-    .await;
+    let finished = tower::Service::call(&mut backend, chat)
+        .await
+        .unwrap_or_else(|error| Finished::Answered {
+            result: Err(error),
+            attempts: 0,
+        });
     let backend = call_started.elapsed();
     timing.backend_ms = backend.as_millis() as u64;
     shared

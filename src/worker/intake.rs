@@ -1,0 +1,213 @@
+//! From Kafka into the scheduler: a task receives messages (which also keeps the
+//! consumer's group membership alive), decodes them once, and buffers them per lane;
+//! a lane whose buffer is full has its partitions paused until it drains below half, so
+//! backlog stays in Kafka and memory stays bounded whatever the lag.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, TopicPartitionList};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::scheduler::{Entry, Scheduler};
+use crate::envelope::{self, DecodeError, Request};
+use crate::kafka::consumer::WorkerConsumer;
+use crate::kafka::offsets::{OffsetTracker, Ticket};
+
+/// A message taken from Kafka, decoded once.
+#[derive(Debug)]
+pub struct Taken {
+    pub message: OwnedMessage,
+    pub request: Result<Request, DecodeError>,
+    pub ticket: Ticket,
+}
+
+/// Pause after a consumer error before asking again.
+const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// The buffers between the Kafka consumer and the dispatcher.
+pub struct Intake {
+    consumer: Arc<WorkerConsumer>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    /// The buffers and which lanes are paused, under one lock so a pause decided on a
+    /// full buffer cannot land after the buffer was drained (and then never be undone).
+    state: Mutex<State>,
+    /// Signalled when an entry is pushed or a key finishes.
+    changed: Notify,
+    /// Request topics, highest priority first; the index is the lane.
+    lane_topics: Vec<String>,
+    /// Buffer size per lane that pauses the lane's partitions.
+    lane_buffer: usize,
+}
+
+struct State {
+    scheduler: Scheduler<Taken>,
+    /// Which lanes are paused now.
+    paused: Vec<bool>,
+}
+
+impl Intake {
+    pub fn new(
+        consumer: Arc<WorkerConsumer>,
+        tracker: Arc<Mutex<OffsetTracker>>,
+        lane_topics: Vec<String>,
+        lane_buffer: usize,
+        lane_min_share: f64,
+    ) -> Self {
+        let lanes = lane_topics.len();
+        Self {
+            consumer,
+            tracker,
+            state: Mutex::new(State {
+                scheduler: Scheduler::new(lanes, lane_min_share),
+                paused: vec![false; lanes],
+            }),
+            changed: Notify::new(),
+            lane_topics,
+            lane_buffer,
+        }
+    }
+
+    /// Receives until `shutdown`, buffering what arrives.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = self.consumer.recv() => received,
+            };
+            match received {
+                Ok(message) => self.push(message.detach()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    fn push(&self, message: OwnedMessage) {
+        let ticket = self
+            .tracker
+            .lock()
+            .expect("offset tracker lock is never poisoned")
+            .begin(message.topic(), message.partition(), message.offset());
+        let request = envelope::decode_request(message.payload().unwrap_or_default());
+        let ordering_key = request.as_ref().ok().and_then(|r| r.ordering_key.clone());
+        let lane = self
+            .lane_topics
+            .iter()
+            .position(|t| t == message.topic())
+            .unwrap_or(self.lane_topics.len() - 1);
+        {
+            let mut state = self.lock_state();
+            state.scheduler.push(Entry {
+                lane,
+                ordering_key,
+                item: Taken {
+                    message,
+                    request,
+                    ticket,
+                },
+            });
+            // Re-pausing a paused lane also covers partitions assigned since the pause.
+            if state.scheduler.buffered(lane) >= self.lane_buffer || state.paused[lane] {
+                self.set_paused(&mut state, lane, true);
+            }
+        }
+        self.changed.notify_one();
+    }
+
+    /// Waits for the next entry allowed to start. Entries of partitions revoked since
+    /// they were buffered are dropped (their new owner processes them).
+    pub async fn next(&self) -> Entry<Taken> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(entry) = self.pop_current() {
+                return entry;
+            }
+            notified.await;
+        }
+    }
+
+    fn pop_current(&self) -> Option<Entry<Taken>> {
+        loop {
+            let entry = {
+                let mut state = self.lock_state();
+                let entry = state.scheduler.pop()?;
+                let lane = entry.lane;
+                if state.paused[lane] && state.scheduler.buffered(lane) <= self.lane_buffer / 2 {
+                    self.set_paused(&mut state, lane, false);
+                }
+                entry
+            };
+            let current = self
+                .tracker
+                .lock()
+                .expect("offset tracker lock is never poisoned")
+                .is_current(&entry.item.ticket);
+            if current {
+                return Some(entry);
+            }
+            self.finished(entry.ordering_key.as_deref());
+        }
+    }
+
+    /// Lets the next entry with `key` start.
+    pub fn finished(&self, key: Option<&str>) {
+        if key.is_some() {
+            self.lock_state().scheduler.finished(key);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Entries buffered now, over all lanes.
+    pub fn buffered(&self) -> usize {
+        self.lock_state().scheduler.len()
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .expect("intake lock is never poisoned: no panics while held")
+    }
+
+    /// Pauses or resumes every assigned partition of `lane`'s topic (local, non-blocking
+    /// librdkafka calls, so fine under the lock).
+    fn set_paused(&self, state: &mut State, lane: usize, pause: bool) {
+        let topic = &self.lane_topics[lane];
+        let was = std::mem::replace(&mut state.paused[lane], pause);
+        let assignment = match self.consumer.assignment() {
+            Ok(assignment) => assignment,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the assignment failed");
+                return;
+            }
+        };
+        let mut partitions = TopicPartitionList::new();
+        for element in assignment.elements_for_topic(topic) {
+            partitions.add_partition(topic, element.partition());
+        }
+        if partitions.count() == 0 {
+            return;
+        }
+        let result = if pause {
+            self.consumer.pause(&partitions)
+        } else {
+            self.consumer.resume(&partitions)
+        };
+        match result {
+            Ok(()) if was != pause => {
+                tracing::debug!(topic = %topic, paused = pause, "lane flow changed")
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, topic = %topic, paused = pause, "pausing or resuming failed")
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! One request through `sluice ingress` and `sluice worker` (separate processes, tansu
+//! in between) to a real llama.cpp server with SmolLM2-135M.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{LlamaServer, SluiceProcess, Tansu};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_reaches_llama_cpp_and_its_completion_comes_back() {
+    let started = Instant::now();
+    let llama = LlamaServer::start(1).await;
+    let tansu = Tansu::start();
+    let request_topic = support::unique_name("llama-requests");
+    let reply_topic = support::unique_name("llama-replies");
+    let dlq_topic = support::unique_name("llama-dlq");
+    for topic in [&request_topic, &reply_topic, &dlq_topic] {
+        tansu.create_topic(topic, 1).await;
+    }
+
+    let ingress_port = support::free_port();
+    let admin_port = support::free_port();
+    let env: Vec<(String, String)> = [
+        ("SLUICE__KAFKA__BOOTSTRAP_SERVERS", tansu.bootstrap()),
+        ("SLUICE__KAFKA__REQUEST_TOPIC", request_topic.clone()),
+        ("SLUICE__KAFKA__REPLY_TOPIC", reply_topic.clone()),
+        ("SLUICE__KAFKA__DLQ_TOPIC", dlq_topic.clone()),
+        (
+            "SLUICE__KAFKA__GROUP_ID",
+            support::unique_name("llama-workers"),
+        ),
+        ("SLUICE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "2000".into()),
+        ("SLUICE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS", "300".into()),
+        (
+            "SLUICE__INGRESS__LISTEN",
+            format!("127.0.0.1:{ingress_port}"),
+        ),
+        (
+            "SLUICE__WORKER__ADMIN_LISTEN",
+            format!("127.0.0.1:{admin_port}"),
+        ),
+        ("SLUICE__BACKEND__URL", llama.base_url()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut ingress = SluiceProcess::spawn(["ingress"], env.clone());
+    let mut worker = SluiceProcess::spawn(["worker"], env);
+    let base = format!("http://127.0.0.1:{ingress_port}");
+    ingress
+        .wait_for_http_ok(&format!("{base}/readyz"), Duration::from_secs(20))
+        .await;
+    worker
+        .wait_for_http_ok(
+            &format!("http://127.0.0.1:{admin_port}/readyz"),
+            Duration::from_secs(20),
+        )
+        .await;
+
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{base}/v1/requests"))
+        .json(&json!({
+            "body": {
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": "What is the capital of France?"}],
+                "temperature": 0,
+                "max_tokens": 16
+            }
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let accepted: Value = response.json().await.unwrap();
+    let id = accepted["id"].as_str().expect("an id").to_string();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let body: Value = client
+            .get(format!("{base}/v1/requests/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] != "queued" {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still queued after 60 s\n--- worker ---\n{}\n--- llama ---\n{}",
+            worker.logs(),
+            llama.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    assert_eq!(done["status"], "ok", "{done}");
+    let reply = &done["reply"];
+    assert_eq!(reply["id"], id.as_str(), "{done}");
+    assert_eq!(reply["status"], "ok", "{done}");
+    assert_eq!(reply["attempts"], 1, "{done}");
+    assert_eq!(reply["body"]["object"], "chat.completion", "{done}");
+    let content = reply["body"]["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a text completion: {done}"));
+    assert!(!content.trim().is_empty(), "{done}");
+    let completion_tokens = reply["usage"]["completion_tokens"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("usage.completion_tokens: {done}"));
+    assert!(
+        (1..=16).contains(&completion_tokens),
+        "max_tokens 16 bounds the completion: {done}"
+    );
+    assert!(
+        reply["usage"]["prompt_tokens"].as_u64().unwrap_or(0) > 0,
+        "{done}"
+    );
+    // sluice's usage is the backend's own.
+    assert_eq!(
+        reply["usage"]["completion_tokens"],
+        reply["body"]["usage"]["completion_tokens"]
+    );
+
+    ingress.terminate();
+    worker.terminate();
+    let ingress_status = ingress.wait_exit(Duration::from_secs(20)).await;
+    let worker_status = worker.wait_exit(Duration::from_secs(20)).await;
+    assert!(ingress_status.success(), "ingress exit {ingress_status}");
+    assert!(worker_status.success(), "worker exit {worker_status}");
+    eprintln!(
+        "llama test took {:?}; completion {content:?}",
+        started.elapsed()
+    );
+}

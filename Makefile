@@ -10,7 +10,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test lint fmt
+.PHONY: build dev test lint fmt fuzz
 .DEFAULT_GOAL := build
 
 build:
@@ -29,3 +29,9 @@ lint:
 
 fmt:
 	$(CARGO) fmt
+
+# Property-based fuzzing of the envelope decoder, the ingress body parser and the HTTP
+# routes, with many more cases than `make test` runs (bounded: FUZZ_CASES per property).
+FUZZ_CASES ?= 20000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --test properties

@@ -17,6 +17,10 @@ pub enum AppError {
     PayloadTooLarge { limit: usize },
     #[error("no request with id {0:?} is known here")]
     NotFound(String),
+    #[error("no such route; see POST /v1/requests and GET /v1/requests/{{id}}")]
+    NoRoute,
+    #[error("this route does not take that HTTP method")]
+    MethodNotAllowed,
     /// Kafka did not take the write in time; nothing was accepted.
     #[error("{message}")]
     Unavailable {
@@ -30,7 +34,8 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::NotFound(_) | AppError::NoRoute => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -40,7 +45,8 @@ impl AppError {
         match self {
             AppError::BadRequest(_) => "invalid_request",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
-            AppError::NotFound(_) => "not_found",
+            AppError::NotFound(_) | AppError::NoRoute => "not_found",
+            AppError::MethodNotAllowed => "method_not_allowed",
             AppError::Unavailable { .. } => "unavailable",
         }
     }

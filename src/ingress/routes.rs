@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
@@ -42,6 +42,8 @@ pub fn app(state: IngressState, admin: AdminState) -> Router {
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .merge(admin::routes(admin))
+        .fallback(|| async { AppError::NoRoute })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
 }
 
 async fn submit_request(
@@ -134,8 +136,10 @@ async fn enqueue(
 
 async fn get_request(
     State(state): State<IngressState>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let Path(id) =
+        id.map_err(|e| AppError::BadRequest(format!("invalid request id in the path: {e}")))?;
     match state.cache.get(&id) {
         Some(entry) => Ok(Json(status_body(&id, &entry))),
         None => Err(AppError::NotFound(id)),

@@ -1,7 +1,8 @@
 //! RateLimit: token buckets for requests/s and tokens/min, configured for the whole
 //! consumer group and split by each worker's share of the assigned partitions.
-//! Guarantee: over any window, a worker starts at most `burst + window × share × limit`
-//! calls (tokens: plus one call's overshoot), so the group stays within its limits.
+//! Guarantee: over any window a worker starts at most `window × share × limit` calls,
+//! plus its saved burst, plus one request per caller already holding a reservation
+//! (tokens: plus one call's overshoot), so the group stays within its limits.
 //!
 //! - `poll_ready` is Pending until one request is available and the token budget is not
 //!   in debt; it then reserves the request. Pending means the worker takes no message.

@@ -1,6 +1,7 @@
 //! CircuitBreaker: stops calling a backend that is down, and stops the worker pulling
-//! from Kafka meanwhile. Guarantee: while open, the backend is not called at all; once
-//! the open period ends, exactly one probe goes, and its result alone decides.
+//! from Kafka meanwhile. Guarantee: while open, no call starts (calls already in flight
+//! finish); once the open period ends, exactly one probe goes, and its result alone
+//! decides.
 //!
 //! - Closed: calls pass. It opens after `consecutive_failures` failures in a row, or
 //!   when at least `error_ratio` of the calls over the last `window_ms` failed (judged

@@ -338,3 +338,11 @@ fn settings_are_validated_by_key() {
     let error = bad.validate().expect_err("max below open").to_string();
     assert!(error.contains("backend.breaker.max_open_ms"), "{error}");
 }
+
+#[test]
+fn services_and_futures_can_move_to_tasks() {
+    fn send<T: Send + 'static>() {}
+    send::<CircuitBreaker<Backend>>();
+    send::<ResponseFuture<<Backend as tower::Service<ChatRequest>>::Future>>();
+    send::<BreakerHandle>();
+}

@@ -229,12 +229,12 @@ mod tests {
         let mut limiter = Limiter::new(None, Some(100.0), secs(1.0), t0);
         limiter.set_share(t0, 1.0);
         let t1 = t0 + secs(10.0);
-        assert!((limiter.token_level(t1).unwrap() - 100.0).abs() < 1e-6);
+        assert!((limiter.token_level(t1).expect("a tokens limit is set") - 100.0).abs() < 1e-6);
         limiter.set_share(t1, 0.5);
-        assert!((limiter.token_level(t1).unwrap() - 50.0).abs() < 1e-6);
+        assert!((limiter.token_level(t1).expect("a tokens limit is set") - 50.0).abs() < 1e-6);
         limiter.charge(t1, 150);
         limiter.set_share(t1, 1.0);
-        assert!((limiter.token_level(t1).unwrap() + 100.0).abs() < 1e-6);
+        assert!((limiter.token_level(t1).expect("a tokens limit is set") + 100.0).abs() < 1e-6);
     }
 
     #[test]

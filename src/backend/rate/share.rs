@@ -1,6 +1,7 @@
 //! Handles the worker holds outside the stack: [`RateShare`] (its fraction of the group's
 //! limits, set from the rebalance callback) and [`RateStats`] (counters for /metrics).
-//! Both are cheap clones of an `Arc` of atomics; neither ever blocks.
+//! Both are cheap clones of an `Arc` of atomics (the share adds a lock held only to copy
+//! two numbers); neither ever waits.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

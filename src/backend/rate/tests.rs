@@ -342,3 +342,31 @@ async fn two_workers_with_half_shares_stay_within_the_global_limit() {
     assert!(busiest as f64 >= limit, "saturated: the limit is reached");
     assert!((steady - GLOBAL).abs() < GLOBAL * 0.01, "steady {steady}/s");
 }
+
+#[test]
+fn services_and_futures_can_move_to_tasks() {
+    fn send<T: Send + 'static>() {}
+    send::<RateLimit<Backend>>();
+    send::<ResponseFuture<<Backend as Service<ChatRequest>>::Future>>();
+    send::<RateShare>();
+    send::<RateStats>();
+}
+
+#[test]
+fn settings_are_validated_by_key() {
+    assert!(RateSettings::default().validate().is_ok());
+    for (bad, key) in [
+        (
+            settings(Some(0.0), None),
+            "backend.rate.requests_per_second",
+        ),
+        (
+            settings(Some(f64::NAN), None),
+            "backend.rate.requests_per_second",
+        ),
+        (settings(None, Some(0)), "backend.rate.tokens_per_minute"),
+    ] {
+        let error = bad.validate().expect_err("invalid").to_string();
+        assert!(error.contains(key), "{error}");
+    }
+}

@@ -302,6 +302,8 @@ impl Config {
                 "must not exceed backend.retry_max_backoff_ms",
             );
         }
+        self.backend.rate.validate()?;
+        self.backend.breaker.validate()?;
         if self.backend.timeout_ms == 0 {
             return invalid("backend.timeout_ms", "must be at least 1");
         }

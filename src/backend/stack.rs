@@ -6,7 +6,9 @@ use std::time::Duration;
 use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
 
+use super::breaker::{BreakerHandle, CircuitBreakerLayer};
 use super::client::OpenAiClient;
+use super::rate::{RateLimitLayer, RateShare, RateStats};
 use super::retry::{budget_from_config, AttemptObserver, Retry, RetryLayer, RetryPolicy};
 use super::timeout::TimeoutLayer;
 use super::{BackendError, ChatRequest, ChatResponse};
@@ -18,21 +20,26 @@ pub type Attempts = BoxCloneService<ChatRequest, ChatResponse, BackendError>;
 /// The whole call path; `ready()` it before taking a message, then `call` it.
 pub type BackendStack = Retry<Attempts>;
 
+/// The stack and the handles the worker uses to steer and observe it.
+pub struct Stack {
+    pub service: BackendStack,
+    /// Set on every rebalance: this worker's share of the group-wide rate limits.
+    pub rate_share: RateShare,
+    pub rate_stats: RateStats,
+    pub breaker: BreakerHandle,
+}
+
 /// Builds the stack over the real HTTP client.
 pub fn build_stack(
     config: &BackendConfig,
     observer: AttemptObserver,
-) -> Result<BackendStack, BackendError> {
+) -> Result<Stack, BackendError> {
     let client = OpenAiClient::new(config)?;
     Ok(build_stack_over(config, observer, client))
 }
 
 /// Builds the stack over any innermost service (simulations and tests use a model).
-pub fn build_stack_over<S>(
-    config: &BackendConfig,
-    observer: AttemptObserver,
-    innermost: S,
-) -> BackendStack
+pub fn build_stack_over<S>(config: &BackendConfig, observer: AttemptObserver, innermost: S) -> Stack
 where
     S: tower::Service<ChatRequest, Response = ChatResponse, Error = BackendError>
         + Clone
@@ -40,7 +47,12 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let rate = RateLimitLayer::new(&config.rate);
+    let breaker = CircuitBreakerLayer::new(&config.breaker);
+    let (rate_share, rate_stats, breaker_handle) = (rate.share(), rate.stats(), breaker.handle());
     let attempts = ServiceBuilder::new()
+        .layer(rate)
+        .layer(breaker)
         .layer(TimeoutLayer::new(Duration::from_millis(config.timeout_ms)))
         .service(innermost);
     let retry = RetryLayer::new(
@@ -48,5 +60,10 @@ where
         budget_from_config(config),
         observer,
     );
-    tower::Layer::layer(&retry, BoxCloneService::new(attempts))
+    Stack {
+        service: tower::Layer::layer(&retry, BoxCloneService::new(attempts)),
+        rate_share,
+        rate_stats,
+        breaker: breaker_handle,
+    }
 }

@@ -19,6 +19,9 @@ pub struct WorkerContext {
     pub tracker: Arc<Mutex<OffsetTracker>>,
     /// True while this member holds an assignment (possibly empty): it has joined the group.
     pub joined: Readiness,
+    /// Told the number of partitions assigned after every rebalance (0 on revoke), e.g.
+    /// to recompute this worker's share of group-wide rate limits.
+    pub on_assignment: Box<dyn Fn(usize) + Send + Sync>,
 }
 
 impl ClientContext for WorkerContext {}
@@ -35,10 +38,12 @@ impl ConsumerContext for WorkerContext {
                     tracker.revoke(p.topic(), p.partition());
                 }
                 self.joined.set(false);
+                (self.on_assignment)(0);
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
             }
             Rebalance::Assign(partitions) => {
                 self.joined.set(true);
+                (self.on_assignment)(partitions.count());
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -55,6 +60,7 @@ pub fn worker_consumer(
     kafka: &KafkaConfig,
     tracker: Arc<Mutex<OffsetTracker>>,
     joined: Readiness,
+    on_assignment: Box<dyn Fn(usize) + Send + Sync>,
 ) -> Result<WorkerConsumer, KafkaError> {
     super::client_config(
         kafka,
@@ -65,6 +71,8 @@ pub fn worker_consumer(
             ("queued.max.messages.kbytes", "8192"),
             ("queued.min.messages", "1000"),
             ("session.timeout.ms", "10000"),
+            ("fetch.max.bytes", "8388608"),
+            ("topic.metadata.refresh.interval.ms", "10000"),
         ],
         &[
             ("group.id", &kafka.group_id),
@@ -72,5 +80,9 @@ pub fn worker_consumer(
             ("enable.auto.offset.store", "false"),
         ],
     )
-    .create_with_context(WorkerContext { tracker, joined })
+    .create_with_context(WorkerContext {
+        tracker,
+        joined,
+        on_assignment,
+    })
 }

@@ -6,6 +6,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -45,6 +46,19 @@ pub struct WorkerMetrics {
     pub completion_tokens: Counter,
     /// Failed writes of replies or dead letters to Kafka (each retried).
     pub produce_failures: Counter,
+    /// Messages buffered between Kafka and the backend (bounded per lane).
+    pub buffered: Gauge,
+    /// Circuit breaker: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: Gauge,
+    /// Times the breaker opened.
+    pub breaker_opens: Counter,
+    /// Calls that waited for the rate limit, and the seconds they waited.
+    pub rate_limit_waits: Counter,
+    pub rate_limit_wait_seconds: Counter<f64, AtomicU64>,
+    /// This worker's share of the group-wide rate limits (its share of partitions).
+    pub rate_share: Gauge<f64, AtomicU64>,
+    /// The adaptive concurrency limit now.
+    pub concurrency_limit: Gauge,
 }
 
 impl WorkerMetrics {
@@ -62,6 +76,13 @@ impl WorkerMetrics {
             prompt_tokens: Counter::default(),
             completion_tokens: Counter::default(),
             produce_failures: Counter::default(),
+            buffered: Gauge::default(),
+            breaker_state: Gauge::default(),
+            breaker_opens: Counter::default(),
+            rate_limit_waits: Counter::default(),
+            rate_limit_wait_seconds: Counter::default(),
+            rate_share: Gauge::default(),
+            concurrency_limit: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("sluice_worker");
         r.register(
@@ -123,6 +144,41 @@ impl WorkerMetrics {
             "produce_failures",
             "Failed writes to Kafka (retried)",
             m.produce_failures.clone(),
+        );
+        r.register(
+            "buffered",
+            "Messages buffered between Kafka and the backend",
+            m.buffered.clone(),
+        );
+        r.register(
+            "breaker_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        r.register(
+            "breaker_opens",
+            "Times the circuit breaker opened",
+            m.breaker_opens.clone(),
+        );
+        r.register(
+            "rate_limit_waits",
+            "Calls that waited for the rate limit",
+            m.rate_limit_waits.clone(),
+        );
+        r.register(
+            "rate_limit_wait_seconds",
+            "Seconds calls waited for the rate limit",
+            m.rate_limit_wait_seconds.clone(),
+        );
+        r.register(
+            "rate_share",
+            "Share of the group-wide rate limits",
+            m.rate_share.clone(),
+        );
+        r.register(
+            "concurrency_limit",
+            "Adaptive concurrency limit",
+            m.concurrency_limit.clone(),
         );
         m
     }

@@ -15,6 +15,7 @@
 //! backlog stays in Kafka and memory stays bounded whatever the lag.
 
 pub mod dead_letter;
+pub mod housekeeping;
 pub mod intake;
 pub mod metrics;
 pub mod process;
@@ -39,6 +40,7 @@ use crate::config::Config;
 use crate::kafka::consumer::{worker_consumer, WorkerConsumer};
 use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::producer::{Producer, ProducerLimits};
+use housekeeping::{PartitionTotal, StackHandles, Upkeep};
 use intake::Intake;
 use metrics::{ClassLabel, WorkerMetrics};
 use process::Shared;
@@ -72,18 +74,6 @@ pub async fn serve(
 
     let request_topics = config.lane_topics();
     let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-    // Ready once the consumer has joined the group (assignment received).
-    let ready = Readiness::default();
-    let consumer = Arc::new(
-        worker_consumer(&config.kafka, tracker.clone(), ready.clone())
-            .context("creating the Kafka consumer")?,
-    );
-    let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .context("subscribing to the request topics")?;
-    let topics = topics.join(",");
-
     let observer_metrics = metrics.clone();
     let stack = build_stack(
         &config.backend,
@@ -97,6 +87,27 @@ pub async fn serve(
         }),
     )
     .context("creating the backend client")?;
+
+    // Ready once the consumer has joined the group (assignment received).
+    let ready = Readiness::default();
+    let total_partitions = PartitionTotal::default();
+    let on_assignment = {
+        let (share, total) = (stack.rate_share.clone(), total_partitions.clone());
+        Box::new(move |assigned: usize| {
+            if total.get() > 0 || assigned == 0 {
+                share.set_share(assigned, total.get().max(assigned));
+            }
+        })
+    };
+    let consumer = Arc::new(
+        worker_consumer(&config.kafka, tracker.clone(), ready.clone(), on_assignment)
+            .context("creating the Kafka consumer")?,
+    );
+    let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
+    consumer
+        .subscribe(&topics)
+        .context("subscribing to the request topics")?;
+    let topics = topics.join(",");
 
     let hard_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -139,6 +150,17 @@ pub async fn serve(
                 .await
         }
     });
+    let upkeep = tokio::spawn(housekeeping::run(
+        Upkeep {
+            consumer: consumer.clone(),
+            topics: shared.request_topics.clone(),
+            total: total_partitions,
+            stack: StackHandles::of(&stack),
+            intake: intake.clone(),
+            metrics: shared.metrics.clone(),
+        },
+        shutdown.clone(),
+    ));
     let receiving = tokio::spawn({
         let intake = intake.clone();
         let stop = shutdown.clone();
@@ -147,10 +169,17 @@ pub async fn serve(
 
     let tasks = TaskTracker::new();
     dispatch_loop(
-        &intake, stack, &consumer, &shared, &tracker, &tasks, &shutdown,
+        &intake,
+        stack.service,
+        &consumer,
+        &shared,
+        &tracker,
+        &tasks,
+        &shutdown,
     )
     .await;
     receiving.await.context("intake task")?;
+    upkeep.await.context("housekeeping task")?;
 
     // Drain: stop taking, let in-flight calls finish within the grace period.
     ready.set(false);

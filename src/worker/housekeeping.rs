@@ -1,0 +1,140 @@
+//! Periodic upkeep beside the pull loop: keeps this worker's share of the group-wide
+//! rate limits equal to its share of the request topics' partitions, and copies the
+//! backend stack's state (breaker, rate waits, buffers) into the metrics.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use tokio_util::sync::CancellationToken;
+
+use super::intake::Intake;
+use super::metrics::WorkerMetrics;
+use crate::backend::stack::Stack;
+use crate::kafka::consumer::WorkerConsumer;
+
+/// How often metrics are sampled and the share re-applied.
+const TICK: Duration = Duration::from_secs(1);
+/// How often the total partition count is re-read from the cluster.
+const METADATA_REFRESH: Duration = Duration::from_secs(30);
+
+/// Total partitions of the request topics, shared with the rebalance callback.
+#[derive(Clone, Default)]
+pub struct PartitionTotal(Arc<AtomicUsize>);
+
+impl PartitionTotal {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What the upkeep task reads and writes.
+pub struct Upkeep {
+    pub consumer: Arc<WorkerConsumer>,
+    pub topics: Vec<String>,
+    pub total: PartitionTotal,
+    pub stack: StackHandles,
+    pub intake: Arc<Intake>,
+    pub metrics: WorkerMetrics,
+}
+
+/// The parts of the stack that are observed (the service itself goes to the pull loop).
+pub struct StackHandles {
+    pub rate_share: crate::backend::rate::RateShare,
+    pub rate_stats: crate::backend::rate::RateStats,
+    pub breaker: crate::backend::breaker::BreakerHandle,
+}
+
+impl StackHandles {
+    pub fn of(stack: &Stack) -> Self {
+        Self {
+            rate_share: stack.rate_share.clone(),
+            rate_stats: stack.rate_stats.clone(),
+            breaker: stack.breaker.clone(),
+        }
+    }
+}
+
+/// Runs until `shutdown`.
+pub async fn run(upkeep: Upkeep, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(TICK);
+    let mut refreshed: Option<tokio::time::Instant> = None;
+    let mut seen = Seen::default();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if refreshed.is_none_or(|at| at.elapsed() >= METADATA_REFRESH) {
+            if let Some(total) = count_partitions(&upkeep.consumer, &upkeep.topics).await {
+                upkeep.total.0.store(total, Ordering::Relaxed);
+                refreshed = Some(tokio::time::Instant::now());
+            }
+        }
+        let assigned = upkeep
+            .consumer
+            .assignment()
+            .map(|a| {
+                a.elements()
+                    .iter()
+                    .filter(|e| upkeep.topics.iter().any(|t| t == e.topic()))
+                    .count()
+            })
+            .unwrap_or(0);
+        if upkeep.total.get() > 0 {
+            upkeep
+                .stack
+                .rate_share
+                .set_share(assigned, upkeep.total.get());
+        }
+        sample(&upkeep, &mut seen);
+    }
+}
+
+/// Last values of the handles' running totals, to feed counters by difference.
+#[derive(Default)]
+struct Seen {
+    opens: u64,
+    waits: u64,
+    wait_seconds: f64,
+}
+
+fn sample(upkeep: &Upkeep, seen: &mut Seen) {
+    let m = &upkeep.metrics;
+    let breaker = &upkeep.stack.breaker;
+    m.breaker_state.set(breaker.state().as_gauge());
+    let opens = breaker.opens_total();
+    m.breaker_opens.inc_by(opens.saturating_sub(seen.opens));
+    seen.opens = opens;
+    let waits = upkeep.stack.rate_stats.waits_total();
+    m.rate_limit_waits.inc_by(waits.saturating_sub(seen.waits));
+    seen.waits = waits;
+    let wait_seconds = upkeep.stack.rate_stats.wait_seconds_total();
+    m.rate_limit_wait_seconds
+        .inc_by((wait_seconds - seen.wait_seconds).max(0.0));
+    seen.wait_seconds = wait_seconds;
+    m.rate_share.set(upkeep.stack.rate_share.share());
+    m.buffered.set(upkeep.intake.buffered() as i64);
+}
+
+/// Sum of the partitions of `topics`, from cluster metadata (blocking call, off the
+/// async threads). `None` when the cluster did not answer.
+async fn count_partitions(consumer: &Arc<WorkerConsumer>, topics: &[String]) -> Option<usize> {
+    let consumer = consumer.clone();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).ok()?;
+        Some(
+            metadata
+                .topics()
+                .iter()
+                .filter(|t| topics.iter().any(|name| name == t.name()))
+                .map(|t| t.partitions().len())
+                .sum(),
+        )
+    })
+    .await
+    .ok()
+    .flatten()
+}

@@ -100,6 +100,13 @@ pub struct WorkerConfig {
     /// Minimum share of dispatches each lower lane keeps while higher lanes have work,
     /// in [0, 1]. Default 0.1.
     pub lane_min_share: f64,
+    /// Write final replies and commit the consumed offsets in one Kafka transaction, so a
+    /// `read_committed` reader sees each final reply once even when a worker dies
+    /// mid-flight. Needs real Kafka; see docs/delivery.md. Default false.
+    pub exactly_once: bool,
+    /// Exactly-once only: how long replies gather before their transaction commits.
+    /// Default 100 ms.
+    pub transaction_linger_ms: u64,
 }
 
 /// `[backend]`: the OpenAI-compatible LLM server.
@@ -192,6 +199,8 @@ impl Default for WorkerConfig {
             worker_id: None,
             lane_buffer: 64,
             lane_min_share: 0.1,
+            exactly_once: false,
+            transaction_linger_ms: 100,
         }
     }
 }

@@ -61,7 +61,10 @@ pub fn worker_consumer(
     tracker: Arc<Mutex<OffsetTracker>>,
     joined: Readiness,
     on_assignment: Box<dyn Fn(usize) + Send + Sync>,
+    exactly_once: bool,
 ) -> Result<WorkerConsumer, KafkaError> {
+    // Exactly-once: offsets are committed only inside the reply transactions.
+    let auto_commit = if exactly_once { "false" } else { "true" };
     super::client_config(
         kafka,
         super::ClientKind::Consumer,
@@ -76,7 +79,8 @@ pub fn worker_consumer(
         ],
         &[
             ("group.id", &kafka.group_id),
-            ("enable.auto.commit", "true"),
+            ("enable.auto.commit", auto_commit),
+            ("isolation.level", "read_committed"),
             ("enable.auto.offset.store", "false"),
         ],
     )

@@ -4,14 +4,19 @@
 
 use std::time::Duration;
 
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
+use rdkafka::TopicPartitionList;
 use tracing::Instrument;
 
 use crate::config::KafkaConfig;
 use crate::telemetry::{propagation, semconv};
+
+/// Longest a transaction call (init, send offsets, commit, abort) may block.
+pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where an acknowledged message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,9 +55,29 @@ pub struct Producer {
 
 impl Producer {
     pub fn new(kafka: &KafkaConfig, limits: ProducerLimits) -> Result<Self, KafkaError> {
+        Self::create(kafka, limits, None)
+    }
+
+    /// A transactional producer (`transactional.id`), initialised: blocking, run it on a
+    /// blocking thread. Starting it fences any older producer with the same id.
+    pub fn transactional_blocking(
+        kafka: &KafkaConfig,
+        limits: ProducerLimits,
+        transactional_id: &str,
+    ) -> Result<Self, KafkaError> {
+        let producer = Self::create(kafka, limits, Some(transactional_id))?;
+        producer.inner.init_transactions(TRANSACTION_TIMEOUT)?;
+        Ok(producer)
+    }
+
+    fn create(
+        kafka: &KafkaConfig,
+        limits: ProducerLimits,
+        transactional_id: Option<&str>,
+    ) -> Result<Self, KafkaError> {
         let timeout_ms = limits.delivery_timeout.as_millis().max(1).to_string();
         let kbytes = limits.queue_max_kbytes.to_string();
-        let inner: FutureProducer = super::client_config(
+        let mut config = super::client_config(
             kafka,
             super::ClientKind::Producer,
             &[("linger.ms", "2"), ("compression.type", "lz4")],
@@ -62,9 +87,39 @@ impl Producer {
                 ("message.timeout.ms", &timeout_ms),
                 ("queue.buffering.max.kbytes", &kbytes),
             ],
-        )
-        .create()?;
-        Ok(Self { inner, limits })
+        );
+        if let Some(id) = transactional_id {
+            config.set("transactional.id", id);
+        }
+        Ok(Self {
+            inner: config.create()?,
+            limits,
+        })
+    }
+
+    /// Starts a transaction (transactional producers only).
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.inner.begin_transaction()
+    }
+
+    /// Adds consumed offsets to the open transaction. Blocking.
+    pub fn send_offsets_blocking(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<(), KafkaError> {
+        self.inner
+            .send_offsets_to_transaction(offsets, group, TRANSACTION_TIMEOUT)
+    }
+
+    /// Commits the open transaction. Blocking.
+    pub fn commit_transaction_blocking(&self) -> Result<(), KafkaError> {
+        self.inner.commit_transaction(TRANSACTION_TIMEOUT)
+    }
+
+    /// Aborts the open transaction. Blocking.
+    pub fn abort_transaction_blocking(&self) -> Result<(), KafkaError> {
+        self.inner.abort_transaction(TRANSACTION_TIMEOUT)
     }
 
     /// Writes one message inside a `send {topic}` PRODUCER span (a child of the current

@@ -20,6 +20,7 @@ pub mod intake;
 pub mod metrics;
 pub mod process;
 pub mod scheduler;
+pub mod transactions;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,6 +46,7 @@ use intake::Intake;
 use metrics::{ClassLabel, WorkerMetrics};
 use process::Shared;
 use tower::ServiceExt;
+use transactions::Transactions;
 
 /// librdkafka `message.timeout.ms` for replies: a failed write is retried by `process`.
 const REPLY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,14 +102,60 @@ pub async fn serve(
         })
     };
     let consumer = Arc::new(
-        worker_consumer(&config.kafka, tracker.clone(), ready.clone(), on_assignment)
-            .context("creating the Kafka consumer")?,
+        worker_consumer(
+            &config.kafka,
+            tracker.clone(),
+            ready.clone(),
+            on_assignment,
+            config.worker.exactly_once,
+        )
+        .context("creating the Kafka consumer")?,
     );
     let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .context("subscribing to the request topics")?;
     let topics = topics.join(",");
+
+    // A failed transaction stops the worker as a signal would, but it exits non-zero.
+    let transaction_failed = CancellationToken::new();
+    let shutdown = {
+        let stop = shutdown.child_token();
+        let (failed, trigger) = (transaction_failed.clone(), stop.clone());
+        tokio::spawn(async move {
+            failed.cancelled().await;
+            trigger.cancel();
+        });
+        stop
+    };
+    let (transactions, committer) = if config.worker.exactly_once {
+        let (kafka, id) = (
+            config.kafka.clone(),
+            format!("sluice-{}-{}", config.kafka.group_id, config.worker_id()),
+        );
+        let limits = ProducerLimits {
+            delivery_timeout: REPLY_DELIVERY_TIMEOUT,
+            queue_wait: REPLY_DELIVERY_TIMEOUT,
+            queue_max_kbytes: 64 * 1024,
+        };
+        let producer = tokio::task::spawn_blocking(move || {
+            Producer::transactional_blocking(&kafka, limits, &id)
+        })
+        .await
+        .context("transactional producer task")?
+        .context("initialising the transactional producer (worker.exactly_once)")?;
+        let linger = Duration::from_millis(config.worker.transaction_linger_ms);
+        let (transactions, task) = Transactions::start(
+            producer,
+            consumer.clone(),
+            tracker.clone(),
+            linger,
+            transaction_failed.clone(),
+        );
+        (Some(transactions), Some(task))
+    } else {
+        (None, None)
+    };
 
     let hard_stop = CancellationToken::new();
     let shared = Arc::new(Shared {
@@ -124,6 +172,7 @@ pub async fn serve(
         metrics,
         request_topics: request_topics.clone(),
         hard_stop: hard_stop.clone(),
+        transactions,
         config: config.clone(),
     });
     let intake = Arc::new(Intake::new(
@@ -198,13 +247,23 @@ pub async fn serve(
         let _ = tokio::time::timeout(HARD_STOP_SETTLE, tasks.wait()).await;
     }
     drop(intake);
+    let exactly_once = shared.transactions.is_some();
     leave_group(consumer, shared).await;
+    if let Some(committer) = committer {
+        // The last Transactions handle went with `shared`: the committer finishes its batch.
+        let _ = tokio::time::timeout(HARD_STOP_SETTLE * 10, committer).await;
+    }
     admin_stop.cancel();
     admin_server
         .await
         .context("admin server task")?
         .context("serving admin routes")?;
-    tracing::info!("worker stopped");
+    if transaction_failed.is_cancelled() {
+        anyhow::bail!(
+            "a Kafka transaction failed; restart to resume from the last committed offsets"
+        );
+    }
+    tracing::info!(exactly_once, "worker stopped");
     Ok(())
 }
 
@@ -256,7 +315,8 @@ async fn dispatch_loop(
             shared.metrics.in_flight.dec();
             drop(permit);
             intake.finished(key.as_deref());
-            if !delivered {
+            // With exactly-once the committer stored the offset inside the transaction.
+            if !delivered || shared.transactions.is_some() {
                 return;
             }
             let position = tracker
@@ -290,9 +350,11 @@ async fn leave_group(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
         if let Err(e) = shared.producer.flush_blocking(Duration::from_secs(5)) {
             tracing::warn!(error = %e, "flushing the producer failed");
         }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) => tracing::info!("offsets committed"),
-            Err(e) => tracing::info!(error = %e, "no offsets committed"),
+        if shared.transactions.is_none() {
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) => tracing::info!("offsets committed"),
+                Err(e) => tracing::info!(error = %e, "no offsets committed"),
+            }
         }
         consumer.unsubscribe();
         drop(consumer);

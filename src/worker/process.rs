@@ -16,11 +16,13 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::dead_letter::{DeadLetter, Reason};
 use super::intake::Taken;
 use super::metrics::WorkerMetrics;
+use super::transactions::{Transactions, TxnOutput};
 use crate::backend::retry::Finished;
 use crate::backend::stack::BackendStack;
 use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
 use crate::envelope::{self, headers, now_ms, Reply, ReplyError, Request, Status, Timing};
+use crate::kafka::offsets::Ticket;
 use crate::kafka::producer::{Outgoing, Producer};
 use crate::telemetry::{propagation, semconv};
 
@@ -35,6 +37,8 @@ pub struct Shared {
     pub request_topics: Vec<String>,
     /// Cancelled when the shutdown grace period is over: stop retrying writes.
     pub hard_stop: CancellationToken,
+    /// `worker.exactly_once`: outputs go through transactions that also commit offsets.
+    pub transactions: Option<Transactions>,
 }
 
 /// The one output a message ends in.
@@ -52,7 +56,9 @@ const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 /// stack). Returns true once the output is delivered, false if abandoned.
 pub async fn handle(shared: &Shared, taken: Taken, backend: BackendStack) -> bool {
     let Taken {
-        message, request, ..
+        message,
+        request,
+        ticket,
     } = taken;
     let span = semconv::kafka_process_span(&semconv::Consumed {
         topic: message.topic(),
@@ -67,7 +73,7 @@ pub async fn handle(shared: &Shared, taken: Taken, backend: BackendStack) -> boo
             Output::Reply { reply, .. } => Some(reply.timing.enqueued_ms),
             Output::DeadLetter(_) => None,
         };
-        deliver(shared, output, enqueued_ms).await
+        deliver(shared, output, enqueued_ms, ticket).await
     }
     .instrument(span)
     .await
@@ -290,8 +296,14 @@ impl Output {
     }
 }
 
-/// Writes the output, retrying until Kafka acknowledges it or the hard stop.
-async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> bool {
+/// Writes the output, retrying until Kafka acknowledges it or the hard stop; with
+/// exactly-once, inside a transaction that also commits the message's offset.
+async fn deliver(
+    shared: &Shared,
+    output: Output,
+    enqueued_ms: Option<u64>,
+    ticket: Ticket,
+) -> bool {
     let Record {
         outcome,
         topic,
@@ -299,6 +311,20 @@ async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> b
         payload,
         headers: record_headers,
     } = output.into_record(&shared.config.kafka.dlq_topic);
+    if let Some(transactions) = &shared.transactions {
+        let output = TxnOutput {
+            topic,
+            key,
+            payload,
+            headers: record_headers,
+            ticket,
+        };
+        let committed = transactions.write(output).await;
+        if committed {
+            record_finished(shared, outcome, enqueued_ms);
+        }
+        return committed;
+    }
     let mut wait = WRITE_RETRY_INITIAL;
     loop {
         let sent = shared
@@ -327,6 +353,11 @@ async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> b
             }
         }
     }
+    record_finished(shared, outcome, enqueued_ms);
+    true
+}
+
+fn record_finished(shared: &Shared, outcome: &str, enqueued_ms: Option<u64>) {
     shared.metrics.finished(outcome);
     match enqueued_ms {
         Some(enqueued) => {
@@ -340,5 +371,4 @@ async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> b
             shared.metrics.dead_letters.inc();
         }
     }
-    true
 }

@@ -2,8 +2,8 @@
 //! Kafka, or (the baseline) straight to the backend; collects every final reply from the
 //! reply topic; reports loss, duplicates, latency and the backend's utilisation.
 //!
-//! - [`plan`]: durations and the send schedule.
-//! - [`send`]: one request to the ingress or the request topic.
+//! - [`plan`]: durations, and how many requests to send at what rate.
+//! - [`send`]: one request to the ingress or the request topic; the loop starting each on time.
 //! - [`direct`]: one request straight to the backend, no sluice.
 //! - [`collect`]: the reply-topic reader, positioned before the first send.
 //! - [`ledger`]: per-id books; the first final reply wins, later ones are duplicates.
@@ -25,11 +25,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::kafka::producer::{Producer, ProducerLimits};
 use ledger::Ledger;
 use plan::{parse_duration, Plan};
 use report::Report;
@@ -120,7 +118,7 @@ pub async fn run(
         .timeout(args.timeout.max(send::INGRESS_TIMEOUT))
         .build()
         .context("building the HTTP client")?;
-    let (target, described) = target(&config, &args, &http)?;
+    let (target, described) = send::target(&config, &args, &http)?;
     let payload = Payload {
         model: args.model.clone(),
         prompt: args.prompt.clone(),
@@ -145,7 +143,7 @@ pub async fn run(
     };
 
     let target = Arc::new(target);
-    let sending = tokio::spawn(send_all(
+    let sending = tokio::spawn(send::send_all(
         plan,
         target.clone(),
         payload,
@@ -183,77 +181,6 @@ pub async fn run(
     } else {
         ExitCode::from(EXIT_LOST)
     })
-}
-
-/// The target the flags name, and how the report names it.
-fn target(
-    config: &Config,
-    args: &LoadgenArgs,
-    http: &reqwest::Client,
-) -> anyhow::Result<(Target, String)> {
-    if let Some(base) = &args.ingress {
-        let url = format!("{}/v1/requests", base.trim_end_matches('/'));
-        return Ok((
-            Target::Ingress {
-                client: http.clone(),
-                url: url.clone(),
-            },
-            url,
-        ));
-    }
-    if let Some(base) = &args.direct {
-        let direct = direct::Direct::new(http.clone(), base, args.direct_retries.unwrap_or(0));
-        let url = direct.url().to_string();
-        return Ok((Target::Direct(direct), url));
-    }
-    let producer = Producer::new(
-        &config.kafka,
-        ProducerLimits {
-            delivery_timeout: Duration::from_secs(30),
-            queue_wait: Duration::from_secs(30),
-            queue_max_kbytes: 256 * 1024,
-        },
-    )
-    .context("creating the Kafka producer")?;
-    let topic = config.request_topic_for(None);
-    let described = format!("{topic} on {}", config.kafka.bootstrap_servers);
-    Ok((Target::Kafka { producer, topic }, described))
-}
-
-/// Starts every request of `plan` on schedule, each in its own task; returns once the
-/// last one has started. Tasks still running when the run ends are dropped with the
-/// runtime.
-async fn send_all(
-    plan: Plan,
-    target: Arc<Target>,
-    payload: Payload,
-    ledger: Arc<Ledger>,
-    shutdown: CancellationToken,
-) {
-    let payload = Arc::new(payload);
-    let room = Arc::new(Semaphore::new(plan.concurrency));
-    let start = tokio::time::Instant::now();
-    for seq in 0..plan.requests {
-        let permit = match plan.due(seq) {
-            Some(due) => {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep_until(start + due) => None,
-                }
-            }
-            None => tokio::select! {
-                _ = shutdown.cancelled() => break,
-                permit = room.clone().acquire_owned() => {
-                    Some(permit.expect("the send semaphore is never closed"))
-                }
-            },
-        };
-        let (target, payload, ledger) = (target.clone(), payload.clone(), ledger.clone());
-        tokio::spawn(async move {
-            target.send(seq, &payload, &ledger).await;
-            drop(permit);
-        });
-    }
 }
 
 /// Waits until every accepted request has its outcome, or `timeout` after the last send,

@@ -1,16 +1,23 @@
 //! Sending one request to a sluice target: `POST /v1/requests` to the ingress (202 is
 //! acceptance, anything else a refusal counted by status), or a version-1 envelope
 //! produced straight to the request topic (acks=all, idempotent; acceptance is the
-//! broker's acknowledgement).
+//! broker's acknowledgement); and the schedule that starts every request on time.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use serde_json::{json, Map, Value};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::direct::Direct;
 use super::ledger::Ledger;
+use super::plan::Plan;
+use super::LoadgenArgs;
+use crate::config::Config;
 use crate::envelope::{self, headers, Request};
-use crate::kafka::producer::{Outgoing, Producer};
+use crate::kafka::producer::{Outgoing, Producer, ProducerLimits};
 
 /// How long one `POST /v1/requests` may take before it counts as refused (`transport`).
 pub const INGRESS_TIMEOUT: Duration = Duration::from_secs(30);
@@ -125,6 +132,77 @@ impl Target {
             }
             Target::Direct(direct) => direct.call(&id, payload.chat_body(), ledger).await,
         }
+    }
+}
+
+/// The target the flags name, and how the report names it.
+pub fn target(
+    config: &Config,
+    args: &LoadgenArgs,
+    http: &reqwest::Client,
+) -> anyhow::Result<(Target, String)> {
+    if let Some(base) = &args.ingress {
+        let url = format!("{}/v1/requests", base.trim_end_matches('/'));
+        return Ok((
+            Target::Ingress {
+                client: http.clone(),
+                url: url.clone(),
+            },
+            url,
+        ));
+    }
+    if let Some(base) = &args.direct {
+        let direct = Direct::new(http.clone(), base, args.direct_retries.unwrap_or(0));
+        let url = direct.url().to_string();
+        return Ok((Target::Direct(direct), url));
+    }
+    let producer = Producer::new(
+        &config.kafka,
+        ProducerLimits {
+            delivery_timeout: Duration::from_secs(30),
+            queue_wait: Duration::from_secs(30),
+            queue_max_kbytes: 256 * 1024,
+        },
+    )
+    .context("creating the Kafka producer")?;
+    let topic = config.request_topic_for(None);
+    let described = format!("{topic} on {}", config.kafka.bootstrap_servers);
+    Ok((Target::Kafka { producer, topic }, described))
+}
+
+/// Starts every request of `plan` on schedule, each in its own task; returns once the
+/// last one has started. Tasks still running when the run ends are dropped with the
+/// runtime.
+pub async fn send_all(
+    plan: Plan,
+    target: Arc<Target>,
+    payload: Payload,
+    ledger: Arc<Ledger>,
+    shutdown: CancellationToken,
+) {
+    let payload = Arc::new(payload);
+    let room = Arc::new(Semaphore::new(plan.concurrency));
+    let start = tokio::time::Instant::now();
+    for seq in 0..plan.requests {
+        let permit = match plan.due(seq) {
+            Some(due) => {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep_until(start + due) => None,
+                }
+            }
+            None => tokio::select! {
+                _ = shutdown.cancelled() => break,
+                permit = room.clone().acquire_owned() => {
+                    Some(permit.expect("the send semaphore is never closed"))
+                }
+            },
+        };
+        let (target, payload, ledger) = (target.clone(), payload.clone(), ledger.clone());
+        tokio::spawn(async move {
+            target.send(seq, &payload, &ledger).await;
+            drop(permit);
+        });
     }
 }
 

@@ -10,7 +10,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test lint fmt
+.PHONY: build dev test lint fmt bench-burst bench-burst-quick
 .DEFAULT_GOAL := build
 
 build:
@@ -29,3 +29,13 @@ lint:
 
 fmt:
 	$(CARGO) fmt
+
+# A burst at 10x an undisclosed backend capacity for 30 s, through sluice (tansu, ingress,
+# 2 workers, mock-llm) and straight to the backend, side by side. Release build; about
+# 7 minutes on 2 cores. BURST_SECONDS, BURST_RATE and more: see bench/burst.sh.
+bench-burst:
+	bash bench/burst.sh
+
+# The same with a 3 s burst, for iterating.
+bench-burst-quick:
+	bash bench/burst.sh quick

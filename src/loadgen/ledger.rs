@@ -67,6 +67,8 @@ pub struct Books {
     pub foreign: u64,
     /// Send -> outcome seen, milliseconds, one per first outcome.
     pub latency_ms: Vec<f64>,
+    /// The same, for `ok` outcomes only.
+    pub ok_latency_ms: Vec<f64>,
     /// `timing.queue_ms` of first outcomes that carried it.
     pub queue_ms: Vec<f64>,
     pub first_send: Option<Instant>,
@@ -193,7 +195,11 @@ impl Ledger {
             *books.failed.entry(failure).or_default() += 1;
         }
         let latency = seen_at.saturating_duration_since(entry.sent_at);
-        books.latency_ms.push(latency.as_secs_f64() * 1000.0);
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        books.latency_ms.push(latency_ms);
+        if outcome.status == "ok" {
+            books.ok_latency_ms.push(latency_ms);
+        }
         if let Some(queue_ms) = outcome.queue_ms {
             books.queue_ms.push(queue_ms as f64);
         }

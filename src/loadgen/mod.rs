@@ -97,6 +97,10 @@ pub struct LoadgenArgs {
     /// Print one JSON object on stdout instead of the text report (no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// Also write the JSON report to FILE (whatever is printed), for scripts that show
+    /// the text and keep the figures.
+    #[arg(long, value_name = "FILE")]
+    pub json_file: Option<std::path::PathBuf>,
 }
 
 /// Runs the load, prints the report, and returns 0, or [`EXIT_LOST`] if anything was lost.
@@ -114,8 +118,9 @@ pub async fn run(
     if let Some(bootstrap) = args.kafka.as_deref().filter(|b| !b.is_empty()) {
         config.kafka.bootstrap_servers = bootstrap.to_string();
     }
+    // The client-wide limit bounds a direct call; ingress posts and scrapes set their own.
     let http = reqwest::Client::builder()
-        .timeout(args.timeout.max(send::INGRESS_TIMEOUT))
+        .timeout(args.timeout.max(Duration::from_secs(1)))
         .build()
         .context("building the HTTP client")?;
     let (target, described) = send::target(&config, &args, &http)?;
@@ -170,8 +175,12 @@ pub async fn run(
     };
     let backend = before.zip(after);
     let report = Report::new(target.mode(), described, &books, backend, direct);
+    let json = serde_json::to_string(&report).expect("a Report always serializes");
+    if let Some(path) = &args.json_file {
+        std::fs::write(path, format!("{json}\n"))
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
     if args.json {
-        let json = serde_json::to_string(&report).expect("a Report always serializes");
         println!("{json}");
     } else {
         print!("{}", report.text());

@@ -116,6 +116,8 @@ pub struct Report {
     /// Replies on the reply topic for ids this run did not send.
     pub ignored_replies: u64,
     pub latency_ms: Percentiles,
+    /// The same, over `ok` outcomes only.
+    pub ok_latency_ms: Percentiles,
     /// From each reply's `timing.queue_ms`; `null` for `--direct`.
     pub queue_wait_ms: Option<Percentiles>,
     /// First send -> last send.
@@ -163,6 +165,7 @@ impl Report {
             duplicates: books.duplicates,
             ignored_replies: books.foreign,
             latency_ms: Percentiles::of(&books.latency_ms),
+            ok_latency_ms: Percentiles::of(&books.ok_latency_ms),
             queue_wait_ms: (mode != "direct").then(|| Percentiles::of(&books.queue_ms)),
             send_seconds: span(books.first_send, books.last_send),
             drain_seconds,
@@ -214,6 +217,7 @@ impl Report {
             "  latency      {}   (send -> outcome seen)",
             ms(&self.latency_ms)
         );
+        let _ = writeln!(w, "  ok latency   {}", ms(&self.ok_latency_ms));
         if let Some(queue) = &self.queue_wait_ms {
             let _ = writeln!(w, "  queue wait   {}   (reply timing.queue_ms)", ms(queue));
         }

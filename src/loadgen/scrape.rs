@@ -1,7 +1,12 @@
 //! Reads the mock backend's `/metrics` (Prometheus text) before and after a run, so the
 //! report can say how busy the backend was and how often it refused work meanwhile.
 
+use std::time::Duration;
+
 use anyhow::Context as _;
+
+/// How long one scrape may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `sluice_mock_*` figures a report needs, at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -67,6 +72,7 @@ impl BackendSample {
 pub async fn scrape(client: &reqwest::Client, url: &str) -> anyhow::Result<BackendSample> {
     let response = client
         .get(url)
+        .timeout(SCRAPE_TIMEOUT)
         .send()
         .await
         .with_context(|| format!("scraping backend metrics at {url}"))?;

@@ -88,7 +88,13 @@ impl Target {
                 if let Some(deadline_ms) = payload.deadline_ms() {
                     submit["deadline_ms"] = json!(deadline_ms);
                 }
-                match client.post(url).json(&submit).send().await {
+                match client
+                    .post(url)
+                    .timeout(INGRESS_TIMEOUT)
+                    .json(&submit)
+                    .send()
+                    .await
+                {
                     Ok(response) if response.status().as_u16() == 202 => ledger.accepted(&id),
                     Ok(response) => ledger.refused(&id, response.status().as_u16().to_string()),
                     Err(e) => {

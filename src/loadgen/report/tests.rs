@@ -127,6 +127,7 @@ fn json_has_the_documented_fields() {
         "duplicates",
         "ignored_replies",
         "latency_ms",
+        "ok_latency_ms",
         "queue_wait_ms",
         "send_seconds",
         "drain_seconds",
@@ -143,4 +144,8 @@ fn json_has_the_documented_fields() {
     assert_eq!(json["backend"]["slots"], 4.0);
     assert_eq!(json["direct"]["retries"], 2);
     assert_eq!(json["latency_ms"]["count"], 1);
+    assert_eq!(
+        json["ok_latency_ms"]["count"], 0,
+        "an error is not an ok latency"
+    );
 }

@@ -10,7 +10,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test lint fmt fuzz
+.PHONY: build dev test lint fmt fuzz bench-burst bench-burst-quick
 .DEFAULT_GOAL := build
 
 build:
@@ -35,3 +35,14 @@ fmt:
 FUZZ_CASES ?= 20000
 fuzz:
 	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --test properties
+
+# A burst at 10x an undisclosed backend capacity for 30 s, through sluice (tansu, ingress,
+# 2 workers, mock-llm) and straight to the backend, side by side. Release build; 2-7
+# minutes on 2 cores (longer the more sluice serves rather than fails). BURST_SECONDS,
+# BURST_RATE and more: see bench/burst.sh.
+bench-burst:
+	bash bench/burst.sh
+
+# The same with a 3 s burst, for iterating.
+bench-burst-quick:
+	bash bench/burst.sh quick

@@ -19,6 +19,8 @@
 //! - [`worker`]: the pull loop (`sluice worker`): take, call, reply, commit.
 //! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
 //! - [`dev`]: everything in one process for a first run (`sluice dev`).
+//! - [`loadgen`]: bursts through sluice or straight to a backend; loss, duplicates,
+//!   latency and backend-utilisation report (`sluice loadgen`).
 
 pub mod admin;
 pub mod backend;
@@ -27,6 +29,7 @@ pub mod dev;
 pub mod envelope;
 pub mod ingress;
 pub mod kafka;
+pub mod loadgen;
 pub mod metrics;
 pub mod mock_llm;
 pub mod shutdown;

@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use sluice::config::Config;
 use sluice::dev::DevArgs;
+use sluice::loadgen::LoadgenArgs;
 use sluice::mock_llm::MockLlmArgs;
-use sluice::{dev, ingress, mock_llm, shutdown, telemetry, worker};
+use sluice::{dev, ingress, loadgen, mock_llm, shutdown, telemetry, worker};
 
 /// sluice: a Kafka-backed peak-shaving layer for LLM calls.
 ///
@@ -44,6 +45,18 @@ enum Command {
     /// OpenAI-compatible simulated backend with a capacity model, for demos, tests and
     /// benchmarks.
     MockLlm(MockLlmArgs),
+    /// Load generator: a burst through sluice (or straight to a backend), then a report of
+    /// loss, duplicates, latency and backend utilisation.
+    ///
+    /// Sends through the ingress, straight to the request topic, or (the baseline, no
+    /// sluice) straight to an OpenAI-compatible backend; reads every final reply from the
+    /// reply topic itself (first reply per id wins, later ones count as duplicates);
+    /// reports sent / accepted / completed / lost / duplicated, latency and queue-wait
+    /// percentiles, drain throughput and, with --backend-metrics, the backend's
+    /// utilisation and overload responses. Exits 0 when nothing was lost, 3 when some
+    /// accepted request had no final reply by --timeout, 1 (2 for bad configuration)
+    /// when it could not run.
+    Loadgen(LoadgenArgs),
 }
 
 impl Command {
@@ -53,6 +66,7 @@ impl Command {
             Command::Worker => "worker",
             Command::Dev(_) => "dev",
             Command::MockLlm(_) => "mock-llm",
+            Command::Loadgen(_) => "loadgen",
         }
     }
 }
@@ -89,17 +103,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         let shutdown = shutdown::on_signal();
-        match cli.command {
+        let done = match cli.command {
             Command::Ingress => ingress::run(config, shutdown).await,
             Command::Worker => worker::run(config, shutdown).await,
             Command::Dev(args) => dev::run(config, args, shutdown).await,
             Command::MockLlm(args) => mock_llm::run(args, shutdown).await.map_err(Into::into),
-        }
+            Command::Loadgen(args) => return loadgen::run(config, args, shutdown).await,
+        };
+        done.map(|()| ExitCode::SUCCESS)
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
     telemetry.shutdown();
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("sluice {role}: {e:#}");
             ExitCode::FAILURE

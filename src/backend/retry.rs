@@ -170,6 +170,7 @@ where
     let deadline_ms = request.deadline_ms;
     let mut attempts = 0;
     let mut last_error = None;
+    let mut first = true;
     loop {
         if deadline_ms.is_some_and(|d| now_ms() >= d) {
             return Ok(Finished::Expired {
@@ -177,25 +178,32 @@ where
                 last_error,
             });
         }
-        if attempts > 0 {
+        if !first {
             service.ready().await?;
         }
-        attempts += 1;
+        first = false;
         let result = service.call(request.clone()).await;
+        if let Err(open @ BackendError::CircuitOpen { .. }) = result {
+            // Not an attempt: the backend was not called. Readiness waits out the open
+            // breaker, so a long outage does not use up the request's attempts.
+            last_error = Some(open);
+            continue;
+        }
+        attempts += 1;
         let outcome = classify(&result);
         observer(outcome);
         if !outcome.is_retryable() || attempts >= policy.max_attempts {
             return Ok(Finished::Answered { result, attempts });
         }
         let error = result.expect_err("a retryable outcome is always an error");
-        if !budget.withdraw() {
-            tracing::debug!(attempts, error = %error, "retry budget exhausted; giving up");
-            return Ok(Finished::Answered {
-                result: Err(error),
-                attempts,
-            });
-        }
-        let wait = policy.backoff(attempts, error.retry_after(), &mut rand::rng());
+        // An empty budget slows retries to the longest backoff instead of failing the
+        // request: the backend is spared a storm, and the request still gets its attempts.
+        let wait = if budget.withdraw() {
+            policy.backoff(attempts, error.retry_after(), &mut rand::rng())
+        } else {
+            tracing::debug!(attempts, error = %error, "retry budget spent; backing off fully");
+            policy.max_backoff
+        };
         if deadline_ms.is_some_and(|d| now_ms() + wait.as_millis() as u64 >= d) {
             return Ok(Finished::Expired {
                 attempts,
@@ -375,17 +383,46 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_empty_budget_stops_retries() {
-        let (backend, calls) = scripted(vec![status(503, None)]);
+    async fn an_empty_budget_slows_retries_to_the_longest_backoff() {
+        let (backend, calls) = scripted(vec![status(503, None), ok()]);
         let (layer, _) = retry_layer(5, 0.0, 0);
+        let started = tokio::time::Instant::now();
         match layer.layer(backend).oneshot(request(None)).await.unwrap() {
             Finished::Answered {
-                result: Err(_),
-                attempts: 1,
+                result: Ok(_),
+                attempts: 2,
             } => {}
             other => panic!("{other:?}"),
         }
-        assert_eq!(*calls.lock().unwrap(), 1);
+        assert_eq!(*calls.lock().unwrap(), 2);
+        assert_eq!(
+            started.elapsed(),
+            policy().max_backoff,
+            "waited the longest backoff"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_breaker_does_not_use_up_attempts() {
+        let open = || {
+            Err(BackendError::CircuitOpen {
+                retry_in: Duration::from_secs(1),
+            })
+        };
+        let (backend, calls) = scripted(vec![status(503, None), open(), open(), open(), ok()]);
+        let (layer, seen) = retry_layer(2, 0.2, 10);
+        match layer.layer(backend).oneshot(request(None)).await.unwrap() {
+            Finished::Answered {
+                result: Ok(_),
+                attempts: 2,
+            } => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(*calls.lock().unwrap(), 5);
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![Outcome::BackPressure, Outcome::Success]
+        );
     }
 
     #[tokio::test(start_paused = true)]

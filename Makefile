@@ -10,7 +10,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test lint fmt fuzz bench-burst bench-burst-quick
+.PHONY: build dev test lint fmt fuzz bench-burst bench-burst-quick bench-memory
 .DEFAULT_GOAL := build
 
 build:
@@ -46,3 +46,7 @@ bench-burst:
 # The same with a 3 s burst, for iterating.
 bench-burst-quick:
 	bash bench/burst.sh quick
+
+# A worker's RSS while a 1,000,000-request backlog waits in Kafka (BACKLOG to change).
+bench-memory:
+	bash bench/backlog-memory.sh

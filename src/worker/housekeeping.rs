@@ -37,6 +37,8 @@ pub struct Upkeep {
     pub stack: StackHandles,
     pub intake: Arc<Intake>,
     pub metrics: WorkerMetrics,
+    /// Consumer lag from the consumer's statistics callback.
+    pub lag: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// The parts of the stack that are observed (the service itself goes to the pull loop).
@@ -116,6 +118,7 @@ fn sample(upkeep: &Upkeep, seen: &mut Seen) {
     seen.wait_seconds = wait_seconds;
     m.rate_share.set(upkeep.stack.rate_share.share());
     m.buffered.set(upkeep.intake.buffered() as i64);
+    m.lag.set(upkeep.lag.load(Ordering::Relaxed));
 }
 
 /// Sum of the partitions of `topics`, from cluster metadata (blocking call, off the

@@ -59,6 +59,8 @@ pub struct WorkerMetrics {
     pub rate_share: Gauge<f64, AtomicU64>,
     /// The adaptive concurrency limit now.
     pub concurrency_limit: Gauge,
+    /// Messages behind the end of this worker's partitions (consumer lag).
+    pub lag: Gauge,
 }
 
 impl WorkerMetrics {
@@ -83,6 +85,7 @@ impl WorkerMetrics {
             rate_limit_wait_seconds: Counter::default(),
             rate_share: Gauge::default(),
             concurrency_limit: Gauge::default(),
+            lag: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("sluice_worker");
         r.register(
@@ -179,6 +182,11 @@ impl WorkerMetrics {
             "concurrency_limit",
             "Adaptive concurrency limit",
             m.concurrency_limit.clone(),
+        );
+        r.register(
+            "lag",
+            "Messages behind the end of this worker's partitions",
+            m.lag.clone(),
         );
         m
     }

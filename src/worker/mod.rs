@@ -93,6 +93,7 @@ pub async fn serve(
     // Ready once the consumer has joined the group (assignment received).
     let ready = Readiness::default();
     let total_partitions = PartitionTotal::default();
+    let lag = Arc::new(std::sync::atomic::AtomicI64::new(0));
     let on_assignment = {
         let (share, total) = (stack.rate_share.clone(), total_partitions.clone());
         Box::new(move |assigned: usize| {
@@ -107,6 +108,7 @@ pub async fn serve(
             tracker.clone(),
             ready.clone(),
             on_assignment,
+            lag.clone(),
             config.worker.exactly_once,
         )
         .context("creating the Kafka consumer")?,
@@ -207,6 +209,7 @@ pub async fn serve(
             stack: StackHandles::of(&stack),
             intake: intake.clone(),
             metrics: shared.metrics.clone(),
+            lag,
         },
         shutdown.clone(),
     ));

@@ -2,9 +2,12 @@
 //! the fastest calls seen, so latency can be judged whatever each call's length.
 //!
 //! An LLM call takes about `a + b × tokens` when nothing waits ahead of it; queueing adds
-//! the same wait to every call whatever its length. So the baseline for `t` tokens is read
+//! the same wait to every call whatever its length. So the floor for `t` tokens is read
 //! off the lower envelope of observed (tokens, rtt) points, one point per quarter-octave
-//! of tokens, linearly interpolated between points; `rtt - baseline` is the queueing.
+//! of tokens, linearly interpolated between points. A floor made of the fastest calls sits
+//! below a typical unqueued call by the backend's jitter, which would read as queueing; so
+//! the baseline is the floor times the mean ratio of calls near it (within the queueing
+//! tolerance). `rtt - baseline` is the queueing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,6 +16,8 @@ use tokio::time::Instant;
 
 /// Buckets per doubling of the token count.
 const BUCKETS_PER_OCTAVE: f64 = 4.0;
+/// Weight of one near-floor call in the jitter ratio.
+const RATIO_GAIN: f64 = 0.05;
 
 /// The fastest recent call of one token bucket.
 #[derive(Debug, Clone, Copy)]
@@ -31,13 +36,19 @@ pub(super) struct Baseline {
     window: Duration,
     /// Keyed by bucket; points' token counts increase with the key.
     points: BTreeMap<u32, Point>,
+    /// Calls at most this much above the floor (as a fraction) count as unqueued.
+    band: f64,
+    /// Mean rtt / floor of unqueued calls: the jitter above the floor, at least 1.
+    ratio: f64,
 }
 
 impl Baseline {
-    pub(super) fn new(window: Duration) -> Self {
+    pub(super) fn new(window: Duration, band: f64) -> Self {
         Self {
             window,
             points: BTreeMap::new(),
+            band,
+            ratio: 1.0,
         }
     }
 
@@ -59,10 +70,14 @@ impl Baseline {
         if replace {
             self.points.insert(bucket, sample);
         }
-        self.estimate(tokens).unwrap_or(rtt).min(rtt)
+        let floor = self.estimate(tokens).unwrap_or(rtt).min(rtt);
+        if floor > 0.0 && rtt <= floor * (1.0 + self.band) {
+            self.ratio += RATIO_GAIN * (rtt / floor - self.ratio);
+        }
+        (floor * self.ratio).min(rtt)
     }
 
-    /// The envelope at `tokens`, if any point is known.
+    /// The floor at `tokens`, if any point is known.
     pub(super) fn estimate(&self, tokens: u64) -> Option<f64> {
         let mut below: [Option<&Point>; 2] = [None, None];
         let mut above: [Option<&Point>; 2] = [None, None];

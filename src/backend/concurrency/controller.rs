@@ -121,11 +121,11 @@ impl Controller {
 
     /// A call is being sent.
     pub(super) fn start(&self, request: &ChatRequest) -> CallTicket {
-        let mut state = self.lock();
-        let (level, epoch) = state.start();
+        let now = Instant::now();
+        let (level, epoch) = self.lock().start(&self.semaphore, now);
         CallTicket {
             level,
-            started: Instant::now(),
+            started: now,
             tokens: estimated_tokens(request),
             epoch,
         }
@@ -165,7 +165,7 @@ impl Controller {
                 _ => {}
             },
         }
-        state.on_finished(now);
+        state.on_finished(&self.semaphore, now);
     }
 
     /// The state stays consistent at every await-free step, so a panic elsewhere while

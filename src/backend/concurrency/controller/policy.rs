@@ -7,6 +7,12 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+mod judge;
+mod resize;
+
+use judge::Window;
+use resize::Pacing;
+
 use super::{BackPressureCounts, CallTicket, ControllerStats};
 use crate::backend::concurrency::baseline::Baseline;
 use crate::backend::concurrency::ConcurrencySettings;
@@ -14,8 +20,6 @@ use crate::backend::BackendError;
 
 /// Weight of a new round trip in the smoothed RTT (TCP's 1/8).
 const SRTT_GAIN: f64 = 0.125;
-/// Most current-epoch samples a judging window waits for.
-const MAX_WINDOW_SAMPLES: usize = 32;
 
 /// The controller's whole state. Created with the controller, lives as long as it.
 #[derive(Debug)]
@@ -26,6 +30,8 @@ pub(super) struct State {
     in_flight: usize,
     /// Permits to forget as they come back, because the limit fell below those in use.
     to_forget: usize,
+    /// Permits of an increase not yet given to the semaphore.
+    pacing: Pacing,
     /// The highest limit known to be good: below it the limit doubles per round trip,
     /// above it every increase is a probe. Starts at `max` (nothing known).
     recover_to: usize,
@@ -42,6 +48,19 @@ pub(super) struct State {
     epoch_pending: bool,
     /// When the current run of back-pressure began; ended by a clean window.
     episode: Option<Instant>,
+    /// The current run lowers `recover_to` (it confirmed a loss of capacity).
+    episode_lowers: bool,
+    /// When the limit was last cut; refusals of calls sent before then are stale.
+    last_cut: Option<Instant>,
+    /// Refused below `recover_to` since the limit was last clean at it: one more such
+    /// refusal before getting back there lowers `recover_to`.
+    suspect: bool,
+    /// A run of queueing cuts, until the limit holds steady: the queueing measured at the
+    /// first and the limit before it, to check that the cuts shorten the queue.
+    queue_cuts: Option<(f64, usize)>,
+    /// Queueing-like latency that cutting the limit did not remove (fraction of the round
+    /// trip), and when it was learned; subtracted from later measurements.
+    noise: (f64, Instant),
     /// Smoothed round-trip time of successes, seconds: the length of a judging window.
     srtt: Option<f64>,
     window: Window,
@@ -53,34 +72,6 @@ pub(super) struct State {
     back_pressure: BackPressureCounts,
     probes: u64,
     failed_probes: u64,
-}
-
-/// Evidence gathered since the last judgement.
-#[derive(Debug)]
-struct Window {
-    opened: Instant,
-    /// Current-epoch successes and their sums (seconds, seconds, calls).
-    samples: usize,
-    rtt: f64,
-    queueing: f64,
-    level: f64,
-    /// Demand reached the limit: an increase would be used.
-    reached_limit: bool,
-    back_pressure: bool,
-}
-
-impl Window {
-    fn new(opened: Instant) -> Self {
-        Self {
-            opened,
-            samples: 0,
-            rtt: 0.0,
-            queueing: 0.0,
-            level: 0.0,
-            reached_limit: false,
-            back_pressure: false,
-        }
-    }
 }
 
 impl State {
@@ -95,6 +86,7 @@ impl State {
             limit: settings.initial,
             in_flight: 0,
             to_forget: 0,
+            pacing: Pacing::default(),
             recover_to: settings.max,
             probe_backoff: 1,
             calls_since_change: 0,
@@ -102,9 +94,17 @@ impl State {
             epoch: 0,
             epoch_pending: false,
             episode: None,
+            episode_lowers: false,
+            last_cut: None,
+            suspect: false,
+            queue_cuts: None,
+            noise: (0.0, now),
             srtt: None,
             window: Window::new(now),
-            baseline: Baseline::new(Duration::from_millis(settings.baseline_window_ms)),
+            baseline: Baseline::new(
+                Duration::from_millis(settings.baseline_window_ms),
+                settings.queue_tolerance / 2.0,
+            ),
             limit_seconds: 0.0,
             accounted_at: now,
             created: now,
@@ -144,22 +144,18 @@ impl State {
         }
     }
 
-    /// Whether a returning permit must be forgotten (and counts it).
-    pub(super) fn take_forget(&mut self) -> bool {
-        let forget = self.to_forget > 0;
-        self.to_forget -= usize::from(forget);
-        forget
-    }
-
     /// A call is sent: returns its level (in flight, itself included) and epoch.
-    pub(super) fn start(&mut self) -> (usize, u64) {
+    pub(super) fn start(&mut self, semaphore: &Semaphore, now: Instant) -> (usize, u64) {
+        self.release_due(semaphore, now);
         self.in_flight += 1;
-        self.window.reached_limit |= self.in_flight >= self.limit;
+        let reached = self.in_flight >= self.limit - self.pacing.unreleased();
+        self.window.note_reached_limit(reached);
         (self.in_flight, self.epoch)
     }
 
     /// After every finished call, whatever its outcome.
-    pub(super) fn on_finished(&mut self, now: Instant) {
+    pub(super) fn on_finished(&mut self, semaphore: &Semaphore, now: Instant) {
+        self.release_due(semaphore, now);
         self.in_flight = self.in_flight.saturating_sub(1);
         if self.epoch_pending && self.in_flight <= self.limit {
             self.epoch += 1;
@@ -180,11 +176,7 @@ impl State {
         let base = self.baseline.observe(tokens, rtt, now);
         self.calls_since_change += 1;
         if ticket.epoch == self.epoch && !self.epoch_pending {
-            let w = &mut self.window;
-            w.samples += 1;
-            w.rtt += rtt;
-            w.queueing += rtt - base;
-            w.level += ticket.level as f64;
+            self.window.record(rtt, rtt - base, ticket.level);
         }
         self.judge(semaphore, now);
     }
@@ -208,81 +200,55 @@ impl State {
             self.back_pressure.with_retry_after += 1;
             self.hold_until = self.hold_until.max(now + wait);
         }
-        self.window.back_pressure = true;
+        self.window.note_back_pressure();
+        if self.last_cut.is_some_and(|cut| ticket.started < cut) {
+            // Sent under a higher limit than the current one: already acted upon (one
+            // cut per round of evidence, as TCP cuts once per window of losses).
+            return;
+        }
         let bound = ticket.level.saturating_sub(1).max(self.settings.min);
         match self.episode {
             None => {
                 self.episode = Some(now);
+                self.episode_lowers = false;
                 if bound >= self.recover_to {
                     self.failed_probe();
-                } else {
+                } else if self.suspect {
+                    // Refused below the good level twice before getting back to it: the
+                    // capacity did fall.
+                    self.episode_lowers = true;
                     self.recover_to = bound;
                     self.probe_backoff = 1;
+                } else {
+                    // Refused below the good level: a burst, a rate limit's edge, an
+                    // outage starting, or less capacity. The limit falls now; the next
+                    // recovery towards the good level tells which.
+                    self.suspect = true;
                 }
             }
             // Sent before the run began: the same evidence as its first refusal. Calls
             // sent later, at lower levels, mostly show an outage deepening, which must
             // not erase what the capacity was (the limit still falls).
-            Some(began) if ticket.started <= began => {
+            Some(began) if self.episode_lowers && ticket.started <= began => {
                 self.recover_to = self.recover_to.min(bound);
             }
             Some(_) => {}
         }
-        if bound < self.limit {
-            self.set_limit(semaphore, bound, now);
-        }
-    }
-
-    /// Once a window is one smoothed RTT long and holds enough current-epoch successes:
-    /// cut on queueing, else recover fast below `recover_to`, else probe when due.
-    fn judge(&mut self, semaphore: &Semaphore, now: Instant) {
-        let Some(srtt) = self.srtt else { return };
-        let needed = (self.limit / 4).clamp(1, MAX_WINDOW_SAMPLES);
-        let elapsed = now.duration_since(self.window.opened).as_secs_f64();
-        if self.window.samples < needed || elapsed < srtt {
-            return;
-        }
-        let window = std::mem::replace(&mut self.window, Window::new(now));
-        if window.back_pressure {
-            return;
-        }
-        self.episode = None;
-        let tolerance = self.settings.queue_tolerance;
-        let queueing = if window.rtt > 0.0 {
-            window.queueing / window.rtt
+        let cut = bound.min(if self.episode_lowers {
+            self.recover_to
         } else {
-            0.0
-        };
-        if queueing > tolerance {
-            // Little's law: the share of the round trip not spent queueing is the share
-            // of the calls in flight that the backend is serving.
-            let serving = window.level / window.samples as f64 * (1.0 - queueing);
-            let target = (serving / (1.0 - tolerance / 2.0)).floor() as usize;
-            let target = target.max(self.settings.min);
-            if target < self.limit {
-                if self.limit > self.recover_to {
-                    self.failed_probe();
-                    self.recover_to = self.recover_to.min(target);
-                } else {
-                    self.recover_to = target;
-                    self.probe_backoff = 1;
-                }
-                self.set_limit(semaphore, target, now);
-            }
-        } else if window.reached_limit && now >= self.hold_until {
-            if self.limit > self.recover_to {
-                // A probe held for a whole clean window: the new level is good.
-                self.recover_to = self.limit;
-                self.probe_backoff = 1;
-            }
-            let due = u64::from(self.settings.probe_after_calls) * u64::from(self.probe_backoff);
-            if self.limit < self.recover_to {
-                let doubled = self.limit.saturating_mul(2).min(self.recover_to);
-                self.set_limit(semaphore, doubled, now);
-            } else if self.calls_since_change >= due && self.limit < self.settings.max {
-                self.probes += 1;
-                self.set_limit(semaphore, self.limit + 1, now);
-            }
+            usize::MAX
+        });
+        if cut < self.limit {
+            tracing::debug!(
+                t = now.duration_since(self.created).as_secs_f64(),
+                limit = cut,
+                level = ticket.level,
+                recover_to = self.recover_to,
+                suspect = self.suspect,
+                "adaptive concurrency: back-pressure cut"
+            );
+            self.set_limit(semaphore, cut, now);
         }
     }
 
@@ -292,35 +258,5 @@ impl State {
             .probe_backoff
             .saturating_mul(2)
             .min(self.settings.max_probe_backoff);
-    }
-
-    /// Moves the limit and resizes the semaphore to match.
-    fn set_limit(&mut self, semaphore: &Semaphore, new: usize, now: Instant) {
-        let new = new.clamp(self.settings.min, self.settings.max);
-        if new == self.limit {
-            return;
-        }
-        self.account(now);
-        if new > self.limit {
-            let up = new - self.limit;
-            let cancelled = up.min(self.to_forget);
-            self.to_forget -= cancelled;
-            semaphore.add_permits(up - cancelled);
-            self.epoch += 1;
-            self.epoch_pending = false;
-            self.window = Window::new(now);
-        } else {
-            let down = self.limit - new;
-            self.to_forget += down - semaphore.forget_permits(down);
-            self.epoch_pending = true;
-        }
-        self.limit = new;
-        self.calls_since_change = 0;
-    }
-
-    fn account(&mut self, now: Instant) {
-        let secs = now.duration_since(self.accounted_at).as_secs_f64();
-        self.limit_seconds += self.limit as f64 * secs;
-        self.accounted_at = now;
     }
 }

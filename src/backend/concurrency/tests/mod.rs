@@ -2,7 +2,11 @@
 //! latency baseline and settings (here), and the controller driven against simulated
 //! backends in virtual time (`simulation`, scenarios in `tests/data/adaptive-concurrency/`).
 
+mod report;
+mod scenario;
 mod service;
+mod sim_backend;
+mod simulation;
 
 use std::time::Duration;
 
@@ -15,7 +19,7 @@ use super::ConcurrencySettings;
 async fn baseline_interpolates_the_no_load_line_between_token_buckets() {
     // No-load RTT = 100 ms + 1 ms per token.
     let rtt = |tokens: u64| 0.1 + 0.001 * tokens as f64;
-    let mut baseline = Baseline::new(Duration::from_secs(60));
+    let mut baseline = Baseline::new(Duration::from_secs(60), 0.1);
     let now = Instant::now();
     for tokens in [16, 64, 256, 1024] {
         assert_eq!(baseline.observe(tokens, rtt(tokens), now), rtt(tokens));
@@ -34,7 +38,7 @@ async fn baseline_interpolates_the_no_load_line_between_token_buckets() {
 
 #[tokio::test(start_paused = true)]
 async fn baseline_forgets_points_older_than_its_window() {
-    let mut baseline = Baseline::new(Duration::from_secs(10));
+    let mut baseline = Baseline::new(Duration::from_secs(10), 0.1);
     baseline.observe(100, 0.2, Instant::now());
     assert_eq!(baseline.observe(100, 0.3, Instant::now()), 0.2);
     tokio::time::advance(Duration::from_secs(11)).await;

@@ -227,5 +227,10 @@ async fn a_clean_round_trip_at_the_limit_doubles_it_for_waiting_callers() {
     assert_eq!(controller.limit(), 2);
     assert!(waiter.is_woken());
     assert!(waiter.poll_ready().is_ready());
+    // The increase is paced over one round trip, handed out as calls start and finish.
+    assert!(service.poll_ready().is_pending());
+    tokio::time::advance(Duration::from_millis(100)).await;
+    let _second = waiter.call(request());
+    assert!(service.is_woken());
     assert!(service.poll_ready().is_ready(), "two permits now");
 }

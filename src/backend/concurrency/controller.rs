@@ -107,6 +107,14 @@ impl Controller {
         self.lock().stats(Instant::now())
     }
 
+    /// Whether the permits in existence match the limit, given how many are held now.
+    #[cfg(test)]
+    pub(super) fn permits_match_limit(&self, held: usize) -> bool {
+        let state = self.lock();
+        let (to_forget, unreleased) = state.permit_debt();
+        self.semaphore.available_permits() + held == state.limit() - unreleased + to_forget
+    }
+
     pub(super) fn semaphore(&self) -> Arc<Semaphore> {
         Arc::clone(&self.semaphore)
     }

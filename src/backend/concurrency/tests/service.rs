@@ -22,19 +22,14 @@ fn unbox(error: MockError) -> BackendError {
         .expect("these tests only send BackendError")
 }
 
-/// A service whose limit stays at `limit` unless back-pressure lowers it.
-fn fixed(
-    limit: usize,
-) -> (
+type Harness = (
     Spawn<Svc>,
     Handle<ChatRequest, ChatResponse>,
     Arc<Controller>,
-) {
-    let settings = ConcurrencySettings {
-        initial: limit,
-        max: limit,
-        ..ConcurrencySettings::default()
-    };
+);
+
+/// The layer over `tower_test`'s mock, with its controller.
+fn with_settings(settings: ConcurrencySettings) -> Harness {
     let controller = Arc::new(Controller::new(settings));
     let shared = Arc::clone(&controller);
     let (service, handle) = mock::spawn_with(move |mock: Mock<ChatRequest, ChatResponse>| {
@@ -42,6 +37,20 @@ fn fixed(
         AdaptiveConcurrency::new(inner, Arc::clone(&shared))
     });
     (service, handle, controller)
+}
+
+/// Starts at `initial`, free to move within `[1, max]`.
+fn ranging(initial: usize, max: usize) -> Harness {
+    with_settings(ConcurrencySettings {
+        initial,
+        max,
+        ..ConcurrencySettings::default()
+    })
+}
+
+/// A limit that stays at `limit` unless back-pressure lowers it.
+fn fixed(limit: usize) -> Harness {
+    ranging(limit, limit)
 }
 
 fn request() -> ChatRequest {
@@ -198,18 +207,7 @@ async fn failures_that_are_not_back_pressure_leave_the_limit_alone() {
 
 #[tokio::test(start_paused = true)]
 async fn a_clean_round_trip_at_the_limit_doubles_it_for_waiting_callers() {
-    let settings = ConcurrencySettings {
-        initial: 1,
-        max: 4,
-        ..ConcurrencySettings::default()
-    };
-    let controller = Arc::new(Controller::new(settings));
-    let shared = Arc::clone(&controller);
-    let (mut service, mut handle) =
-        mock::spawn_with(move |mock: Mock<ChatRequest, ChatResponse>| {
-            let inner: Inner = mock.map_err(unbox as fn(MockError) -> BackendError);
-            AdaptiveConcurrency::new(inner, Arc::clone(&shared))
-        });
+    let (mut service, mut handle, controller) = ranging(1, 4);
     let mut waiter = Spawn::new(service.get_ref().clone());
     assert!(service.poll_ready().is_ready());
     let call = service.call(request());
@@ -233,4 +231,93 @@ async fn a_clean_round_trip_at_the_limit_doubles_it_for_waiting_callers() {
     let _second = waiter.call(request());
     assert!(service.is_woken());
     assert!(service.poll_ready().is_ready(), "two permits now");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_window_holds_every_increase() {
+    let (mut service, mut handle, controller) = ranging(2, 8);
+    // Two in flight; the second is refused with Retry-After 5 s: the limit drops to 1.
+    assert!(service.poll_ready().is_ready());
+    let first = service.call(request());
+    assert!(service.poll_ready().is_ready());
+    let second = service.call(request());
+    let (_, first_reply) = handle.next_request().await.expect("first call");
+    let (_, second_reply) = handle.next_request().await.expect("second call");
+    second_reply.send_error(status(429, Some(Duration::from_secs(5))));
+    assert!(second.await.is_err());
+    tokio::time::advance(Duration::from_millis(100)).await;
+    first_reply.send_response(ok());
+    assert!(first.await.is_ok());
+    assert_eq!(controller.limit(), 1);
+
+    // One clean round trip after another at the limit: no increase while the window is
+    // open, the usual doubling once it has closed.
+    let mut limits = Vec::new();
+    for _ in 0..60 {
+        assert!(service.poll_ready().is_ready());
+        let call = service.call(request());
+        let (_, reply) = handle.next_request().await.expect("call reached the mock");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        reply.send_response(ok());
+        assert!(call.await.is_ok());
+        limits.push(controller.limit());
+    }
+    assert!(limits[..45].iter().all(|&limit| limit == 1), "{limits:?}");
+    assert!(limits[55..].iter().all(|&limit| limit >= 2), "{limits:?}");
+}
+
+/// Random calls, answers, drops, clones and time: the permits in existence always match
+/// the limit, however it moved (shrinks forget permits lazily, growth is paced).
+#[tokio::test(start_paused = true)]
+async fn permits_always_match_the_limit() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    let (service, mut handle, controller) = ranging(2, 12);
+    let mut rng = StdRng::seed_from_u64(42);
+    // Each clone and whether it holds a reserved permit.
+    let mut clones: Vec<(Spawn<Svc>, bool)> = (0..6)
+        .map(|_| (Spawn::new(service.get_ref().clone()), false))
+        .collect();
+    let mut calls = Vec::new();
+    let mut limits = std::collections::BTreeSet::new();
+    for step in 0..3000 {
+        let i = rng.random_range(0..clones.len());
+        match rng.random_range(0..6) {
+            0 | 1 => {
+                let (clone, reserved) = &mut clones[i];
+                if !*reserved {
+                    *reserved = clone.poll_ready().is_ready();
+                } else {
+                    let call = clone.call(request());
+                    *reserved = false;
+                    let (_, reply) = handle.next_request().await.expect("call reached the mock");
+                    calls.push((call, reply));
+                }
+            }
+            2 if !calls.is_empty() => {
+                let (call, reply) = calls.swap_remove(rng.random_range(0..calls.len()));
+                match rng.random_range(0..20) {
+                    0 => reply.send_error(status(429, None)),
+                    1 => reply.send_error(BackendError::Transport("reset".into())),
+                    _ => reply.send_response(ok()),
+                }
+                let _ = call.await;
+            }
+            3 if !calls.is_empty() => drop(calls.swap_remove(rng.random_range(0..calls.len()))),
+            4 => clones[i] = (Spawn::new(service.get_ref().clone()), false),
+            _ => tokio::time::advance(Duration::from_millis(rng.random_range(0..150))).await,
+        }
+        // A waiting clone may have been handed a permit; claim it so it is counted.
+        for (clone, reserved) in &mut clones {
+            if !*reserved {
+                *reserved = clone.poll_ready().is_ready();
+            }
+        }
+        let held = calls.len() + clones.iter().filter(|(_, reserved)| *reserved).count();
+        assert!(controller.permits_match_limit(held), "step {step}");
+        assert_eq!(controller.in_flight(), calls.len(), "step {step}");
+        limits.insert(controller.limit());
+    }
+    assert!(limits.len() >= 3, "the limit should have moved: {limits:?}");
 }

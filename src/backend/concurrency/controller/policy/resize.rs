@@ -34,6 +34,13 @@ impl State {
         forget
     }
 
+    /// Permits that exist beyond those the limit allows (to be forgotten) and permits the
+    /// limit allows that do not exist yet (paced): for the permit-accounting test.
+    #[cfg(test)]
+    pub(in crate::backend::concurrency::controller) fn permit_debt(&self) -> (usize, usize) {
+        (self.to_forget, self.pacing.unreleased())
+    }
+
     /// Moves the limit and resizes the semaphore to match.
     pub(super) fn set_limit(&mut self, semaphore: &Semaphore, new: usize, now: Instant) {
         let new = new.clamp(self.settings.min, self.settings.max);
@@ -69,8 +76,13 @@ impl State {
         self.calls_since_change = 0;
     }
 
-    /// Gives the semaphore the share of the current increase that is due by `now`.
+    /// Gives the semaphore the share of the current increase that is due by `now`, and
+    /// collects permits still owed to a shrink from those free now (a permit handed to a
+    /// waiter that was then dropped returns to the semaphore without passing `release`).
     pub(super) fn release_due(&mut self, semaphore: &Semaphore, now: Instant) {
+        if self.to_forget > 0 {
+            self.to_forget -= semaphore.forget_permits(self.to_forget);
+        }
         let Some(from) = self.pacing.from else { return };
         let pacing = &mut self.pacing;
         let elapsed = now.duration_since(from).as_secs_f64();

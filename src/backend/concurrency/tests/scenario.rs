@@ -75,6 +75,10 @@ pub(super) struct BackendParams {
     /// Service times vary uniformly by ± this fraction.
     #[serde(default)]
     pub jitter: f64,
+    /// Batching slows every call down as more slots are busy (vLLM decodes a bigger batch
+    /// per step): service time × (1 + this × busy slots / slots), measured at admission.
+    #[serde(default)]
+    pub batch_slowdown: f64,
     #[serde(default)]
     pub seed: u64,
     /// A 429 above this many requests per second (token bucket), whatever the slots.

@@ -1,6 +1,6 @@
 //! The simulated backend: `mock_llm::capacity::CapacityModel` (slots, latency + per-token
 //! time, queue or reject) behind an in-process `Service<ChatRequest>`, plus what the model
-//! leaves to its callers: network time, jitter, a requests/s limit, capacity changes
+//! leaves to its callers: network time, jitter, batch slowdown, a requests/s limit, capacity changes
 //! (another tenant taking slots) and outages. Every answer is recorded with its time.
 
 use std::future::Future;
@@ -168,7 +168,12 @@ impl Shared {
             Err(refused) => return Err(self.overloaded(refused.retry_after)),
         };
         let jitter = self.params.jitter * lock(&self.rng).random_range(-1.0..=1.0);
-        let service = self.model.service_time(tokens).mul_f64(1.0 + jitter);
+        let stats = self.model.stats();
+        let batch = self.params.batch_slowdown * stats.in_flight as f64 / stats.slots as f64;
+        let service = self
+            .model
+            .service_time(tokens)
+            .mul_f64((1.0 + jitter) * (1.0 + batch));
         tokio::time::sleep(service).await;
         drop(slot);
         lock(&self.record)

@@ -215,6 +215,7 @@ scenarios! {
     jittery_queue,
     outage_unavailable,
     outage_transport,
+    batching_queue,
 }
 
 #[test]

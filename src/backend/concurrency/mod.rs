@@ -1,20 +1,26 @@
 //! AdaptiveConcurrency: finds how many calls the backend can take at once, with no
 //! knowledge of its capacity, and never lets more than that many be in flight.
 //!
-//! - [`layer`]: [`AdaptiveConcurrencyLayer`], configuration and the shared controller.
-//! - [`service`]: [`AdaptiveConcurrency`], reserves a permit in `poll_ready`, spends it in `call`.
-//! - [`future`]: [`ResponseFuture`], times the call and reports its classified outcome.
-//! - `controller`: all policy (the limit, its evidence, the permits), behind a std mutex.
+//! - `layer`: [`AdaptiveConcurrencyLayer`], configuration and the shared controller.
+//! - `service`: [`AdaptiveConcurrency`], reserves a permit in `poll_ready`, spends it in `call`.
+//! - `future`: [`ResponseFuture`], times the call and reports its classified outcome.
+//! - `controller`: the shared handle and its permits; `controller/policy` holds all policy
+//!   behind a std mutex (`judge`: windows of evidence, `resize`: moving the limit).
 //! - `baseline`: the no-load round-trip time as a function of tokens, to normalise latency.
 //!
-//! The policy in one paragraph: a back-pressure answer (429, 503, timeout) to a call that
-//! was sent as the k-th in flight proves the backend holds fewer than k of ours, so the
-//! limit drops to k - 1, not by half. Latency above its token-normalised no-load baseline
-//! is queueing at the backend; when too much of the round trip is queueing, the limit drops
-//! to the number of calls actually being served. Above the last level known to be good the
-//! limit probes one call higher only after enough clean calls, and waits twice as long after
-//! each probe that fails; below it (after an outage or a drain) it doubles per round trip.
-//! A Retry-After window blocks every increase. Other failures say nothing about load.
+//! The policy. A back-pressure answer (429, 503, timeout) to a call sent as the k-th in
+//! flight proves the backend holds fewer than k of ours, so the limit drops to k - 1, not
+//! by a ratio; answers to calls sent before the last cut are stale and ignored. Latency
+//! above its token-normalised no-load baseline is queueing at the backend: when more than
+//! `queue_tolerance` of the round trip is queueing, the limit drops to the calls actually
+//! being served (Little's law) plus a little queue; queueing that cuts do not shrink is
+//! learned as noise instead. Above the last level known to be good the limit probes one
+//! call higher after `probe_after_calls` clean calls, twice as long after each probe that
+//! fails; below it (after an outage, a burst, a drain) it doubles every round trip, paced
+//! so the new calls never arrive as a burst. A level is only forgotten as good after a
+//! second refusal below it before getting back (one refusal may be a burst or an outage).
+//! A Retry-After window blocks every increase. Other failures say nothing about load and
+//! leave the limit alone; a call the circuit breaker refused was never sent and is ignored.
 
 mod baseline;
 mod controller;

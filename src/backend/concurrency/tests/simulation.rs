@@ -104,7 +104,7 @@ async fn run(scenario: &Scenario) -> Report {
         };
         tokio::select! {
             ready = dispatcher.ready() => {
-                ready.expect("the stack under test is never failed by poll_ready");
+                ready.expect("neither the layer nor the simulated backend fails poll_ready");
             }
             _ = sleep_until(end) => break,
         }

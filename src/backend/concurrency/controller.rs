@@ -1,0 +1,228 @@
+//! The controller: the limit, the permits that enforce it and every policy decision, behind
+//! one std mutex that is never held across an `.await`. The service and its future only
+//! take and return permits and report each call's classified outcome here.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::ConcurrencySettings;
+use crate::backend::classify::{classify, Outcome};
+use crate::backend::{BackendError, ChatRequest, ChatResponse};
+
+mod policy;
+
+use policy::State;
+
+/// Shared by every clone of one [`AdaptiveConcurrency`](super::AdaptiveConcurrency)
+/// service; read it for metrics.
+#[derive(Debug)]
+pub struct Controller {
+    /// One permit per call the limit allows. Shrinking forgets free permits at once and the
+    /// rest as they come back (`State::to_forget`). Never closed.
+    semaphore: Arc<Semaphore>,
+    state: Mutex<State>,
+}
+
+/// Back-pressure answers seen, by kind (each is also one overload response).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackPressureCounts {
+    /// HTTP 429.
+    pub too_many_requests: u64,
+    /// HTTP 503.
+    pub unavailable: u64,
+    /// No answer within the per-attempt timeout.
+    pub timeouts: u64,
+    /// Of the above, those that carried a Retry-After (each holds increases back).
+    pub with_retry_after: u64,
+}
+
+impl BackPressureCounts {
+    pub fn total(&self) -> u64 {
+        self.too_many_requests + self.unavailable + self.timeouts
+    }
+}
+
+/// A snapshot for metrics and tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ControllerStats {
+    /// The current limit.
+    pub limit: usize,
+    /// Calls sent and not yet finished.
+    pub in_flight: usize,
+    /// Time-weighted mean of the limit since the controller was created.
+    pub mean_limit: f64,
+    /// Integral of the limit over time (limit × seconds) since creation: the difference of
+    /// two snapshots divided by the time between them is the mean over that window.
+    pub limit_seconds: f64,
+    /// Time since creation.
+    pub elapsed: Duration,
+    pub back_pressure: BackPressureCounts,
+    /// Increases above the last level known to be good.
+    pub probes: u64,
+    /// Probes answered with back-pressure or queueing.
+    pub failed_probes: u64,
+}
+
+/// What the controller keeps about one call between [`Controller::start`] and
+/// [`Controller::finish`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct CallTicket {
+    /// Calls in flight once this one was sent, itself included.
+    level: usize,
+    started: Instant,
+    /// Estimated tokens, used when the answer carries no usage.
+    tokens: u64,
+    /// The limit's epoch when sent: only calls sent under the current limit judge it.
+    epoch: u64,
+}
+
+impl Controller {
+    /// A controller at `settings.initial`. Out-of-range settings are clamped (they are
+    /// rejected at start-up by [`ConcurrencySettings::validate`]).
+    pub fn new(settings: ConcurrencySettings) -> Self {
+        let state = State::new(settings, Instant::now());
+        Self {
+            semaphore: Arc::new(Semaphore::new(state.limit())),
+            state: Mutex::new(state),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.lock().limit()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.lock().in_flight()
+    }
+
+    /// Time-weighted mean of the limit since creation.
+    pub fn mean_limit(&self) -> f64 {
+        self.stats().mean_limit
+    }
+
+    pub fn stats(&self) -> ControllerStats {
+        self.lock().stats(Instant::now())
+    }
+
+    /// Whether the permits in existence match the limit, given how many are held now.
+    #[cfg(test)]
+    pub(super) fn permits_match_limit(&self, held: usize) -> bool {
+        let state = self.lock();
+        let (to_forget, unreleased) = state.permit_debt();
+        self.semaphore.available_permits() + held == state.limit() - unreleased + to_forget
+    }
+
+    pub(super) fn semaphore(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.semaphore)
+    }
+
+    /// Returns a permit, or forgets it while the limit is still shrinking.
+    pub(super) fn release(&self, permit: OwnedSemaphorePermit) {
+        let forget = self.lock().take_forget();
+        if forget {
+            permit.forget();
+        }
+    }
+
+    /// A call is being sent.
+    pub(super) fn start(&self, request: &ChatRequest) -> CallTicket {
+        let now = Instant::now();
+        let (level, epoch) = self.lock().start(&self.semaphore, now);
+        CallTicket {
+            level,
+            started: now,
+            tokens: estimated_tokens(request),
+            epoch,
+        }
+    }
+
+    /// A call ended with `result`, or was dropped unfinished (`None`).
+    pub(super) fn finish(
+        &self,
+        ticket: CallTicket,
+        result: Option<&Result<ChatResponse, BackendError>>,
+    ) {
+        let now = Instant::now();
+        let mut state = self.lock();
+        match result {
+            // Dropped (cancelled by a caller or a timeout above): nothing was learned.
+            None => {}
+            // The breaker answered; the backend was never asked.
+            Some(Err(BackendError::CircuitOpen { .. })) => {}
+            Some(result) => match (classify(result), result) {
+                (Outcome::Success, Ok(response)) => {
+                    // Decoding dominates a call's time, so the completion tokens the
+                    // backend reports are the best measure of its length.
+                    let tokens = response
+                        .usage
+                        .as_ref()
+                        .map(|usage| usage.completion_tokens)
+                        .filter(|&tokens| tokens > 0)
+                        .unwrap_or(ticket.tokens);
+                    state.on_success(&self.semaphore, ticket, tokens, now);
+                }
+                (Outcome::BackPressure, Err(error)) => {
+                    state.on_back_pressure(&self.semaphore, ticket, error, now);
+                }
+                // 5xx, transport and fatal answers say nothing about load: counted as
+                // success they would raise the limit on a broken backend, as
+                // back-pressure they would collapse it on one bad prompt.
+                _ => {}
+            },
+        }
+        state.on_finished(&self.semaphore, now);
+    }
+
+    /// The state stays consistent at every await-free step, so a panic elsewhere while
+    /// the lock was held leaves nothing half-done: a poisoned lock is still usable.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A reserved permit; dropping it gives it back through the controller, so a permit of a
+/// shrinking limit is forgotten rather than reused.
+#[derive(Debug)]
+pub(super) struct Permit {
+    /// `Some` until dropped.
+    permit: Option<OwnedSemaphorePermit>,
+    controller: Arc<Controller>,
+}
+
+impl Permit {
+    pub(super) fn new(permit: OwnedSemaphorePermit, controller: Arc<Controller>) -> Self {
+        Self {
+            permit: Some(permit),
+            controller,
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.controller.release(permit);
+        }
+    }
+}
+
+impl CallTicket {
+    fn rtt(&self, now: Instant) -> f64 {
+        now.duration_since(self.started).as_secs_f64()
+    }
+}
+
+/// [`ChatRequest::estimated_tokens`], which indexes `messages` and so panics on a body
+/// without them; such a body still deserves an answer (a 400) rather than a crash here.
+fn estimated_tokens(request: &ChatRequest) -> u64 {
+    if request.body.contains_key("messages") {
+        request.estimated_tokens()
+    } else {
+        request
+            .max_tokens()
+            .unwrap_or(crate::backend::DEFAULT_MAX_TOKENS_ESTIMATE)
+    }
+}

@@ -1,0 +1,262 @@
+//! The policy: what each outcome proves about the backend's capacity, and how the limit
+//! moves. Pure state under the controller's lock; the only side effect is resizing the
+//! semaphore.
+
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+mod judge;
+mod resize;
+
+use judge::Window;
+use resize::Pacing;
+
+use super::{BackPressureCounts, CallTicket, ControllerStats};
+use crate::backend::concurrency::baseline::Baseline;
+use crate::backend::concurrency::ConcurrencySettings;
+use crate::backend::BackendError;
+
+/// Weight of a new round trip in the smoothed RTT (TCP's 1/8).
+const SRTT_GAIN: f64 = 0.125;
+
+/// The controller's whole state. Created with the controller, lives as long as it.
+#[derive(Debug)]
+pub(super) struct State {
+    /// Clamped copy of the settings.
+    settings: ConcurrencySettings,
+    limit: usize,
+    in_flight: usize,
+    /// Permits to forget as they come back, because the limit fell below those in use.
+    to_forget: usize,
+    /// Permits of an increase not yet given to the semaphore.
+    pacing: Pacing,
+    /// The highest limit known to be good: below it the limit doubles per round trip,
+    /// above it every increase is a probe. Starts at `max` (nothing known).
+    recover_to: usize,
+    /// Probe spacing factor: doubles with each failed probe, up to `max_probe_backoff`.
+    probe_backoff: u32,
+    /// Successful calls since the limit last changed.
+    calls_since_change: u64,
+    /// No increase before this instant (the latest Retry-After window).
+    hold_until: Instant,
+    /// Bumped when the limit changes (after in-flight calls drain below a cut), so a
+    /// window only judges calls sent under the current limit.
+    epoch: u64,
+    /// A cut is waiting for in-flight calls to drain before the next epoch.
+    epoch_pending: bool,
+    /// When the current run of back-pressure began; ended by a clean window.
+    episode: Option<Instant>,
+    /// The current run lowers `recover_to` (it confirmed a loss of capacity).
+    episode_lowers: bool,
+    /// When the limit was last cut; refusals of calls sent before then are stale.
+    last_cut: Option<Instant>,
+    /// Refused below `recover_to` since the limit was last clean at it: one more such
+    /// refusal before getting back there lowers `recover_to`.
+    suspect: bool,
+    /// A run of queueing cuts, until the limit holds steady: the queueing measured at the
+    /// first and the limit before it, to check that the cuts shorten the queue.
+    queue_cuts: Option<(f64, usize)>,
+    /// Queueing-like latency that cutting the limit did not remove (fraction of the round
+    /// trip), and when it was learned; subtracted from later measurements.
+    noise: (f64, Instant),
+    /// Smoothed round-trip time of successes, seconds: the length of a judging window.
+    srtt: Option<f64>,
+    window: Window,
+    baseline: Baseline,
+    /// Integral of the limit over time up to `accounted_at`.
+    limit_seconds: f64,
+    accounted_at: Instant,
+    created: Instant,
+    back_pressure: BackPressureCounts,
+    probes: u64,
+    failed_probes: u64,
+}
+
+impl State {
+    pub(super) fn new(mut settings: ConcurrencySettings, now: Instant) -> Self {
+        settings.min = settings.min.max(1);
+        settings.max = settings.max.max(settings.min);
+        settings.initial = settings.initial.clamp(settings.min, settings.max);
+        settings.probe_after_calls = settings.probe_after_calls.max(1);
+        settings.max_probe_backoff = settings.max_probe_backoff.max(1);
+        settings.queue_tolerance = settings.queue_tolerance.clamp(0.01, 0.5);
+        Self {
+            limit: settings.initial,
+            in_flight: 0,
+            to_forget: 0,
+            pacing: Pacing::default(),
+            recover_to: settings.max,
+            probe_backoff: 1,
+            calls_since_change: 0,
+            hold_until: now,
+            epoch: 0,
+            epoch_pending: false,
+            episode: None,
+            episode_lowers: false,
+            last_cut: None,
+            suspect: false,
+            queue_cuts: None,
+            noise: (0.0, now),
+            srtt: None,
+            window: Window::new(now),
+            baseline: Baseline::new(
+                Duration::from_millis(settings.baseline_window_ms),
+                settings.queue_tolerance / 2.0,
+            ),
+            limit_seconds: 0.0,
+            accounted_at: now,
+            created: now,
+            back_pressure: BackPressureCounts::default(),
+            probes: 0,
+            failed_probes: 0,
+            settings,
+        }
+    }
+
+    pub(super) fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub(super) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    pub(super) fn stats(&mut self, now: Instant) -> ControllerStats {
+        self.account(now);
+        let elapsed = now.duration_since(self.created);
+        let secs = elapsed.as_secs_f64();
+        let mean_limit = if secs > 0.0 {
+            self.limit_seconds / secs
+        } else {
+            self.limit as f64
+        };
+        ControllerStats {
+            limit: self.limit,
+            in_flight: self.in_flight,
+            mean_limit,
+            limit_seconds: self.limit_seconds,
+            elapsed,
+            back_pressure: self.back_pressure,
+            probes: self.probes,
+            failed_probes: self.failed_probes,
+        }
+    }
+
+    /// A call is sent: returns its level (in flight, itself included) and epoch.
+    pub(super) fn start(&mut self, semaphore: &Semaphore, now: Instant) -> (usize, u64) {
+        self.release_due(semaphore, now);
+        self.in_flight += 1;
+        let reached = self.in_flight >= self.limit - self.pacing.unreleased();
+        self.window.note_reached_limit(reached);
+        (self.in_flight, self.epoch)
+    }
+
+    /// After every finished call, whatever its outcome.
+    pub(super) fn on_finished(&mut self, semaphore: &Semaphore, now: Instant) {
+        self.release_due(semaphore, now);
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.epoch_pending && self.in_flight <= self.limit {
+            self.epoch += 1;
+            self.epoch_pending = false;
+            self.window = Window::new(now);
+        }
+    }
+
+    pub(super) fn on_success(
+        &mut self,
+        semaphore: &Semaphore,
+        ticket: CallTicket,
+        tokens: u64,
+        now: Instant,
+    ) {
+        let rtt = ticket.rtt(now);
+        self.srtt = Some(self.srtt.map_or(rtt, |s| s + SRTT_GAIN * (rtt - s)));
+        let base = self.baseline.observe(tokens, rtt, now);
+        self.calls_since_change += 1;
+        if ticket.epoch == self.epoch && !self.epoch_pending {
+            self.window.record(rtt, rtt - base, ticket.level);
+        }
+        self.judge(semaphore, now);
+    }
+
+    /// A call sent as the `level`-th in flight was refused: the backend holds fewer than
+    /// `level` of ours, so the limit drops to `level - 1` (not by a ratio: in reject mode
+    /// that level is the capacity, and halving would waste a quarter of it on average).
+    pub(super) fn on_back_pressure(
+        &mut self,
+        semaphore: &Semaphore,
+        ticket: CallTicket,
+        error: &BackendError,
+        now: Instant,
+    ) {
+        match error {
+            BackendError::Status { status: 429, .. } => self.back_pressure.too_many_requests += 1,
+            BackendError::Timeout(_) => self.back_pressure.timeouts += 1,
+            _ => self.back_pressure.unavailable += 1,
+        }
+        if let Some(wait) = error.retry_after() {
+            self.back_pressure.with_retry_after += 1;
+            self.hold_until = self.hold_until.max(now + wait);
+        }
+        self.window.note_back_pressure();
+        if self.last_cut.is_some_and(|cut| ticket.started < cut) {
+            // Sent under a higher limit than the current one: already acted upon (one
+            // cut per round of evidence, as TCP cuts once per window of losses).
+            return;
+        }
+        let bound = ticket.level.saturating_sub(1).max(self.settings.min);
+        match self.episode {
+            None => {
+                self.episode = Some(now);
+                self.episode_lowers = false;
+                if bound >= self.recover_to {
+                    self.failed_probe();
+                } else if self.suspect {
+                    // Refused below the good level twice before getting back to it: the
+                    // capacity did fall.
+                    self.episode_lowers = true;
+                    self.recover_to = bound;
+                    self.probe_backoff = 1;
+                } else {
+                    // Refused below the good level: a burst, a rate limit's edge, an
+                    // outage starting, or less capacity. The limit falls now; the next
+                    // recovery towards the good level tells which.
+                    self.suspect = true;
+                }
+            }
+            // Sent before the run began: the same evidence as its first refusal. Calls
+            // sent later, at lower levels, mostly show an outage deepening, which must
+            // not erase what the capacity was (the limit still falls).
+            Some(began) if self.episode_lowers && ticket.started <= began => {
+                self.recover_to = self.recover_to.min(bound);
+            }
+            Some(_) => {}
+        }
+        let cut = bound.min(if self.episode_lowers {
+            self.recover_to
+        } else {
+            usize::MAX
+        });
+        if cut < self.limit {
+            tracing::debug!(
+                t = now.duration_since(self.created).as_secs_f64(),
+                limit = cut,
+                level = ticket.level,
+                recover_to = self.recover_to,
+                suspect = self.suspect,
+                "adaptive concurrency: back-pressure cut"
+            );
+            self.set_limit(semaphore, cut, now);
+        }
+    }
+
+    fn failed_probe(&mut self) {
+        self.failed_probes += 1;
+        self.probe_backoff = self
+            .probe_backoff
+            .saturating_mul(2)
+            .min(self.settings.max_probe_backoff);
+    }
+}

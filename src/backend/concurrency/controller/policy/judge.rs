@@ -1,0 +1,188 @@
+//! Judging a window of evidence: cut on queueing (unless it is noise), recover fast
+//! below the level known to be good, probe above it when due.
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::State;
+
+/// Queueing that survives cuts down to this fraction of the limit is noise: a real queue
+/// would have shrunk to a third of its share by then, unless it was over 60% of the RTT.
+const NOISE_DEPTH: f64 = 0.6;
+
+/// Evidence gathered since the last judgement.
+#[derive(Debug)]
+pub(super) struct Window {
+    opened: Instant,
+    /// Current-epoch successes and their sums (seconds, seconds, calls).
+    samples: usize,
+    rtt: f64,
+    queueing: f64,
+    level: f64,
+    /// Demand reached the limit: an increase would be used.
+    reached_limit: bool,
+    back_pressure: bool,
+}
+
+impl Window {
+    pub(super) fn new(opened: Instant) -> Self {
+        Self {
+            opened,
+            samples: 0,
+            rtt: 0.0,
+            queueing: 0.0,
+            level: 0.0,
+            reached_limit: false,
+            back_pressure: false,
+        }
+    }
+
+    /// One success of the current epoch.
+    pub(super) fn record(&mut self, rtt: f64, queueing: f64, level: usize) {
+        self.samples += 1;
+        self.rtt += rtt;
+        self.queueing += queueing;
+        self.level += level as f64;
+    }
+
+    pub(super) fn note_reached_limit(&mut self, reached: bool) {
+        self.reached_limit |= reached;
+    }
+
+    pub(super) fn note_back_pressure(&mut self) {
+        self.back_pressure = true;
+    }
+}
+
+impl State {
+    /// Once a window is one smoothed RTT long and holds back half the calls in flight
+    /// (completions bunch up: calls sent together finish together, and a smaller sample
+    /// reads the bunching as queueing): judge it, unless back-pressure already did.
+    pub(super) fn judge(&mut self, semaphore: &Semaphore, now: Instant) {
+        let Some(srtt) = self.srtt else { return };
+        let samples = self.window.samples as f64;
+        let elapsed = now.duration_since(self.window.opened).as_secs_f64();
+        if samples < 1.0 || samples < self.window.level / samples / 2.0 || elapsed < srtt {
+            return;
+        }
+        let window = std::mem::replace(&mut self.window, Window::new(now));
+        if window.back_pressure {
+            return;
+        }
+        self.episode = None;
+        let tolerance = self.settings.queue_tolerance;
+        let level = window.level / samples;
+        let measured = if window.rtt > 0.0 {
+            window.queueing / window.rtt
+        } else {
+            0.0
+        };
+        if let Some((first, from)) = self.queue_cuts {
+            let deep = (self.limit as f64) <= NOISE_DEPTH * from as f64;
+            if deep && measured > tolerance + self.noise(now) && measured >= 0.8 * first {
+                // Cut after cut did not shorten the "queue": it is latency noise the
+                // baseline does not cover (a queue shrinks as the limit falls). Learn it
+                // and undo the cuts, else they would go on down to `min`.
+                self.noise = (measured - tolerance / 2.0, now);
+                self.queue_cuts = None;
+                tracing::debug!(
+                    noise = self.noise.0,
+                    limit = from,
+                    "adaptive concurrency: noise"
+                );
+                self.recover_to = self.recover_to.max(from);
+                self.set_limit(semaphore, from, now);
+                return;
+            }
+        }
+        let queueing = (measured - self.noise(now)).max(0.0);
+        // Queueing while calls were sent well below the limit (a crowd of retries after an
+        // outage, another tenant's burst) says nothing about the limit.
+        if queueing > tolerance && level >= self.limit as f64 * (1.0 - tolerance) {
+            self.on_queueing(semaphore, level, queueing, measured, now);
+        } else if queueing <= tolerance {
+            // A run of cuts ends once the limit holds steady (or is back where it began).
+            let steady = self.calls_since_change >= u64::from(self.settings.probe_after_calls);
+            if steady || self.queue_cuts.is_some_and(|(_, from)| self.limit >= from) {
+                self.queue_cuts = None;
+            }
+            if window.reached_limit && now >= self.hold_until {
+                self.on_clean(semaphore, now);
+            }
+        }
+    }
+
+    /// Too much of the round trip was queueing at the backend.
+    fn on_queueing(
+        &mut self,
+        semaphore: &Semaphore,
+        level: f64,
+        queueing: f64,
+        measured: f64,
+        now: Instant,
+    ) {
+        let tolerance = self.settings.queue_tolerance;
+        // Little's law: the share of the round trip not spent queueing is the share of the
+        // calls in flight that the backend is serving; keep a little queue above it.
+        let serving = level * (1.0 - queueing);
+        let target = ((serving / (1.0 - tolerance / 2.0)).round() as usize).max(self.settings.min);
+        tracing::debug!(
+            t = now.duration_since(self.created).as_secs_f64(),
+            limit = self.limit,
+            queueing,
+            serving,
+            target,
+            recover_to = self.recover_to,
+            "adaptive concurrency: queueing cut"
+        );
+        let from = self.limit;
+        if self.limit > self.recover_to {
+            // A failed probe: back to the level known to be good. Should the backend have
+            // slowed down meanwhile, the next window says so.
+            self.failed_probe();
+            let back = target.max(self.recover_to).min(self.limit - 1);
+            self.set_limit(semaphore, back, now);
+        } else if target < self.limit {
+            self.recover_to = target;
+            self.probe_backoff = 1;
+            self.set_limit(semaphore, target, now);
+        }
+        if self.limit < from && self.queue_cuts.is_none() {
+            self.queue_cuts = Some((measured, from));
+        }
+    }
+
+    /// A clean window in which demand reached the limit: recover fast below the level
+    /// known to be good, else probe above it when due.
+    fn on_clean(&mut self, semaphore: &Semaphore, now: Instant) {
+        // A level is good once it has carried as many calls as a probe must wait for: a
+        // rate limiter's bucket can hide an excess for a window or two.
+        let due = u64::from(self.settings.probe_after_calls) * u64::from(self.probe_backoff);
+        let held = self.calls_since_change >= u64::from(self.settings.probe_after_calls);
+        if self.limit > self.recover_to && held {
+            self.recover_to = self.limit;
+        }
+        if self.limit >= self.recover_to && held {
+            self.suspect = false;
+        }
+        if self.limit < self.recover_to {
+            let doubled = self.limit.saturating_mul(2).min(self.recover_to);
+            self.set_limit(semaphore, doubled, now);
+        } else if self.limit == self.recover_to
+            && self.calls_since_change >= due
+            && self.limit < self.settings.max
+        {
+            self.probes += 1;
+            self.set_limit(semaphore, self.limit + 1, now);
+        }
+    }
+
+    /// The learned latency noise, halving every baseline window so a backend that became
+    /// steadier is judged more finely again.
+    fn noise(&self, now: Instant) -> f64 {
+        let (noise, at) = self.noise;
+        let windows =
+            now.duration_since(at).as_secs_f64() * 1e3 / self.settings.baseline_window_ms as f64;
+        noise * 0.5f64.powf(windows)
+    }
+}

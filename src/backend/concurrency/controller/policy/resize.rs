@@ -1,0 +1,108 @@
+//! Moving the limit: the semaphore grows paced over a round trip and shrinks at once
+//! where permits are free, lazily where they are in use; the limit's time integral.
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use super::judge::Window;
+use super::State;
+
+/// An increase is handed to the semaphore evenly over one smoothed RTT, never as a
+/// burst: a rate-limited backend would refuse the burst, and the refusals would read as
+/// a loss of capacity. Permits are released as calls start and finish, so no timer is
+/// needed (at least the old limit's permits are always usable).
+#[derive(Debug, Default)]
+pub(super) struct Pacing {
+    owed: usize,
+    released: usize,
+    from: Option<Instant>,
+    /// Seconds.
+    over: f64,
+}
+
+impl Pacing {
+    pub(super) fn unreleased(&self) -> usize {
+        self.owed - self.released
+    }
+}
+
+impl State {
+    /// Whether a returning permit must be forgotten (and counts it).
+    pub(in crate::backend::concurrency::controller) fn take_forget(&mut self) -> bool {
+        let forget = self.to_forget > 0;
+        self.to_forget -= usize::from(forget);
+        forget
+    }
+
+    /// Permits that exist beyond those the limit allows (to be forgotten) and permits the
+    /// limit allows that do not exist yet (paced): for the permit-accounting test.
+    #[cfg(test)]
+    pub(in crate::backend::concurrency::controller) fn permit_debt(&self) -> (usize, usize) {
+        (self.to_forget, self.pacing.unreleased())
+    }
+
+    /// Moves the limit and resizes the semaphore to match.
+    pub(super) fn set_limit(&mut self, semaphore: &Semaphore, new: usize, now: Instant) {
+        let new = new.clamp(self.settings.min, self.settings.max);
+        if new == self.limit {
+            return;
+        }
+        self.account(now);
+        if new > self.limit {
+            let up = new - self.limit;
+            let cancelled = up.min(self.to_forget);
+            self.to_forget -= cancelled;
+            self.release_due(semaphore, now);
+            self.pacing = Pacing {
+                owed: self.pacing.unreleased() + up - cancelled,
+                released: 0,
+                from: Some(now),
+                over: self.srtt.unwrap_or(0.0),
+            };
+            self.release_due(semaphore, now);
+            self.epoch += 1;
+            self.epoch_pending = false;
+            self.window = Window::new(now);
+        } else {
+            let down = self.limit - new;
+            let unpaid = down.min(self.pacing.unreleased());
+            self.pacing.owed -= unpaid;
+            let down = down - unpaid;
+            self.to_forget += down - semaphore.forget_permits(down);
+            self.epoch_pending = true;
+            self.last_cut = Some(now);
+        }
+        self.limit = new;
+        self.calls_since_change = 0;
+    }
+
+    /// Gives the semaphore the share of the current increase that is due by `now`, and
+    /// collects permits still owed to a shrink from those free now (a permit handed to a
+    /// waiter that was then dropped returns to the semaphore without passing `release`).
+    pub(super) fn release_due(&mut self, semaphore: &Semaphore, now: Instant) {
+        if self.to_forget > 0 {
+            self.to_forget -= semaphore.forget_permits(self.to_forget);
+        }
+        let Some(from) = self.pacing.from else { return };
+        let pacing = &mut self.pacing;
+        let elapsed = now.duration_since(from).as_secs_f64();
+        let due = if elapsed >= pacing.over {
+            pacing.owed
+        } else {
+            ((pacing.owed as f64 * elapsed / pacing.over).ceil() as usize).min(pacing.owed)
+        };
+        if due > pacing.released {
+            semaphore.add_permits(due - pacing.released);
+            pacing.released = due;
+        }
+        if pacing.released == pacing.owed {
+            *pacing = Pacing::default();
+        }
+    }
+
+    pub(super) fn account(&mut self, now: Instant) {
+        let secs = now.duration_since(self.accounted_at).as_secs_f64();
+        self.limit_seconds += self.limit as f64 * secs;
+        self.accounted_at = now;
+    }
+}

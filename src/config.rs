@@ -312,6 +312,7 @@ impl Config {
             );
         }
         self.backend.rate.validate()?;
+        self.backend.concurrency.validate()?;
         self.backend.breaker.validate()?;
         if self.backend.timeout_ms == 0 {
             return invalid("backend.timeout_ms", "must be at least 1");

@@ -41,8 +41,10 @@ impl ChatRequest {
 
     /// Estimated prompt tokens: about four characters of message text per token.
     pub fn estimated_prompt_tokens(&self) -> u64 {
-        let chars: usize = self.body["messages"]
-            .as_array()
+        let chars: usize = self
+            .body
+            .get("messages")
+            .and_then(Value::as_array)
             .map(|messages| {
                 messages
                     .iter()

@@ -6,8 +6,11 @@ use std::time::Duration;
 use tower::util::BoxCloneService;
 use tower::ServiceBuilder;
 
+use std::sync::Arc;
+
 use super::breaker::{BreakerHandle, CircuitBreakerLayer};
 use super::client::OpenAiClient;
+use super::concurrency::{AdaptiveConcurrencyLayer, Controller};
 use super::rate::{RateLimitLayer, RateShare, RateStats};
 use super::retry::{budget_from_config, AttemptObserver, Retry, RetryLayer, RetryPolicy};
 use super::timeout::TimeoutLayer;
@@ -27,6 +30,8 @@ pub struct Stack {
     pub rate_share: RateShare,
     pub rate_stats: RateStats,
     pub breaker: BreakerHandle,
+    /// The adaptive concurrency controller (its limit and statistics).
+    pub concurrency: Arc<Controller>,
 }
 
 /// Builds the stack over the real HTTP client.
@@ -48,10 +53,13 @@ where
     S::Future: Send + 'static,
 {
     let rate = RateLimitLayer::new(&config.rate);
+    let concurrency = AdaptiveConcurrencyLayer::new(config.concurrency.clone());
+    let controller = concurrency.controller();
     let breaker = CircuitBreakerLayer::new(&config.breaker);
     let (rate_share, rate_stats, breaker_handle) = (rate.share(), rate.stats(), breaker.handle());
     let attempts = ServiceBuilder::new()
         .layer(rate)
+        .layer(concurrency)
         .layer(breaker)
         .layer(TimeoutLayer::new(Duration::from_millis(config.timeout_ms)))
         .service(innermost);
@@ -65,5 +73,6 @@ where
         rate_share,
         rate_stats,
         breaker: breaker_handle,
+        concurrency: controller,
     }
 }

@@ -46,6 +46,7 @@ pub struct StackHandles {
     pub rate_share: crate::backend::rate::RateShare,
     pub rate_stats: crate::backend::rate::RateStats,
     pub breaker: crate::backend::breaker::BreakerHandle,
+    pub concurrency: std::sync::Arc<crate::backend::concurrency::Controller>,
 }
 
 impl StackHandles {
@@ -54,6 +55,7 @@ impl StackHandles {
             rate_share: stack.rate_share.clone(),
             rate_stats: stack.rate_stats.clone(),
             breaker: stack.breaker.clone(),
+            concurrency: stack.concurrency.clone(),
         }
     }
 }
@@ -118,6 +120,8 @@ fn sample(upkeep: &Upkeep, seen: &mut Seen) {
     seen.wait_seconds = wait_seconds;
     m.rate_share.set(upkeep.stack.rate_share.share());
     m.buffered.set(upkeep.intake.buffered() as i64);
+    m.concurrency_limit
+        .set(upkeep.stack.concurrency.stats().limit as i64);
     m.lag.set(upkeep.lag.load(Ordering::Relaxed));
 }
 

@@ -19,6 +19,7 @@
 //! - [`worker`]: the pull loop (`sluice worker`): take, call, reply, commit.
 //! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
 //! - [`dev`]: everything in one process for a first run (`sluice dev`).
+//! - [`ops`]: operator tools (`sluice dlq inspect`, `sluice dlq replay`, `sluice lag`).
 
 pub mod admin;
 pub mod backend;
@@ -29,6 +30,7 @@ pub mod ingress;
 pub mod kafka;
 pub mod metrics;
 pub mod mock_llm;
+pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 use sluice::config::Config;
 use sluice::dev::DevArgs;
 use sluice::mock_llm::MockLlmArgs;
-use sluice::{dev, ingress, mock_llm, shutdown, telemetry, worker};
+use sluice::ops::lag::LagArgs;
+use sluice::ops::DlqCommand;
+use sluice::{dev, ingress, mock_llm, ops, shutdown, telemetry, worker};
 
 /// sluice: a Kafka-backed peak-shaving layer for LLM calls.
 ///
@@ -44,6 +46,13 @@ enum Command {
     /// OpenAI-compatible simulated backend with a capacity model, for demos, tests and
     /// benchmarks.
     MockLlm(MockLlmArgs),
+    /// Dead-letter topic tools: inspect and re-drive what the workers could not process.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// The worker group's backlog per request-topic partition (committed offset, end
+    /// offset, lag), its drain rate and the time to drain, from two samples --interval
+    /// apart. Never joins the group.
+    Lag(LagArgs),
 }
 
 impl Command {
@@ -53,6 +62,8 @@ impl Command {
             Command::Worker => "worker",
             Command::Dev(_) => "dev",
             Command::MockLlm(_) => "mock-llm",
+            Command::Dlq(_) => "dlq",
+            Command::Lag(_) => "lag",
         }
     }
 }
@@ -94,6 +105,8 @@ fn main() -> ExitCode {
             Command::Worker => worker::run(config, shutdown).await,
             Command::Dev(args) => dev::run(config, args, shutdown).await,
             Command::MockLlm(args) => mock_llm::run(args, shutdown).await.map_err(Into::into),
+            Command::Dlq(command) => ops::run_dlq(config, command, shutdown).await,
+            Command::Lag(args) => ops::lag::run(config, args, shutdown).await,
         }
     });
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN);

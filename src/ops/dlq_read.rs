@@ -23,7 +23,7 @@ use crate::config::KafkaConfig;
 use crate::envelope::headers;
 use crate::kafka::{client_config, header_pairs, ClientKind};
 
-/// How long a partition may stay silent (no record, no EOF) before reading gives up on it.
+/// How long a read may go without a record or an EOF before it stops where it is.
 const IDLE_LIMIT: Duration = Duration::from_secs(15);
 const POLL: Duration = Duration::from_millis(200);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);

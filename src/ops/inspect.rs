@@ -75,6 +75,9 @@ fn inspect(config: &Config, args: &InspectArgs, cancel: &CancellationToken) -> a
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
         other => other.context("writing to stdout")?,
     }
+    if cancel.is_cancelled() {
+        anyhow::bail!("interrupted after {} records", summary.read);
+    }
     let cut = if summary.complete || filter.limit_reached(matched) {
         ""
     } else {

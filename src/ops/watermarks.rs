@@ -145,14 +145,17 @@ impl Sampler {
     }
 
     /// Committed offsets now, then end offsets from the first statistics emitted after
-    /// them (so end >= committed). Returns when the committed offsets were read. Blocking.
+    /// that read (a high watermark at most one Fetch round trip old); lags that come out
+    /// negative are reported as 0. Returns the instant of the committed read. Blocking.
     pub fn sample(
         &self,
         cancel: &CancellationToken,
     ) -> anyhow::Result<(Instant, Vec<PartitionSample>)> {
-        // Statistics queued while nobody polled are old; consume them first.
+        // Statistics queued while nobody polled are old; consume them first. (A poll
+        // that only served statistics returns None too, so watch the counter.)
         for _ in 0..100_000 {
-            if self.probe.poll(Duration::ZERO).is_none() {
+            let seen = self.marks(|m| m.seq);
+            if self.probe.poll(Duration::ZERO).is_none() && self.marks(|m| m.seq) == seen {
                 break;
             }
         }

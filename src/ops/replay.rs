@@ -99,16 +99,20 @@ pub async fn run(
         let filter = Filter::from(&args.filter);
         tokio::task::spawn_blocking(move || {
             let mut matched = 0;
-            dlq_read::read(&kafka, &topic, &cancel, |record| {
+            let read = dlq_read::read(&kafka, &topic, &cancel, |record| {
                 if !filter.matches(&record) {
                     return ControlFlow::Continue(());
                 }
-                matched += 1;
-                if tx.blocking_send(record).is_err() || filter.limit_reached(matched) {
+                if tx.blocking_send(record).is_err() {
                     return ControlFlow::Break(());
                 }
-                ControlFlow::Continue(())
-            })
+                matched += 1;
+                match filter.limit_reached(matched) {
+                    true => ControlFlow::Break(()),
+                    false => ControlFlow::Continue(()),
+                }
+            });
+            read.map(|read| (read, matched))
         })
     };
 
@@ -128,8 +132,8 @@ pub async fn run(
             }
         }
         progress.set_message(format!(
-            "matched {}, replayed {}, failed {}",
-            summary.matched, summary.replayed, summary.failed
+            "replayed {}, failed {}",
+            summary.replayed, summary.failed
         ));
     };
     let mut interrupted = false;
@@ -138,25 +142,25 @@ pub async fn run(
             _ = shutdown.cancelled() => { interrupted = true; break; }
             record = rx.recv() => match record { Some(record) => record, None => break },
         };
-        summary.matched += 1;
         let replay = plan(&record, args.to.as_deref(), &config.kafka.request_topic);
         if replay.topic == dlq {
             tracing::warn!(from = %replay.from, "source topic is the dead-letter topic; skipped");
             summary.skipped += 1;
             continue;
         }
+        if let (Some(pacer), Some(_)) = (pacer.as_mut(), &writer) {
+            tokio::select! {
+                _ = shutdown.cancelled() => { interrupted = true; break; }
+                _ = pacer.wait() => {}
+            }
+        }
+        // Counted once it is written (or, in a dry run, would be).
         let reason = reason_kind(&record.reason().unwrap_or_default()).to_string();
         *summary.by_reason.entry(reason).or_default() += 1;
         *summary.by_topic.entry(replay.topic.clone()).or_default() += 1;
         let Some(writer) = writer.as_mut() else {
             continue;
         };
-        if let Some(pacer) = pacer.as_mut() {
-            tokio::select! {
-                _ = shutdown.cancelled() => { interrupted = true; break; }
-                _ = pacer.wait() => {}
-            }
-        }
         writer
             .write(replay, |result| settle(&mut summary, result))
             .await;
@@ -168,9 +172,10 @@ pub async fn run(
         }
     }
     progress.finish_and_clear();
-    let read = reader.await.context("the dead-letter reader panicked")??;
+    let (read, matched) = reader.await.context("the dead-letter reader panicked")??;
     summary.read = read.read;
-    summary.skipped += read.read.saturating_sub(summary.matched);
+    summary.matched = matched;
+    summary.skipped += read.read.saturating_sub(matched);
     match args.json {
         true => println!("{}", summary_json(&summary)),
         false => print!("{}", render_summary(&summary)),

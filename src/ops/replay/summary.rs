@@ -12,14 +12,16 @@ pub(super) struct Summary {
     pub dry_run: bool,
     /// Dead letters read, matching or not.
     pub read: u64,
+    /// Matching the filters (up to `--limit`); after an interrupt, some of them were
+    /// neither replayed nor skipped.
     pub matched: u64,
     pub replayed: u64,
     /// Read but not replayed: not matching the filters, or aimed at the DLQ itself.
     pub skipped: u64,
     pub failed: u64,
-    /// Counts by [`reason_kind`].
+    /// Written (or, in a dry run, to be written) by [`reason_kind`].
     pub by_reason: BTreeMap<String, u64>,
-    /// Counts by destination topic.
+    /// Written (or to be written) by destination topic.
     pub by_topic: BTreeMap<String, u64>,
 }
 

@@ -2,7 +2,7 @@
 //! collected, so `sluice dlq replay` knows every outcome before it exits.
 
 use anyhow::Context as _;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt as _};
 use futures::stream::{FuturesUnordered, StreamExt as _};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -47,7 +47,7 @@ impl Writer {
     }
 
     /// Hands `replay` to the producer once there is room; reports of earlier writes that
-    /// arrive meanwhile, and a write librdkafka refuses outright, go to `settle`.
+    /// have arrived, and a write librdkafka refuses outright, go to `settle`.
     pub async fn write(&mut self, replay: Replay, mut settle: impl FnMut(Result<(), String>)) {
         let from = replay.from.clone();
         let delivery = loop {
@@ -76,6 +76,10 @@ impl Writer {
                     Err(_) => Err(format!("{from}: the producer dropped the delivery report")),
                 }
             })),
+        }
+        // Reports that have already arrived, so progress shows while the replay runs.
+        while let Some(Some(result)) = self.in_flight.next().now_or_never() {
+            settle(result);
         }
     }
 }

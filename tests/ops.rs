@@ -98,23 +98,9 @@ impl Setup {
         (mock, worker)
     }
 
-    /// Runs `sluice <args>` to completion; panics if it takes over [`COMMAND_TIMEOUT`].
+    /// Runs `sluice <args>` against this setup's broker and topics.
     async fn sluice(&self, args: &[&str]) -> Output {
-        let mut command = tokio::process::Command::new(SluiceProcess::BIN);
-        for (key, _) in std::env::vars_os() {
-            let name = key.to_string_lossy();
-            if name.starts_with("SLUICE__") || name.starts_with("OTEL_") {
-                command.env_remove(&key);
-            }
-        }
-        command
-            .args(args)
-            .envs(self.env.iter().cloned())
-            .kill_on_drop(true);
-        tokio::time::timeout(COMMAND_TIMEOUT, command.output())
-            .await
-            .unwrap_or_else(|_| panic!("sluice {args:?} ran over {COMMAND_TIMEOUT:?}"))
-            .expect("running the sluice binary")
+        run_sluice(args, &self.env).await
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -181,6 +167,26 @@ impl Setup {
         .await
         .unwrap()
     }
+}
+
+/// Runs `sluice <args>` to completion with only `env` configuring it; panics if it takes
+/// over [`COMMAND_TIMEOUT`].
+async fn run_sluice(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut command = tokio::process::Command::new(SluiceProcess::BIN);
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("SLUICE__") || name.starts_with("OTEL_") {
+            command.env_remove(&key);
+        }
+    }
+    command
+        .args(args)
+        .envs(env.iter().cloned())
+        .kill_on_drop(true);
+    tokio::time::timeout(COMMAND_TIMEOUT, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("sluice {args:?} ran over {COMMAND_TIMEOUT:?}"))
+        .expect("running the sluice binary")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -547,5 +553,62 @@ async fn lag_reports_the_backlog_per_partition_and_the_drain_rate() {
     assert_eq!(
         committed(&setup, &setup.request, &group, 3).await,
         [Some(8), Some(1), None]
+    );
+}
+
+/// The same end-offset method on a broker with Kafka's ListOffsets and Fetch semantics:
+/// librdkafka's mock cluster (where `fetch_watermarks` is right and `offsets_for_times`
+/// past the last record yields no offset at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_right_on_the_librdkafka_mock_cluster_too() {
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("starting the mock cluster");
+    let topic = support::unique_name("req");
+    let group = support::unique_name("lag");
+    mock.create_topic(&topic, 2, 1).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "20")
+        .create()
+        .unwrap();
+    let sends = (0..6).map(|i| {
+        let (producer, topic) = (&producer, &topic);
+        async move {
+            let key = format!("k{i}");
+            let record = FutureRecord::to(topic)
+                .partition(i % 2)
+                .key(&key)
+                .payload("v");
+            producer.send(record, Duration::from_secs(5)).await.unwrap()
+        }
+    });
+    futures::future::join_all(sends).await;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("group.id", &group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(&topic, 0, Offset::Offset(1))
+        .unwrap();
+    tokio::task::spawn_blocking(move || consumer.commit(&tpl, CommitMode::Sync).unwrap())
+        .await
+        .unwrap();
+
+    let env = [
+        ("SLUICE__KAFKA__BOOTSTRAP_SERVERS".to_string(), bootstrap),
+        ("SLUICE__KAFKA__REQUEST_TOPIC".to_string(), topic.clone()),
+    ];
+    let args = ["lag", "--group", &group, "--interval", "0", "--json"];
+    let output = run_sluice(&args, &env).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let report: Value = serde_json::from_str(text(&output.stdout).trim()).unwrap();
+    assert_eq!(
+        report["partitions"],
+        json!([
+            {"topic": topic, "partition": 0, "committed": 1, "end": 3, "lag": 2},
+            {"topic": topic, "partition": 1, "committed": null, "end": 3, "lag": 3},
+        ]),
+        "{report}"
     );
 }

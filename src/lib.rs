@@ -21,6 +21,7 @@
 //! - [`dev`]: everything in one process for a first run (`sluice dev`).
 //! - [`loadgen`]: bursts through sluice or straight to a backend; loss, duplicates,
 //!   latency and backend-utilisation report (`sluice loadgen`).
+//! - [`ops`]: operator tools (`sluice dlq inspect`, `sluice dlq replay`, `sluice lag`).
 
 pub mod admin;
 pub mod backend;
@@ -32,6 +33,7 @@ pub mod kafka;
 pub mod loadgen;
 pub mod metrics;
 pub mod mock_llm;
+pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -10,7 +10,9 @@ use sluice::config::Config;
 use sluice::dev::DevArgs;
 use sluice::loadgen::LoadgenArgs;
 use sluice::mock_llm::MockLlmArgs;
-use sluice::{dev, ingress, loadgen, mock_llm, shutdown, telemetry, worker};
+use sluice::ops::lag::LagArgs;
+use sluice::ops::DlqCommand;
+use sluice::{dev, ingress, loadgen, mock_llm, ops, shutdown, telemetry, worker};
 
 /// sluice: a Kafka-backed peak-shaving layer for LLM calls.
 ///
@@ -57,6 +59,13 @@ enum Command {
     /// accepted request had no final reply by --timeout, 1 (2 for bad configuration)
     /// when it could not run.
     Loadgen(LoadgenArgs),
+    /// Dead-letter topic tools: inspect and re-drive what the workers could not process.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// The worker group's backlog per request-topic partition (committed offset, end
+    /// offset, lag), its drain rate and the time to drain, from two samples --interval
+    /// apart. Never joins the group.
+    Lag(LagArgs),
 }
 
 impl Command {
@@ -67,6 +76,8 @@ impl Command {
             Command::Dev(_) => "dev",
             Command::MockLlm(_) => "mock-llm",
             Command::Loadgen(_) => "loadgen",
+            Command::Dlq(_) => "dlq",
+            Command::Lag(_) => "lag",
         }
     }
 }
@@ -109,6 +120,8 @@ fn main() -> ExitCode {
             Command::Dev(args) => dev::run(config, args, shutdown).await,
             Command::MockLlm(args) => mock_llm::run(args, shutdown).await.map_err(Into::into),
             Command::Loadgen(args) => return loadgen::run(config, args, shutdown).await,
+            Command::Dlq(command) => ops::run_dlq(config, command, shutdown).await,
+            Command::Lag(args) => ops::lag::run(config, args, shutdown).await,
         };
         done.map(|()| ExitCode::SUCCESS)
     });

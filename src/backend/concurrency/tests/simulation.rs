@@ -24,6 +24,7 @@ use super::scenario::Scenario;
 use super::sim_backend::SimBackend;
 use crate::backend::classify::classify;
 use crate::backend::concurrency::{AdaptiveConcurrencyLayer, ConcurrencySettings, Controller};
+use crate::backend::retry::Finished;
 use crate::backend::timeout::TimeoutLayer;
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 
@@ -49,6 +50,11 @@ pub(super) fn scenario_dir() -> PathBuf {
 
 /// Loads, runs and checks `<name>.toml`; panics with every band missed.
 pub(super) async fn run_file(name: &str) {
+    run_file_through(name, false).await
+}
+
+/// Like [`run_file`], through the layer alone or the worker's whole backend stack.
+pub(super) async fn run_file_through(name: &str, full_stack: bool) {
     if std::env::var_os("SLUICE_SIM_TRACE").is_some() {
         let _ = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::DEBUG)
@@ -60,7 +66,16 @@ pub(super) async fn run_file(name: &str) {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let scenario: Scenario =
         toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let report = run(&scenario).await;
+    let report = if full_stack {
+        run_full_stack(&scenario).await
+    } else {
+        run(&scenario).await
+    };
+    let name = &if full_stack {
+        format!("{name} (full stack)")
+    } else {
+        name.to_string()
+    };
     println!("{}", report.summary(name));
     let missed = report.check(&scenario);
     assert!(
@@ -74,11 +89,80 @@ pub(super) async fn run_file(name: &str) {
 
 async fn run(scenario: &Scenario) -> Report {
     let start = Instant::now();
+    let backend = SimBackend::new(scenario.backend.clone(), start);
+    let (stack, controller) = stack_under_test(backend.clone(), scenario.settings.clone());
+    let max_attempts = scenario.load.max_attempts;
+    let respawn = stack.clone();
+    drive(
+        scenario,
+        start,
+        backend,
+        stack,
+        controller,
+        move |first, request, held, failed| {
+            tokio::spawn(job(
+                first,
+                respawn.clone(),
+                request,
+                held,
+                max_attempts,
+                failed,
+            ));
+        },
+    )
+    .await
+}
+
+/// The same scenario through the whole backend stack as the worker builds it
+/// (`build_stack_over`: Retry -> RateLimit -> AdaptiveConcurrency -> CircuitBreaker ->
+/// Timeout), so the real Retry layer and breaker take part instead of the stand-in.
+pub(super) async fn run_full_stack(scenario: &Scenario) -> Report {
+    let start = Instant::now();
+    let backend = SimBackend::new(scenario.backend.clone(), start);
+    let config = crate::config::BackendConfig {
+        concurrency: scenario.settings.clone(),
+        max_attempts: scenario.load.max_attempts,
+        timeout_ms: 30_000,
+        ..Default::default()
+    };
+    let built = crate::backend::stack::build_stack_over(&config, Arc::new(|_| {}), backend.clone());
+    let controller = Arc::clone(&built.concurrency);
+    drive(
+        scenario,
+        start,
+        backend,
+        built.service,
+        controller,
+        |first, _, held, failed| {
+            tokio::spawn(async move {
+                let _held = held;
+                let ok = matches!(first.await, Ok(Finished::Answered { result: Ok(_), .. }));
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        },
+    )
+    .await
+}
+
+/// Runs the closed-loop load against `stack` until the scenario ends: whenever a worker
+/// slot is free and the stack is ready, one more request; `spawn` follows it up.
+async fn drive<S, F>(
+    scenario: &Scenario,
+    start: Instant,
+    backend: SimBackend,
+    stack: S,
+    controller: Arc<Controller>,
+    spawn: F,
+) -> Report
+where
+    S: Service<ChatRequest, Error = BackendError> + Clone,
+    F: Fn(S::Future, ChatRequest, OwnedSemaphorePermit, Arc<AtomicU64>),
+{
     let at = |secs: f64| start + Duration::from_secs_f64(secs);
     let end = at(scenario.duration_secs);
-    let backend = SimBackend::new(scenario.backend.clone(), start);
     tokio::spawn(backend.clone().run_changes());
-    let (stack, controller) = stack_under_test(backend.clone(), scenario.settings.clone());
 
     let window_opens = {
         let controller = Arc::clone(&controller);
@@ -94,7 +178,7 @@ async fn run(scenario: &Scenario) -> Report {
     let failed = Arc::new(AtomicU64::new(0));
     let mut rng = StdRng::seed_from_u64(scenario.backend.seed ^ 0x5eed);
     let [shortest, longest] = scenario.load.max_tokens;
-    let mut dispatcher = stack.clone();
+    let mut dispatcher = stack;
     loop {
         let held = tokio::select! {
             permit = Arc::clone(&worker).acquire_owned() => {
@@ -104,20 +188,13 @@ async fn run(scenario: &Scenario) -> Report {
         };
         tokio::select! {
             ready = dispatcher.ready() => {
-                ready.expect("neither the layer nor the simulated backend fails poll_ready");
+                ready.expect("neither the layers nor the simulated backend fail poll_ready");
             }
             _ = sleep_until(end) => break,
         }
         let request = chat_request(rng.random_range(shortest..=longest));
         let first = dispatcher.call(request.clone());
-        tokio::spawn(job(
-            first,
-            stack.clone(),
-            request,
-            held,
-            scenario.load.max_attempts,
-            Arc::clone(&failed),
-        ));
+        spawn(first, request, held, Arc::clone(&failed));
     }
     Report::new(
         scenario,
@@ -216,6 +293,34 @@ scenarios! {
     outage_unavailable,
     outage_transport,
     batching_queue,
+}
+
+/// The same scenario files through the whole stack the worker builds (real Retry layer,
+/// rate limiter, breaker): the bands are the same targets. The outage scenarios are not
+/// here: through the whole stack the circuit breaker opens during an outage and probes
+/// every `open_ms` (5 s, doubling after a failed probe), so after a 10 s outage the
+/// backend is back in use 7-8 s later rather than the layer's 1-3 s — by design.
+mod full_stack {
+    macro_rules! through_full_stack {
+        ($($name:ident),* $(,)?) => {
+            $(
+                #[tokio::test(start_paused = true)]
+                async fn $name() {
+                    super::run_file_through(stringify!($name), true).await;
+                }
+            )*
+        };
+    }
+
+    through_full_stack! {
+        capacity_4_reject,
+        capacity_32_reject,
+        capacity_32_queue,
+        capacity_256_reject,
+        capacity_halves_reject,
+        rate_limited,
+        mixed_tokens_reject,
+    }
 }
 
 #[test]

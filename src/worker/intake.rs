@@ -1,7 +1,15 @@
-//! From Kafka into the scheduler: a task receives messages (which also keeps the
-//! consumer's group membership alive), decodes them once, and buffers them per lane;
-//! a lane whose buffer is full has its partitions paused until it drains below half, so
-//! backlog stays in Kafka and memory stays bounded whatever the lag.
+//! From Kafka into the scheduler: a task receives messages, decodes them once, and
+//! buffers them per lane, so backlog stays in Kafka and memory stays bounded whatever
+//! the lag:
+//!
+//! - With one lane, a full buffer stops the receiving: librdkafka's own prefetch (bounded
+//!   by `queued.max.messages.kbytes`) holds what comes next. Pausing instead would throw
+//!   that prefetch away and restart fetching on every resume, which measurably starves
+//!   the worker. Only when the buffer stays full for [`KEEPALIVE`] (the backend is down
+//!   or very slow) are the partitions paused, so that receiving — and with it the
+//!   consumer's group membership — can go on.
+//! - With several lanes, a full lane's partitions are paused (until it drains below
+//!   half) so the other lanes keep arriving and priority keeps working.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +35,10 @@ pub struct Taken {
 
 /// Pause after a consumer error before asking again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
+/// How long receiving may stop on a full buffer before the partitions are paused and
+/// receiving resumes (librdkafka drops a consumer that stops polling for
+/// `max.poll.interval.ms`, 300 s by default).
+pub const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The buffers between the Kafka consumer and the dispatcher.
 pub struct Intake {
@@ -37,6 +49,8 @@ pub struct Intake {
     state: Mutex<State>,
     /// Signalled when an entry is pushed or a key finishes.
     changed: Notify,
+    /// Signalled when an entry leaves the buffer.
+    room: Notify,
     /// Request topics, highest priority first; the index is the lane.
     lane_topics: Vec<String>,
     /// Buffer size per lane that pauses the lane's partitions.
@@ -66,6 +80,7 @@ impl Intake {
                 paused: vec![false; lanes],
             }),
             changed: Notify::new(),
+            room: Notify::new(),
             lane_topics,
             lane_buffer,
         }
@@ -74,6 +89,9 @@ impl Intake {
     /// Receives until `shutdown`, buffering what arrives.
     pub async fn run(&self, shutdown: CancellationToken) {
         loop {
+            if self.lane_topics.len() == 1 && !self.wait_for_room(&shutdown).await {
+                return;
+            }
             let received = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 received = self.consumer.recv() => received,
@@ -84,6 +102,33 @@ impl Intake {
                     tracing::warn!(error = %e, "consumer error");
                     tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
                 }
+            }
+        }
+    }
+
+    /// One lane: waits until its buffer has room (or has been paused for keep-alive).
+    /// False on shutdown.
+    async fn wait_for_room(&self, shutdown: &CancellationToken) -> bool {
+        let waiting_since = tokio::time::Instant::now();
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.lock_state();
+                if state.scheduler.buffered(0) < self.lane_buffer || state.paused[0] {
+                    return true;
+                }
+                if waiting_since.elapsed() >= KEEPALIVE {
+                    tracing::debug!("buffer full for a while; pausing to keep polling");
+                    self.set_paused(&mut state, 0, true);
+                    return true;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return false,
+                _ = room => {}
+                _ = tokio::time::sleep_until(waiting_since + KEEPALIVE) => {}
             }
         }
     }
@@ -113,7 +158,10 @@ impl Intake {
                 },
             });
             // Re-pausing a paused lane also covers partitions assigned since the pause.
-            if state.scheduler.buffered(lane) >= self.lane_buffer || state.paused[lane] {
+            let several_lanes = self.lane_topics.len() > 1;
+            if (several_lanes && state.scheduler.buffered(lane) >= self.lane_buffer)
+                || state.paused[lane]
+            {
                 self.set_paused(&mut state, lane, true);
             }
         }
@@ -145,6 +193,7 @@ impl Intake {
                 }
                 entry
             };
+            self.room.notify_one();
             let current = self
                 .tracker
                 .lock()

@@ -10,7 +10,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test lint fmt fuzz bench-burst bench-burst-quick bench-memory
+.PHONY: build dev test lint fmt fuzz bench-burst bench-burst-quick bench-memory bench-rate
 .DEFAULT_GOAL := build
 
 build:
@@ -50,3 +50,7 @@ bench-burst-quick:
 # A worker's RSS while a 1,000,000-request backlog waits in Kafka (BACKLOG to change).
 bench-memory:
 	bash bench/backlog-memory.sh
+
+# Two workers under one group-wide requests/s limit: served requests per 10 s window.
+bench-rate:
+	bash bench/rate-limit.sh

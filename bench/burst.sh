@@ -136,8 +136,10 @@ export SLUICE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS=500
 export SLUICE__INGRESS__ENQUEUE_TIMEOUT_MS=5000
 unset OTEL_EXPORTER_OTLP_ENDPOINT SLUICE__TELEMETRY__OTLP_ENDPOINT
 
+worker_ports=()
 for n in $(seq "$workers"); do
     port=$(free_port)
+    worker_ports+=("$port")
     # Info logs on: the join check below reads "partitions assigned" from them.
     RUST_LOG="info,rdkafka=warn" SLUICE__WORKER__ADMIN_LISTEN="127.0.0.1:$port" \
         start "worker-$n" "$bin" worker
@@ -146,6 +148,28 @@ done
 ingress_port=$(free_port)
 SLUICE__INGRESS__LISTEN="127.0.0.1:$ingress_port" start ingress "$bin" ingress
 wait_http "http://127.0.0.1:$ingress_port/readyz" ingress
+
+# BENCH_SAMPLE=1: every 5 s, each worker's concurrency limit, in-flight and buffered
+# messages and the backend's in-flight, printed after the run (to see who limits whom).
+if [[ "${BENCH_SAMPLE:-0}" == 1 ]]; then
+    sample_loop() {
+        local t=0
+        while sleep 5; do
+            t=$((t + 5))
+            local line="t=${t}s backend_in_flight=$(curl -s "http://127.0.0.1:$mock_port/metrics" |
+                awk '/^sluice_mock_in_flight / {print $2}')"
+            for port in "${worker_ports[@]}"; do
+                line="$line | $(curl -s "http://127.0.0.1:$port/metrics" | awk '
+                    /^sluice_worker_concurrency_limit / {l = $2}
+                    /^sluice_worker_in_flight / {f = $2}
+                    /^sluice_worker_buffered / {b = $2}
+                    END {print "limit=" l " in_flight=" f " buffered=" b}')"
+            done
+            echo "$line"
+        done
+    }
+    start sampler sample_loop
+fi
 
 # Every worker in the group with partitions, so no rebalance lands in the burst.
 for _ in $(seq 300); do
@@ -171,6 +195,10 @@ set +e
 sluice_status=$?
 set -e
 [[ -s "$logs/sluice.json" ]] || die "loadgen (sluice path) wrote no report (exit $sluice_status)"
+if [[ "${BENCH_SAMPLE:-0}" == 1 ]]; then
+    echo "--- samples during the sluice run ---" >&2
+    cat "$logs/sampler.log" >&2
+fi
 
 # --- the baseline: the same burst straight to a fresh backend ----------------------------
 direct_port=$(free_port)

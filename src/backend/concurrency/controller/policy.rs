@@ -18,6 +18,9 @@ use crate::backend::concurrency::baseline::Baseline;
 use crate::backend::concurrency::ConcurrencySettings;
 use crate::backend::BackendError;
 
+/// A failed probe's penalty halves after this long without another failed probe.
+pub(super) const PROBE_BACKOFF_DECAY: Duration = Duration::from_secs(10);
+
 /// Weight of a new round trip in the smoothed RTT (TCP's 1/8).
 const SRTT_GAIN: f64 = 0.125;
 
@@ -35,8 +38,12 @@ pub(super) struct State {
     /// The highest limit known to be good: below it the limit doubles per round trip,
     /// above it every increase is a probe. Starts at `max` (nothing known).
     recover_to: usize,
-    /// Probe spacing factor: doubles with each failed probe, up to `max_probe_backoff`.
+    /// Probe spacing factor: doubles with each failed probe, up to `max_probe_backoff`;
+    /// back to 1 when a probe holds, halved after every [`PROBE_BACKOFF_DECAY`] without
+    /// a failed one (capacity freed by another worker is then found again).
     probe_backoff: u32,
+    /// When `probe_backoff` last grew or decayed.
+    probe_backoff_changed: Instant,
     /// Successful calls since the limit last changed.
     calls_since_change: u64,
     /// No increase before this instant (the latest Retry-After window).
@@ -89,6 +96,7 @@ impl State {
             pacing: Pacing::default(),
             recover_to: settings.max,
             probe_backoff: 1,
+            probe_backoff_changed: now,
             calls_since_change: 0,
             hold_until: now,
             epoch: 0,
@@ -212,7 +220,7 @@ impl State {
                 self.episode = Some(now);
                 self.episode_lowers = false;
                 if bound >= self.recover_to {
-                    self.failed_probe();
+                    self.failed_probe(now);
                 } else if self.suspect {
                     // Refused below the good level twice before getting back to it: the
                     // capacity did fall.
@@ -252,11 +260,20 @@ impl State {
         }
     }
 
-    fn failed_probe(&mut self) {
+    fn failed_probe(&mut self, now: Instant) {
         self.failed_probes += 1;
         self.probe_backoff = self
             .probe_backoff
             .saturating_mul(2)
             .min(self.settings.max_probe_backoff);
+        self.probe_backoff_changed = now;
+    }
+
+    /// Halves the probe spacing for every [`PROBE_BACKOFF_DECAY`] since it last changed.
+    fn decay_probe_backoff(&mut self, now: Instant) {
+        while self.probe_backoff > 1 && now >= self.probe_backoff_changed + PROBE_BACKOFF_DECAY {
+            self.probe_backoff /= 2;
+            self.probe_backoff_changed += PROBE_BACKOFF_DECAY;
+        }
     }
 }

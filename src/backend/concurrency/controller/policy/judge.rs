@@ -139,7 +139,7 @@ impl State {
         if self.limit > self.recover_to {
             // A failed probe: back to the level known to be good. Should the backend have
             // slowed down meanwhile, the next window says so.
-            self.failed_probe();
+            self.failed_probe(now);
             let back = target.max(self.recover_to).min(self.limit - 1);
             self.set_limit(semaphore, back, now);
         } else if target < self.limit {
@@ -155,12 +155,15 @@ impl State {
     /// A clean window in which demand reached the limit: recover fast below the level
     /// known to be good, else probe above it when due.
     fn on_clean(&mut self, semaphore: &Semaphore, now: Instant) {
+        self.decay_probe_backoff(now);
         // A level is good once it has carried as many calls as a probe must wait for: a
         // rate limiter's bucket can hide an excess for a window or two.
         let due = u64::from(self.settings.probe_after_calls) * u64::from(self.probe_backoff);
         let held = self.calls_since_change >= u64::from(self.settings.probe_after_calls);
         if self.limit > self.recover_to && held {
+            // The probe held: the next one need not wait out earlier failures.
             self.recover_to = self.limit;
+            self.probe_backoff = 1;
         }
         if self.limit >= self.recover_to && held {
             self.suspect = false;

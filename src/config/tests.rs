@@ -1,0 +1,125 @@
+//! Configuration layering, pass-through and validation errors.
+use super::*;
+use std::io::Write;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn toml_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+#[test]
+fn defaults_match_the_design_table() {
+    let c = Config::load_from(None, env(&[])).unwrap();
+    assert_eq!(c.kafka.bootstrap_servers, "127.0.0.1:9092");
+    assert_eq!(c.kafka.request_topic, "sluice.requests");
+    assert_eq!(c.kafka.reply_topic, "sluice.replies");
+    assert_eq!(c.kafka.dlq_topic, "sluice.dlq");
+    assert_eq!(c.kafka.group_id, "sluice-workers");
+    assert_eq!(c.ingress.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(c.worker.admin_listen.to_string(), "0.0.0.0:9090");
+    assert_eq!(c.worker.max_in_flight, 256);
+    assert_eq!(c.backend.url, "http://127.0.0.1:8000");
+    assert_eq!(c.backend.api_key, None);
+    assert_eq!(c.backend.timeout_ms, 120_000);
+    assert_eq!(c.telemetry.otlp_endpoint, None);
+    assert_eq!(c.telemetry.service_name, None);
+}
+
+#[test]
+fn file_overrides_defaults_and_env_overrides_file() {
+    let file = toml_file(
+        "[kafka]\nrequest_topic = \"from-file\"\nreply_topic = \"replies-file\"\n\
+         [worker]\nmax_in_flight = 8\n",
+    );
+    let c = Config::load_from(
+        Some(file.path()),
+        env(&[
+            ("SLUICE__KAFKA__REQUEST_TOPIC", "from-env"),
+            ("SLUICE__BACKEND__TIMEOUT_MS", "5000"),
+            ("OTHER__KAFKA__REPLY_TOPIC", "ignored"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(c.kafka.request_topic, "from-env");
+    assert_eq!(c.kafka.reply_topic, "replies-file");
+    assert_eq!(c.worker.max_in_flight, 8);
+    assert_eq!(c.backend.timeout_ms, 5000);
+    assert_eq!(c.kafka.group_id, "sluice-workers");
+}
+
+#[test]
+fn client_properties_pass_through_from_file_and_env() {
+    let file = toml_file("[kafka.client]\n\"sasl.mechanisms\" = \"PLAIN\"\n");
+    let c = Config::load_from(
+        Some(file.path()),
+        env(&[("SLUICE__KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_SSL")]),
+    )
+    .unwrap();
+    assert_eq!(c.kafka.client["sasl.mechanisms"], "PLAIN");
+    assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
+}
+
+#[test]
+fn lanes_parse_from_env_lists() {
+    let c = Config::load_from(None, env(&[("SLUICE__KAFKA__LANES", "interactive,batch")])).unwrap();
+    assert_eq!(c.kafka.lanes, vec!["interactive", "batch"]);
+    assert_eq!(c.request_topic_for(Some("batch")), "sluice.requests.batch");
+}
+
+#[test]
+fn unknown_env_key_is_rejected_by_name() {
+    let err = Config::load_from(None, env(&[("SLUICE__WORKER__MAX_INFLIGHT", "3")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_inflight"), "{err}");
+}
+
+#[test]
+fn unknown_file_section_is_rejected_by_name() {
+    let file = toml_file("[wroker]\nmax_in_flight = 3\n");
+    let err = Config::load_from(Some(file.path()), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("wroker"), "{err}");
+}
+
+#[test]
+fn wrong_type_names_the_key() {
+    let err = Config::load_from(None, env(&[("SLUICE__WORKER__MAX_IN_FLIGHT", "lots")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_in_flight"), "{err}");
+}
+
+#[test]
+fn invalid_values_name_the_key() {
+    for (var, value, key) in [
+        ("SLUICE__WORKER__MAX_IN_FLIGHT", "0", "worker.max_in_flight"),
+        ("SLUICE__BACKEND__URL", "not a url", "backend.url"),
+        ("SLUICE__BACKEND__URL", "ftp://x", "backend.url"),
+        ("SLUICE__KAFKA__REQUEST_TOPIC", " ", "kafka.request_topic"),
+        ("SLUICE__KAFKA__LANES", "Bad Lane", "kafka.lanes"),
+        ("SLUICE__INGRESS__LISTEN", "nowhere", "listen"),
+    ] {
+        let err = Config::load_from(None, env(&[(var, value)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key), "{var}={value}: {err}");
+    }
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let err = Config::load_from(Some(Path::new("/nonexistent/sluice.toml")), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sluice.toml"), "{err}");
+}

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use serde_json::Value;
@@ -41,6 +42,14 @@ pub struct Shared {
 enum Output {
     Reply { topic: String, reply: Reply },
     DeadLetter(DeadLetter),
+}
+
+/// Whether Kafka refused a record for its size: the same record can never be written.
+fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }
 
 /// Pause before the first retry of a failed Kafka write; doubles up to the cap.
@@ -290,15 +299,23 @@ impl Output {
     }
 }
 
-/// Writes the output, retrying until Kafka acknowledges it or the hard stop.
+/// Writes the output, retrying until Kafka acknowledges it or the hard stop. A dead
+/// letter the cluster refuses as too large is written smaller instead (see
+/// [`DeadLetter::shrink`]): retrying it as it is could never succeed and would hold
+/// back the partition's commits for good.
 async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> bool {
+    let dlq_topic = &shared.config.kafka.dlq_topic;
+    let mut dead_letter = match &output {
+        Output::DeadLetter(dl) => Some(dl.clone()),
+        Output::Reply { .. } => None,
+    };
     let Record {
         outcome,
         topic,
-        key,
-        payload,
-        headers: record_headers,
-    } = output.into_record(&shared.config.kafka.dlq_topic);
+        mut key,
+        mut payload,
+        headers: mut record_headers,
+    } = output.into_record(dlq_topic);
     let mut wait = WRITE_RETRY_INITIAL;
     loop {
         let sent = shared
@@ -313,19 +330,34 @@ async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> b
                     .collect(),
             })
             .await;
-        match sent {
+        let e = match sent {
             Ok(_) => break,
-            Err(e) => {
-                shared.metrics.produce_failures.inc();
-                tracing::warn!(error = %e, topic = %topic, retry_in_ms = wait.as_millis() as u64,
-                    "writing the outcome to Kafka failed; retrying");
-                tokio::select! {
-                    _ = shared.hard_stop.cancelled() => return false,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(WRITE_RETRY_MAX);
-            }
+            Err(e) => e,
+        };
+        shared.metrics.produce_failures.inc();
+        let smaller = dead_letter
+            .as_ref()
+            .filter(|_| is_too_large(&e))
+            .and_then(DeadLetter::shrink);
+        if let Some(smaller) = smaller {
+            tracing::warn!(error = %e, topic = %topic, bytes = payload.len(),
+                "dead letter too large for the topic; writing it without what does not fit");
+            Record {
+                key,
+                payload,
+                headers: record_headers,
+                ..
+            } = Output::DeadLetter(smaller.clone()).into_record(dlq_topic);
+            dead_letter = Some(smaller);
+            continue;
         }
+        tracing::warn!(error = %e, topic = %topic, retry_in_ms = wait.as_millis() as u64,
+            "writing the outcome to Kafka failed; retrying");
+        tokio::select! {
+            _ = shared.hard_stop.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(WRITE_RETRY_MAX);
     }
     shared.metrics.finished(outcome);
     match enqueued_ms {

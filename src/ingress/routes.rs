@@ -105,7 +105,7 @@ async fn enqueue(
             topic: &topic,
             key,
             payload: &payload,
-            headers: vec![(headers::ID, request.id.as_bytes())],
+            headers: vec![(headers::ID, Some(request.id.as_bytes()))],
         })
         .await;
     state

@@ -26,7 +26,8 @@ pub struct Outgoing<'a> {
     pub topic: &'a str,
     pub key: &'a str,
     pub payload: &'a [u8],
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// `None` is a header without a value, which Kafka keeps distinct from an empty one.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
 }
 
 /// How a producer behaves when the broker is slow or gone.
@@ -73,10 +74,7 @@ impl Producer {
         let span = semconv::kafka_send_span(message.topic, message.key);
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2);
         for (key, value) in &message.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(*value),
-            });
+            headers = headers.insert(Header { key, value: *value });
         }
         let headers = propagation::inject_kafka(&span, headers);
         let record = FutureRecord::to(message.topic)

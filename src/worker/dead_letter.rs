@@ -34,24 +34,20 @@ pub struct Reason {
 pub struct DeadLetter {
     pub key: Vec<u8>,
     pub value: Vec<u8>,
-    /// Original headers first, then sluice's error headers.
-    pub headers: Vec<(String, Vec<u8>)>,
+    /// Original headers first (a header without a value stays without one), then
+    /// sluice's error headers.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     /// How many of `headers` are the original message's.
     original_headers: usize,
 }
 
 impl DeadLetter {
     pub fn new(message: &OwnedMessage, reason: &Reason, worker_id: &str) -> Self {
-        let mut record_headers: Vec<(String, Vec<u8>)> = message
+        let mut record_headers: Vec<(String, Option<Vec<u8>>)> = message
             .headers()
             .map(|h| {
                 h.iter()
-                    .map(|header| {
-                        (
-                            header.key.to_string(),
-                            header.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                        )
-                    })
+                    .map(|header| (header.key.to_string(), header.value.map(<[u8]>::to_vec)))
                     .collect()
             })
             .unwrap_or_default();
@@ -67,7 +63,7 @@ impl DeadLetter {
             (headers::SOURCE_PARTITION, message.partition().to_string()),
             (headers::SOURCE_OFFSET, message.offset().to_string()),
         ] {
-            record_headers.push((key.to_string(), value.into_bytes()));
+            record_headers.push((key.to_string(), Some(value.into_bytes())));
         }
         Self {
             key: message.key().map(<[u8]>::to_vec).unwrap_or_default(),
@@ -95,7 +91,10 @@ impl DeadLetter {
         };
         smaller.headers.push((
             headers::ERROR_DROPPED.to_string(),
-            format!("{dropped}: the record was too large for the dead-letter topic").into_bytes(),
+            Some(
+                format!("{dropped}: the record was too large for the dead-letter topic")
+                    .into_bytes(),
+            ),
         ));
         Some(smaller)
     }
@@ -109,7 +108,7 @@ impl DeadLetter {
             headers: self
                 .headers
                 .iter()
-                .map(|(k, v)| (k.as_str(), v.as_slice()))
+                .map(|(k, v)| (k.as_str(), v.as_deref()))
                 .collect(),
         }
     }
@@ -198,7 +197,7 @@ mod tests {
         assert_eq!(first.headers[..dl.headers.len()], dl.headers[..]);
         let (name, note) = first.headers.last().unwrap();
         assert_eq!(name, headers::ERROR_DROPPED);
-        assert!(String::from_utf8_lossy(note).starts_with("value (2000 bytes)"));
+        assert!(String::from_utf8_lossy(note.as_deref().unwrap()).starts_with("value (2000 bytes)"));
 
         let second = first.shrink().expect("key and original headers can go");
         assert!(second.key.is_empty() && second.value.is_empty());
@@ -229,10 +228,17 @@ mod tests {
             Timestamp::CreateTime(1),
             2,
             41,
-            Some(OwnedHeaders::new().insert(Header {
-                key: "traceparent",
-                value: Some("00-abc"),
-            })),
+            Some(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "traceparent",
+                        value: Some("00-abc"),
+                    })
+                    .insert(Header::<&str> {
+                        key: "marker",
+                        value: None,
+                    }),
+            ),
         );
         let reason = Reason {
             class: "decode",
@@ -246,11 +252,16 @@ mod tests {
             dl.headers
                 .iter()
                 .find(|(key, _)| key == k)
-                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+                .map(|(_, v)| String::from_utf8(v.clone().unwrap()).unwrap())
         };
         assert_eq!(
             dl.headers[0].0, "traceparent",
             "original headers come first"
+        );
+        assert_eq!(
+            dl.headers[1],
+            ("marker".to_string(), None),
+            "a header without a value stays without one"
         );
         assert_eq!(get(headers::ERROR_REASON).unwrap(), "not JSON");
         assert_eq!(get(headers::ERROR_CLASS).unwrap(), "decode");

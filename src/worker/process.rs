@@ -269,7 +269,7 @@ struct Record {
     topic: String,
     key: String,
     payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Output {
@@ -279,10 +279,10 @@ impl Output {
                 outcome: reply.status.as_str(),
                 payload: serde_json::to_vec(&reply).expect("a Reply always serializes"),
                 headers: vec![
-                    (headers::ID.into(), reply.id.clone().into_bytes()),
+                    (headers::ID.into(), Some(reply.id.clone().into_bytes())),
                     (
                         headers::KIND.into(),
-                        headers::KIND_FINAL.as_bytes().to_vec(),
+                        Some(headers::KIND_FINAL.as_bytes().to_vec()),
                     ),
                 ],
                 key: reply.id,
@@ -326,7 +326,7 @@ async fn deliver(shared: &Shared, output: Output, enqueued_ms: Option<u64>) -> b
                 payload: &payload,
                 headers: record_headers
                     .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .map(|(k, v)| (k.as_str(), v.as_deref()))
                     .collect(),
             })
             .await;

@@ -300,11 +300,14 @@ pub async fn read_topic(
     .expect("the topic reader does not panic")
 }
 
-/// The value of header `key`, lossily as text.
+/// The value of the last header named `key` (later ones win, as in Kafka's
+/// `Headers.lastHeader`: a dead letter's own headers follow the original ones), lossily
+/// as text.
 pub fn header(message: &OwnedMessage, key: &str) -> Option<String> {
     message.headers().and_then(|h| {
         h.iter()
-            .find(|h| h.key == key)
+            .filter(|h| h.key == key)
+            .last()
             .and_then(|h| h.value)
             .map(|v| String::from_utf8_lossy(v).into_owned())
     })

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -28,6 +28,15 @@ pub struct Outgoing<'a> {
     pub payload: &'a [u8],
     /// `None` is a header without a value, which Kafka keeps distinct from an empty one.
     pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+/// Whether Kafka refused a record for its size (librdkafka's `message.max.bytes`, or the
+/// broker's limit): the same record can never be written, so retrying cannot help.
+pub fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }
 
 /// How a producer behaves when the broker is slow or gone.

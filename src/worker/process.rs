@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use serde_json::Value;
@@ -22,7 +21,7 @@ use crate::backend::stack::BackendStack;
 use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
 use crate::envelope::{self, headers, now_ms, Reply, ReplyError, Request, Status, Timing};
-use crate::kafka::producer::{Outgoing, Producer};
+use crate::kafka::producer::{is_too_large, Outgoing, Producer};
 use crate::telemetry::{propagation, semconv};
 
 /// What every message task shares.
@@ -42,14 +41,6 @@ pub struct Shared {
 enum Output {
     Reply { topic: String, reply: Reply },
     DeadLetter(DeadLetter),
-}
-
-/// Whether Kafka refused a record for its size: the same record can never be written.
-fn is_too_large(e: &KafkaError) -> bool {
-    matches!(
-        e.rdkafka_error_code(),
-        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
-    )
 }
 
 /// Pause before the first retry of a failed Kafka write; doubles up to the cap.

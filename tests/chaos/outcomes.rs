@@ -126,6 +126,36 @@ enum Expected {
     DeadLetter { class: &'static str },
 }
 
+/// A request just under the producer's limit (librdkafka's `message.max.bytes`,
+/// 1,000,000) whose reply, echoing its metadata next to the completion, is over it.
+fn reply_too_large(reply_topic: &str) -> Case {
+    const REQUEST_BYTES: usize = 999_850;
+    let id = unique_name("reply-too-large");
+    let value = |pad: usize| {
+        request_value(
+            &id,
+            &format!("ok:{id}"),
+            json!({"metadata": {"blob": "x".repeat(pad)}}),
+        )
+    };
+    let value = value(REQUEST_BYTES - value(0).len());
+    assert_eq!(value.len(), REQUEST_BYTES);
+    Case {
+        name: "reply-too-large",
+        id,
+        value,
+        expected: Expected::Reply {
+            topic: reply_topic.to_string(),
+            status: "error",
+            attempts: 1,
+            error: Some("reply_too_large"),
+            http_status: None,
+            message: Some("body and metadata were dropped"),
+        },
+        calls: 1,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_terminal_path_ends_in_exactly_one_outcome() {
     let _serial = crate::serial().await;
@@ -264,6 +294,7 @@ async fn every_terminal_path_ends_in_exactly_one_outcome() {
             },
             1,
         ),
+        reply_too_large(&topics.reply),
         Case {
             name: "undecodable",
             id: unique_name("undecodable"),
@@ -443,7 +474,7 @@ async fn every_terminal_path_ends_in_exactly_one_outcome() {
         counted,
         vec![
             ("ok", 3),
-            ("error", 4),
+            ("error", 5),
             ("expired", 2),
             ("rejected", 2),
             ("dead_letter", 1)

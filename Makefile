@@ -10,7 +10,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test lint fmt fuzz bench-burst bench-burst-quick bench-memory bench-rate
+.PHONY: build dev test test-chaos lint fmt fuzz bench-burst bench-burst-quick bench-memory bench-rate
 .DEFAULT_GOAL := build
 
 build:
@@ -22,6 +22,13 @@ dev:
 
 test:
 	$(CARGO) test --all-targets
+
+# Chaos tests (tests/chaos/): worker kills under 5,000 requests, broker and backend
+# outages, 10,000 poison messages, every terminal path, SIGTERM under load. The quick
+# ones also run in `make test`; this runs the long (ignored) ones too, one at a time,
+# printing the figures each measures. About 8 minutes.
+test-chaos:
+	$(CARGO) test --test chaos -- --include-ignored --nocapture
 
 lint:
 	$(CARGO) fmt --check

@@ -30,6 +30,9 @@ pub mod headers {
     pub const ERROR_ATTEMPTS: &str = "sluice-error-attempts";
     /// Dead letters: which worker wrote it.
     pub const WORKER: &str = "sluice-worker";
+    /// Dead letters: what was left out because the whole record was too large for the
+    /// dead-letter topic (`value (N bytes)`, then `key and original headers`).
+    pub const ERROR_DROPPED: &str = "sluice-error-dropped";
     /// Dead letters: the topic, partition and offset the message was read from.
     pub const SOURCE_TOPIC: &str = "sluice-source-topic";
     pub const SOURCE_PARTITION: &str = "sluice-source-partition";

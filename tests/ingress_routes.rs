@@ -216,6 +216,31 @@ async fn unreachable_kafka_answers_503_quickly_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_body_within_the_limit_but_too_large_for_kafka_gets_413_not_503() {
+    // librdkafka's producer refuses records over message.max.bytes (1,000,000 by default)
+    // before any broker is asked, so an unreachable one will do.
+    let mut config = config_for("127.0.0.1:1");
+    config.ingress.max_body_bytes = 2 * 1024 * 1024;
+    let app = app_for(config);
+    let body = format!(
+        r#"{{"body":{CHAT},"metadata":"{}"}}"#,
+        "x".repeat(1_010_000)
+    );
+    let started = Instant::now();
+    let (status, headers, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value}");
+    assert_eq!(value["error"]["type"], "payload_too_large");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("more than Kafka accepts")),
+        "{value}"
+    );
+    assert!(headers.get("retry-after").is_none(), "not worth retrying");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
 async fn readyz_reflects_readiness_and_healthz_is_live() {
     let mut registry = Registry::default();
     let state =

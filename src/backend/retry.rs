@@ -172,16 +172,18 @@ where
     let mut last_error = None;
     let mut first = true;
     loop {
+        if !first {
+            service.ready().await?;
+        }
+        first = false;
+        // Checked after the wait for readiness, which can outlast the deadline by far (an
+        // open circuit breaker waits for the backend to come back).
         if deadline_ms.is_some_and(|d| now_ms() >= d) {
             return Ok(Finished::Expired {
                 attempts,
                 last_error,
             });
         }
-        if !first {
-            service.ready().await?;
-        }
-        first = false;
         let result = service.call(request.clone()).await;
         if let Err(open @ BackendError::CircuitOpen { .. }) = result {
             // Not an attempt: the backend was not called. Readiness waits out the open
@@ -460,6 +462,81 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(*calls.lock().unwrap(), 1);
+    }
+
+    /// Readiness that takes `wait` each time after the first (as behind an open breaker).
+    struct SlowReadiness<S> {
+        inner: S,
+        /// Readiness granted so far, shared by clones.
+        granted: Arc<std::sync::atomic::AtomicUsize>,
+        wait: Duration,
+        sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+
+    impl<S: Clone> Clone for SlowReadiness<S> {
+        fn clone(&self) -> Self {
+            Self {
+                inner: self.inner.clone(),
+                granted: self.granted.clone(),
+                wait: self.wait,
+                sleep: None,
+            }
+        }
+    }
+
+    impl<S: Service<ChatRequest>> Service<ChatRequest> for SlowReadiness<S> {
+        type Response = S::Response;
+        type Error = S::Error;
+        type Future = S::Future;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.granted.load(SeqCst) > 0 {
+                let wait = self.wait;
+                let sleep = self
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(wait)));
+                std::task::ready!(sleep.as_mut().poll(cx));
+            }
+            std::task::ready!(self.inner.poll_ready(cx))?;
+            self.sleep = None;
+            self.granted.fetch_add(1, SeqCst);
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: ChatRequest) -> S::Future {
+            self.inner.call(request)
+        }
+    }
+
+    // Real time: deadlines are wall-clock milliseconds.
+    #[tokio::test]
+    async fn a_deadline_passing_while_waiting_for_readiness_stops_attempts() {
+        let (backend, calls) = scripted(vec![status(503, None), ok()]);
+        let slow = SlowReadiness {
+            inner: backend,
+            granted: Arc::default(),
+            wait: Duration::from_millis(600),
+            sleep: None,
+        };
+        let (layer, _) = retry_layer(5, 0.2, 10);
+        match layer
+            .layer(slow)
+            .oneshot(request(Some(now_ms() + 300)))
+            .await
+            .unwrap()
+        {
+            Finished::Expired {
+                attempts: 1,
+                last_error: Some(e),
+            } => assert_eq!(e.status(), Some(503)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            *calls.lock().unwrap(),
+            1,
+            "not called again once the deadline passed"
+        );
     }
 
     #[test]

@@ -15,6 +15,12 @@ pub enum AppError {
     BadRequest(String),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Within `ingress.max_body_bytes`, but Kafka refuses a record this large.
+    #[error(
+        "the request is {bytes} bytes as stored, more than Kafka accepts (message.max.bytes); \
+         it was not accepted"
+    )]
+    TooLargeForKafka { bytes: usize },
     #[error("no request with id {0:?} is known here")]
     NotFound(String),
     #[error("no such route; see POST /v1/requests and GET /v1/requests/{{id}}")]
@@ -33,7 +39,9 @@ impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
             AppError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            AppError::PayloadTooLarge { .. } | AppError::TooLargeForKafka { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             AppError::NotFound(_) | AppError::NoRoute => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -44,7 +52,9 @@ impl AppError {
     pub fn kind(&self) -> &'static str {
         match self {
             AppError::BadRequest(_) => "invalid_request",
-            AppError::PayloadTooLarge { .. } => "payload_too_large",
+            AppError::PayloadTooLarge { .. } | AppError::TooLargeForKafka { .. } => {
+                "payload_too_large"
+            }
             AppError::NotFound(_) | AppError::NoRoute => "not_found",
             AppError::MethodNotAllowed => "method_not_allowed",
             AppError::Unavailable { .. } => "unavailable",

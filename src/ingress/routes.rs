@@ -21,7 +21,7 @@ use super::submit;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::envelope::headers;
-use crate::kafka::producer::{Outgoing, Producer};
+use crate::kafka::producer::{is_too_large, Outgoing, Producer};
 use crate::telemetry::{propagation, semconv};
 
 /// Everything a route needs; cheap to clone.
@@ -105,7 +105,7 @@ async fn enqueue(
             topic: &topic,
             key,
             payload: &payload,
-            headers: vec![(headers::ID, request.id.as_bytes())],
+            headers: vec![(headers::ID, Some(request.id.as_bytes()))],
         })
         .await;
     state
@@ -121,6 +121,10 @@ async fn enqueue(
                 Json(json!({ "id": request.id, "status": "queued" })),
             ))
         }
+        // Not a passing condition: a 503 would have the client retry it for ever.
+        Err(e) if is_too_large(&e) => Err(AppError::TooLargeForKafka {
+            bytes: payload.len(),
+        }),
         Err(e) => {
             tracing::warn!(error = %e, topic = %topic, "Kafka did not acknowledge a submission; answering 503");
             Err(AppError::Unavailable {

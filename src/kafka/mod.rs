@@ -67,6 +67,15 @@ impl ClientKind {
     }
 }
 
+/// Defaults of every client, before the caller's own.
+///
+/// `reconnect.backoff.max.ms`: librdkafka backs off reconnecting up to 10 s by default.
+/// After a broker outage that kept a client waiting a full backoff after the broker was
+/// back (the ingress answered 503 for up to 8 s more), and while it waits it does not
+/// time out queued writes either (503s took up to 8 s instead of about the enqueue
+/// timeout). Measured in tests/chaos/broker_outage.rs; 1 s bounds both.
+const CLIENT_DEFAULTS: &[(&str, &str)] = &[("reconnect.backoff.max.ms", "1000")];
+
 /// A client configuration with the brokers and the operator's pass-through properties.
 /// Callers set their own defaults first and their guarantees after this.
 pub fn client_config(
@@ -77,7 +86,7 @@ pub fn client_config(
 ) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (key, value) in defaults {
+    for (key, value) in CLIENT_DEFAULTS.iter().chain(defaults) {
         config.set(*key, *value);
     }
     for (key, value) in kafka.client.iter().filter(|(key, _)| kind.accepts(key)) {
@@ -136,6 +145,24 @@ mod tests {
         let admin = client_config(&kafka, ClientKind::Admin, &[], &[]);
         assert_eq!(admin.get("security.protocol"), Some("SSL"));
         assert_eq!(admin.get("linger.ms"), None);
+    }
+
+    #[test]
+    fn reconnect_backoff_is_short_unless_the_operator_says_otherwise() {
+        let mut kafka = KafkaConfig::default();
+        for kind in [
+            ClientKind::Producer,
+            ClientKind::Consumer,
+            ClientKind::Admin,
+        ] {
+            let config = client_config(&kafka, kind, &[], &[]);
+            assert_eq!(config.get("reconnect.backoff.max.ms"), Some("1000"));
+        }
+        kafka
+            .client
+            .insert("reconnect.backoff.max.ms".into(), "5000".into());
+        let config = client_config(&kafka, ClientKind::Producer, &[], &[]);
+        assert_eq!(config.get("reconnect.backoff.max.ms"), Some("5000"));
     }
 
     #[test]

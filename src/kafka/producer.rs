@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rdkafka::consumer::ConsumerGroupMetadata;
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::util::Timeout;
@@ -31,7 +31,17 @@ pub struct Outgoing<'a> {
     pub topic: &'a str,
     pub key: &'a str,
     pub payload: &'a [u8],
-    pub headers: Vec<(&'a str, &'a [u8])>,
+    /// `None` is a header without a value, which Kafka keeps distinct from an empty one.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+/// Whether Kafka refused a record for its size (librdkafka's `message.max.bytes`, or the
+/// broker's limit): the same record can never be written, so retrying cannot help.
+pub fn is_too_large(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
+    )
 }
 
 /// How a producer behaves when the broker is slow or gone.
@@ -128,10 +138,7 @@ impl Producer {
         let span = semconv::kafka_send_span(message.topic, message.key);
         let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2);
         for (key, value) in &message.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(*value),
-            });
+            headers = headers.insert(Header { key, value: *value });
         }
         let headers = propagation::inject_kafka(&span, headers);
         let record = FutureRecord::to(message.topic)

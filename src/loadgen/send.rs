@@ -122,7 +122,7 @@ impl Target {
                         topic,
                         key: &id,
                         payload: &value,
-                        headers: vec![(headers::ID, id.as_bytes())],
+                        headers: vec![(headers::ID, Some(id.as_bytes()))],
                     })
                     .await;
                 match sent {

@@ -23,7 +23,7 @@ use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
 use crate::envelope::{self, headers, now_ms, Reply, ReplyError, Request, Status, Timing};
 use crate::kafka::offsets::Ticket;
-use crate::kafka::producer::{Outgoing, Producer};
+use crate::kafka::producer::{is_too_large, Outgoing, Producer};
 use crate::telemetry::{propagation, semconv};
 
 /// What every message task shares.
@@ -259,67 +259,99 @@ fn reply_output(
     }
 }
 
-/// An output ready to write, owned so the write can be retried.
+/// An output as a record to write.
 struct Record {
     /// Metric label: the reply status or `dead_letter`.
     outcome: &'static str,
     topic: String,
     key: String,
     payload: Vec<u8>,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
 impl Output {
-    fn into_record(self, dlq_topic: &str) -> Record {
+    fn to_record(&self, dlq_topic: &str) -> Record {
         match self {
             Output::Reply { topic, reply } => Record {
                 outcome: reply.status.as_str(),
-                payload: serde_json::to_vec(&reply).expect("a Reply always serializes"),
+                payload: serde_json::to_vec(reply).expect("a Reply always serializes"),
                 headers: vec![
-                    (headers::ID.into(), reply.id.clone().into_bytes()),
+                    (headers::ID.into(), Some(reply.id.clone().into_bytes())),
                     (
                         headers::KIND.into(),
-                        headers::KIND_FINAL.as_bytes().to_vec(),
+                        Some(headers::KIND_FINAL.as_bytes().to_vec()),
                     ),
                 ],
-                key: reply.id,
-                topic,
+                key: reply.id.clone(),
+                topic: topic.clone(),
             },
             Output::DeadLetter(dl) => Record {
                 outcome: "dead_letter",
                 topic: dlq_topic.to_string(),
                 key: dl.key_text(),
-                payload: dl.value,
-                headers: dl.headers,
+                payload: dl.value.clone(),
+                headers: dl.headers.clone(),
             },
+        }
+    }
+
+    /// A smaller output for a cluster that refused this one as too large, still the one
+    /// outcome of its message; `None` when nothing is left to drop. A dead letter sheds
+    /// its value, then the original key and headers ([`DeadLetter::shrink`]); a reply
+    /// becomes an `error` reply of type `reply_too_large` without body and metadata (the
+    /// metadata is echoed from the request, so request and completion together can
+    /// exceed what Kafka takes although each alone did not).
+    fn shrink(&self) -> Option<Output> {
+        match self {
+            Output::DeadLetter(dl) => dl.shrink().map(Output::DeadLetter),
+            Output::Reply { reply, .. } if reply.body.is_none() && reply.metadata.is_none() => None,
+            Output::Reply { topic, reply } => Some(Output::Reply {
+                topic: topic.clone(),
+                reply: Reply {
+                    status: Status::Error,
+                    body: None,
+                    metadata: None,
+                    error: Some(ReplyError {
+                        kind: "reply_too_large".into(),
+                        message: format!(
+                            "the {} reply was larger than Kafka accepts (message.max.bytes); \
+                             its body and metadata were dropped",
+                            reply.status.as_str()
+                        ),
+                        status: None,
+                    }),
+                    ..reply.clone()
+                },
+            }),
         }
     }
 }
 
 /// Writes the output, retrying until Kafka acknowledges it or the hard stop; with
-/// exactly-once, inside a transaction that also commits the message's offset.
+/// exactly-once, inside a transaction that also commits the message's offset. An output
+/// the cluster refuses as too large is written smaller instead ([`Output::shrink`]):
+/// retrying it as it is could never succeed and would hold back the partition's commits
+/// for good.
 async fn deliver(
     shared: &Shared,
     output: Output,
     enqueued_ms: Option<u64>,
     ticket: Ticket,
 ) -> bool {
-    let Record {
-        outcome,
-        topic,
-        key,
-        payload,
-        headers: record_headers,
-    } = output.into_record(&shared.config.kafka.dlq_topic);
+    let dlq_topic = &shared.config.kafka.dlq_topic;
+    let mut output = output;
+    let mut record = output.to_record(dlq_topic);
     if let Some(transactions) = &shared.transactions {
-        let output = TxnOutput {
-            topic,
-            key,
-            payload,
-            headers: record_headers,
-            ticket,
-        };
-        let committed = transactions.write(output).await;
+        let outcome = record.outcome;
+        let committed = transactions
+            .write(TxnOutput {
+                topic: record.topic,
+                key: record.key,
+                payload: record.payload,
+                headers: record.headers,
+                ticket,
+            })
+            .await;
         if committed {
             record_finished(shared, outcome, enqueued_ms);
         }
@@ -330,30 +362,37 @@ async fn deliver(
         let sent = shared
             .producer
             .send(Outgoing {
-                topic: &topic,
-                key: &key,
-                payload: &payload,
-                headers: record_headers
+                topic: &record.topic,
+                key: &record.key,
+                payload: &record.payload,
+                headers: record
+                    .headers
                     .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .map(|(k, v)| (k.as_str(), v.as_deref()))
                     .collect(),
             })
             .await;
-        match sent {
+        let e = match sent {
             Ok(_) => break,
-            Err(e) => {
-                shared.metrics.produce_failures.inc();
-                tracing::warn!(error = %e, topic = %topic, retry_in_ms = wait.as_millis() as u64,
-                    "writing the outcome to Kafka failed; retrying");
-                tokio::select! {
-                    _ = shared.hard_stop.cancelled() => return false,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                wait = (wait * 2).min(WRITE_RETRY_MAX);
-            }
+            Err(e) => e,
+        };
+        shared.metrics.produce_failures.inc();
+        if let Some(smaller) = is_too_large(&e).then(|| output.shrink()).flatten() {
+            tracing::warn!(error = %e, topic = %record.topic, bytes = record.payload.len(),
+                "outcome too large for the topic; writing it without what does not fit");
+            output = smaller;
+            record = output.to_record(dlq_topic);
+            continue;
         }
+        tracing::warn!(error = %e, topic = %record.topic, retry_in_ms = wait.as_millis() as u64,
+            "writing the outcome to Kafka failed; retrying");
+        tokio::select! {
+            _ = shared.hard_stop.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = (wait * 2).min(WRITE_RETRY_MAX);
     }
-    record_finished(shared, outcome, enqueued_ms);
+    record_finished(shared, record.outcome, enqueued_ms);
     true
 }
 
@@ -370,5 +409,53 @@ fn record_finished(shared: &Shared, outcome: &str, enqueued_ms: Option<u64>) {
         None => {
             shared.metrics.dead_letters.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok_reply() -> Reply {
+        Reply {
+            v: 1,
+            id: "r1".into(),
+            status: Status::Ok,
+            attempts: 2,
+            body: Some(serde_json::json!({"object": "chat.completion"})),
+            error: None,
+            usage: Some(envelope::Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+            }),
+            timing: Timing::default(),
+            metadata: Some(serde_json::json!({"blob": "x"})),
+        }
+    }
+
+    #[test]
+    fn a_reply_too_large_becomes_an_error_reply_without_body_and_metadata() {
+        let output = Output::Reply {
+            topic: "replies".into(),
+            reply: ok_reply(),
+        };
+        let Some(Output::Reply { topic, reply }) = output.shrink() else {
+            panic!("a reply with a body can shrink");
+        };
+        assert_eq!(topic, "replies");
+        assert_eq!(reply.status, Status::Error);
+        assert!(reply.body.is_none() && reply.metadata.is_none());
+        let error = reply.error.clone().unwrap();
+        assert_eq!(error.kind, "reply_too_large");
+        assert!(error.message.contains("the ok reply"), "{}", error.message);
+        assert_eq!((reply.id.as_str(), reply.attempts), ("r1", 2));
+        let again = Output::Reply {
+            topic,
+            reply: reply.clone(),
+        };
+        assert!(again.shrink().is_none(), "nothing left to drop");
+        let record = again.to_record("dlq");
+        assert_eq!(record.outcome, "error");
+        assert_eq!(record.key, "r1");
     }
 }

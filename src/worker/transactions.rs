@@ -37,7 +37,7 @@ pub struct TxnOutput {
     pub topic: String,
     pub key: String,
     pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
     pub ticket: Ticket,
 }
 
@@ -134,7 +134,7 @@ async fn commit_batch(
                 headers: p
                     .headers
                     .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_slice()))
+                    .map(|(k, v)| (k.as_str(), v.as_deref()))
                     .collect(),
             })
             .await?;

@@ -40,6 +40,8 @@ use tokio::sync::Notify;
 
 pub use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
+pub mod pipeline;
+
 /// How much of a child's log is printed when a test panics while it runs.
 const LOG_TAIL_ON_PANIC: usize = 64 * 1024;
 
@@ -75,6 +77,21 @@ pub const TEST_GROUP_PROPERTIES: &[(&str, &str)] = &[
     ("session.timeout.ms", "2000"),
     ("heartbeat.interval.ms", "300"),
 ];
+
+/// A consumer config for `group` on any broker: [`TEST_GROUP_PROPERTIES`], reading from
+/// the earliest offset, no auto-commit.
+pub fn consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false");
+    for (key, value) in TEST_GROUP_PROPERTIES {
+        config.set(*key, *value);
+    }
+    config
+}
 
 /// The last `max` bytes of a file, lossily decoded; empty if it cannot be read.
 fn tail(path: &Path, max: usize) -> String {
@@ -330,15 +347,7 @@ impl Tansu {
     /// A consumer config for `group`: [`TEST_GROUP_PROPERTIES`], reading from the earliest
     /// offset, no auto-commit.
     pub fn consumer_config(&self, group: &str) -> ClientConfig {
-        let mut config = self.client_config();
-        config
-            .set("group.id", group)
-            .set("auto.offset.reset", "earliest")
-            .set("enable.auto.commit", "false");
-        for (key, value) in TEST_GROUP_PROPERTIES {
-            config.set(*key, *value);
-        }
-        config
+        consumer_config(&self.bootstrap(), group)
     }
 
     /// Creates `name` with `partitions` partitions (replication 1) through the admin API,

@@ -143,10 +143,18 @@ struct Report {
 }
 
 impl Report {
-    fn send(self, verdict: Verdict) {
+    /// Records the call's verdict; returns how long the breaker is now open for, when
+    /// this failure left it open (it opened it, or it was the failed probe).
+    fn send(self, verdict: Verdict) -> Option<std::time::Duration> {
         let now = Instant::now();
-        self.shared
-            .with(|policy| policy.record(now, self.admitted, verdict));
+        self.shared.with(|policy| {
+            policy.record(now, self.admitted, verdict);
+            let failed = matches!(verdict, Verdict::Failure);
+            policy
+                .open_until()
+                .filter(|_| failed)
+                .map(|until| until.saturating_duration_since(now))
+        })
     }
 }
 
@@ -180,10 +188,18 @@ where
                 .expect("a ResponseFuture is not polled after it completed"))),
             Kind::Called { inner, report } => {
                 let result = std::task::ready!(inner.as_mut().poll(cx));
-                if let Some(report) = report.take() {
-                    report.send(verdict(&result));
+                let opened = report
+                    .take()
+                    .and_then(|report| report.send(verdict(&result)));
+                // A failure that leaves the breaker open (it opened it, or a probe found
+                // the backend still down) is reported as the open breaker: the backend is
+                // known to be down, so the caller waits for it rather than spend one of
+                // the request's attempts (a request alone during an outage would
+                // otherwise run out of attempts in seconds).
+                match opened {
+                    Some(retry_in) => Poll::Ready(Err(BackendError::CircuitOpen { retry_in })),
+                    None => Poll::Ready(result),
                 }
-                Poll::Ready(result)
             }
         }
     }

@@ -111,6 +111,25 @@ async fn opens_after_consecutive_failures() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn failures_that_leave_it_open_are_reported_as_the_open_breaker() {
+    let (mut service, _handle, mut backend) = breaker(&settings());
+    for _ in 0..4 {
+        let result = call(&mut service, &mut backend, status(500)).await;
+        assert_eq!(
+            result.unwrap_err().status(),
+            Some(500),
+            "still closed: the real answer"
+        );
+    }
+    // The fifth opens it: the caller learns the backend is down and for how long.
+    let opening = call(&mut service, &mut backend, status(500)).await;
+    match opening {
+        Err(BackendError::CircuitOpen { retry_in }) => assert!(retry_in > Duration::ZERO),
+        other => panic!("expected CircuitOpen, got {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn opens_on_the_error_ratio() {
     let settings = BreakerSettings {
         consecutive_failures: 0,

@@ -36,20 +36,11 @@ pub async fn run(
 ) -> Result<(), KafkaError> {
     let topic = config.kafka.reply_topic.clone();
     let consumer: Arc<StreamConsumer> = Arc::new(
-        crate::kafka::client_config(
+        crate::kafka::unjoined_reader_config(
             &config.kafka,
-            crate::kafka::ClientKind::Consumer,
+            "ingress",
             &[("fetch.wait.max.ms", "100")],
-            &[
-                // Required by librdkafka for offset lookups; this reader never joins it.
-                (
-                    "group.id",
-                    &format!("sluice-ingress-{}", crate::envelope::new_id()),
-                ),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("enable.partition.eof", "false"),
-            ],
+            false,
         )
         .create()?,
     );

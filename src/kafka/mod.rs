@@ -99,6 +99,31 @@ pub fn client_config(
     config
 }
 
+/// A consumer configuration for readers that assign partitions themselves and never
+/// join a group or commit (the ingress's reply reader, loadgen, the DLQ tools).
+/// librdkafka still wants a `group.id` for offset lookups: a fresh
+/// `sluice-<purpose>-<uuid>` that no member ever joins, so it leaves nothing behind.
+pub fn unjoined_reader_config(
+    kafka: &KafkaConfig,
+    purpose: &str,
+    defaults: &[(&str, &str)],
+    partition_eof: bool,
+) -> ClientConfig {
+    let group = format!("sluice-{purpose}-{}", crate::envelope::new_id());
+    let eof = if partition_eof { "true" } else { "false" };
+    client_config(
+        kafka,
+        ClientKind::Consumer,
+        defaults,
+        &[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", eof),
+        ],
+    )
+}
+
 /// Owned copy of a message's headers as (key, value) pairs, for dead letters and tests.
 pub fn header_pairs<H: rdkafka::message::Headers>(
     headers: Option<&H>,

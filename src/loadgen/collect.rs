@@ -36,21 +36,14 @@ pub struct ReplyReader {
 impl ReplyReader {
     /// Looks up start offsets and assigns every partition of `topic`. Call before sending.
     pub async fn position(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<ReplyReader> {
-        let consumer: StreamConsumer = crate::kafka::client_config(
+        let consumer: StreamConsumer = crate::kafka::unjoined_reader_config(
             kafka,
-            crate::kafka::ClientKind::Consumer,
-            &[("fetch.wait.max.ms", "50")],
+            "loadgen",
             &[
-                // Required by librdkafka for offset lookups; this reader never joins it.
-                (
-                    "group.id",
-                    &format!("sluice-loadgen-{}", crate::envelope::new_id()),
-                ),
-                ("enable.auto.commit", "false"),
-                ("enable.auto.offset.store", "false"),
-                ("enable.partition.eof", "false"),
+                ("fetch.wait.max.ms", "50"),
                 ("auto.offset.reset", "earliest"),
             ],
+            false,
         )
         .create()
         .context("creating the reply-topic consumer")?;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::filter::parse_rfc3339_ms;
 use crate::config::KafkaConfig;
 use crate::envelope::headers;
-use crate::kafka::{client_config, header_pairs, ClientKind};
+use crate::kafka::{header_pairs, unjoined_reader_config};
 
 /// How long a read may go without a record or an EOF before it stops where it is.
 const IDLE_LIMIT: Duration = Duration::from_secs(15);
@@ -165,19 +165,10 @@ pub fn read(
     cancel: &CancellationToken,
     mut visit: impl FnMut(DlqRecord) -> ControlFlow<()>,
 ) -> anyhow::Result<ReadSummary> {
-    let consumer: BaseConsumer<ReaderContext> = client_config(
-        kafka,
-        ClientKind::Consumer,
-        &[("auto.offset.reset", "earliest")],
-        &[
-            ("group.id", &unjoined_group_id()),
-            ("enable.partition.eof", "true"),
-            ("enable.auto.commit", "false"),
-            ("enable.auto.offset.store", "false"),
-        ],
-    )
-    .create_with_context(ReaderContext)
-    .context("creating the dead-letter reader")?;
+    let consumer: BaseConsumer<ReaderContext> =
+        unjoined_reader_config(kafka, "ops", &[("auto.offset.reset", "earliest")], true)
+            .create_with_context(ReaderContext)
+            .context("creating the dead-letter reader")?;
     let partitions = partition_ids(&consumer, topic)?;
     let mut assignment = TopicPartitionList::new();
     for partition in &partitions {

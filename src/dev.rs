@@ -141,6 +141,7 @@ pub async fn run(
         .await
         .with_context(|| format!("binding {} (use --admin-listen)", args.admin_listen))?;
     let ingress_url = format!("http://{}", ingress_listener.local_addr()?);
+    let admin_url = format!("http://{}", admin_listener.local_addr()?);
     tasks.spawn(crate::ingress::serve(
         ingress_listener,
         config.clone(),
@@ -152,8 +153,9 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    let roles = [ingress_url.as_str(), admin_url.as_str()];
     tokio::select! {
-        ready = wait_ready(&ingress_url) => ready?,
+        ready = wait_ready(&roles) => ready?,
         Some(failed) = tasks.join_next() => {
             failed.context("a dev component panicked")??;
             anyhow::bail!("a dev component stopped before the pipeline was ready");
@@ -176,16 +178,20 @@ pub async fn run(
     first_error.map_or(Ok(()), Err)
 }
 
-/// Polls the ingress's /readyz until Kafka and the reply reader are up.
-async fn wait_ready(ingress_url: &str) -> anyhow::Result<()> {
+/// Polls each role's /readyz until all are up: the ingress (Kafka reachable, reply
+/// reader assigned) and the worker (a member of its group).
+async fn wait_ready(base_urls: &[&str]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        let ready = client
-            .get(format!("{ingress_url}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
+        let mut ready = true;
+        for base in base_urls {
+            ready &= client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+        }
         if ready {
             return Ok(());
         }

@@ -11,11 +11,9 @@ pub mod semconv;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use tracing::Level;
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, Layer as _};
+use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, TelemetryConfig};
 
@@ -91,25 +89,27 @@ pub fn init(config: &TelemetryConfig, default_service: &str) -> Result<Telemetry
         opentelemetry::global::set_tracer_provider(p.clone());
     }
 
-    // RUST_LOG filters logs only; spans are exported whatever the log level, or quieting
-    // the logs would silently switch off tracing.
-    let log_filter = || {
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+    // RUST_LOG filters logs; the spans (all made in `semconv`, which logs nothing) stay
+    // enabled whatever it says, or quieting the logs would switch off tracing. One global
+    // filter: per-layer filters were seen to drop spans now and then under concurrency.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| {
             EnvFilter::new("info,rdkafka=warn,opentelemetry=warn,opentelemetry_sdk=warn,hyper=warn,reqwest=warn")
         })
-    };
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(Targets::new().with_target("sluice", Level::INFO));
-    let registry = tracing_subscriber::registry().with(otel);
+        .add_directive(
+            "sluice::telemetry::semconv=info"
+                .parse()
+                .expect("a constant, valid filter directive"),
+        );
+    let otel = tracing_opentelemetry::layer().with_tracer(tracer);
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match config.log_format {
         LogFormat::Text => registry
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_ansi(ansi)
-                    .with_writer(std::io::stderr)
-                    .with_filter(log_filter()),
+                    .with_writer(std::io::stderr),
             )
             .try_init()?,
         LogFormat::Json => registry
@@ -118,8 +118,7 @@ pub fn init(config: &TelemetryConfig, default_service: &str) -> Result<Telemetry
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
-                    .with_writer(std::io::stderr)
-                    .with_filter(log_filter()),
+                    .with_writer(std::io::stderr),
             )
             .try_init()?,
     }

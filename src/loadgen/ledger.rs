@@ -73,6 +73,8 @@ pub struct Books {
     pub queue_ms: Vec<f64>,
     pub first_send: Option<Instant>,
     pub last_send: Option<Instant>,
+    /// When the target first took a request: from then on there was work for the backend.
+    pub first_accepted: Option<Instant>,
     pub first_outcome: Option<Instant>,
     pub last_outcome: Option<Instant>,
 }
@@ -162,7 +164,10 @@ impl Ledger {
         entry.admission = admission;
         books.pending -= 1;
         match admission {
-            Admission::Accepted => books.accepted += 1,
+            Admission::Accepted => {
+                books.accepted += 1;
+                books.first_accepted.get_or_insert_with(Instant::now);
+            }
             Admission::Refused => {
                 *books.refused.entry(reason.unwrap_or_default()).or_default() += 1;
                 // A refused request is not waited for, unless its reply already came.

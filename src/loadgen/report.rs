@@ -152,7 +152,11 @@ impl Report {
         for status in STATUSES {
             completed.entry(status).or_insert(0);
         }
-        let window = span(books.first_send, books.last_outcome.or(books.last_send));
+        // The backend's window opens when there is work for it: the first request the
+        // target took (a Kafka producer's start-up, before its first acknowledgement, is
+        // not the backend's idle time), or the first send when nothing was taken.
+        let opened = books.first_accepted.or(books.first_send);
+        let window = span(opened, books.last_outcome.or(books.last_send));
         Report {
             mode,
             target,

@@ -92,6 +92,11 @@ pub fn worker_consumer(
             ("session.timeout.ms", "10000"),
             ("fetch.max.bytes", "8388608"),
             ("statistics.interval.ms", "5000"),
+            // How long a broker may hold a fetch when there is nothing new. Kafka answers
+            // as soon as data arrives; some brokers (tansu) hold the fetch to its end, so
+            // librdkafka's 500 ms would delay a request on an idle worker by up to that.
+            // The cost is an idle fetch every 20 ms per broker.
+            ("fetch.wait.max.ms", "20"),
             ("topic.metadata.refresh.interval.ms", "10000"),
         ],
         &[

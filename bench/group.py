@@ -51,9 +51,10 @@ def sampler(workers, backend, stop, out):
             parts = []
             for w in workers:
                 m = w.metrics()
-                parts.append("%s limit=%d share=%s in_flight=%d buffered=%d" % (
-                    w.name, m.get("sluice_worker_concurrency_limit", -1),
-                    m.get('sluice_worker_group_share{backend="default"}', "-"),
+                group = lambda name: next((v for k, v in m.items() if k.startswith(name + "{")), -1)
+                parts.append("%s est=%d share=%d in_flight=%d buffered=%d" % (
+                    w.name, group("sluice_worker_group_capacity_estimate"),
+                    group("sluice_worker_group_share"),
                     m.get("sluice_worker_in_flight", -1), m.get("sluice_worker_buffered", -1)))
             out.append("t=%5.2f backend=%2d | %s" % (time.monotonic() - t0, b, " | ".join(parts)))
         except Exception as e:  # a process may be gone at the end

@@ -50,6 +50,10 @@ pub struct KafkaConfig {
     pub dlq_topic: String,
     /// Consumer group of the workers. Default `sluice-workers`.
     pub group_id: String,
+    /// Compacted topic where the workers share what they know of each backend (group
+    /// pacing). Created (compacted, 1 h retention) when missing and the cluster allows.
+    /// Default `sluice.control`.
+    pub control_topic: String,
     /// Priority lanes, highest first. A request with `lane = "x"` goes to
     /// `<request_topic>.x`; a lane not listed here is rejected. The name `default` stands
     /// for the plain request topic (requests without a lane) and places it in the order;
@@ -107,6 +111,10 @@ pub struct WorkerConfig {
     /// Exactly-once only: how long replies gather before their transaction commits.
     /// Default 100 ms.
     pub transaction_linger_ms: u64,
+    /// Pace the backend together with the other workers of the group through
+    /// `kafka.control_topic` (one capacity estimate, shares by demand). Off: each worker
+    /// finds its own limit. Default true.
+    pub group_pacing: bool,
 }
 
 /// `[backend]`: the OpenAI-compatible LLM server.
@@ -171,6 +179,7 @@ impl Default for KafkaConfig {
             reply_topic: "sluice.replies".into(),
             dlq_topic: "sluice.dlq".into(),
             group_id: "sluice-workers".into(),
+            control_topic: "sluice.control".into(),
             lanes: Vec::new(),
             client: BTreeMap::new(),
         }
@@ -201,6 +210,7 @@ impl Default for WorkerConfig {
             lane_min_share: 0.1,
             exactly_once: false,
             transaction_linger_ms: 100,
+            group_pacing: true,
         }
     }
 }
@@ -273,6 +283,7 @@ impl Config {
             ("kafka.reply_topic", &k.reply_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
             ("kafka.group_id", &k.group_id),
+            ("kafka.control_topic", &k.control_topic),
         ] {
             if value.trim().is_empty() {
                 return invalid(key, "must not be empty");

@@ -14,7 +14,12 @@
 //! - [`metrics`]: the Prometheus registry and its `/metrics` text endpoint.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` routes shared by every role.
 //! - [`kafka`]: producer, worker consumer, contiguous-prefix offset tracker, embedded broker.
-//! - [`backend`]: the OpenAI-compatible HTTP client and the outcome classifier.
+//! - [`backend`]: the call path to the backend, a stack of tower layers (outer to inner):
+//!   `retry` -> `rate` (token buckets) -> `concurrency` (the adaptive limit and its group
+//!   share) -> `breaker` -> `timeout` -> `client` (OpenAI-compatible HTTP), with one
+//!   outcome classifier (`classify`) that every layer reads.
+//! - [`group`]: group pacing: the workers share one view of each backend through the
+//!   control topic.
 //! - [`ingress`]: the HTTP API (`sluice ingress`): enqueue, results, reply cache.
 //! - [`worker`]: the pull loop (`sluice worker`): take, call, reply, commit.
 //! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
@@ -28,6 +33,7 @@ pub mod backend;
 pub mod config;
 pub mod dev;
 pub mod envelope;
+pub mod group;
 pub mod ingress;
 pub mod kafka;
 pub mod loadgen;

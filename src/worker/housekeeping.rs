@@ -10,12 +10,13 @@ use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
 use super::intake::Intake;
-use super::metrics::WorkerMetrics;
+use super::metrics::{BackendLabel, WorkerMetrics};
 use crate::backend::stack::Stack;
+use crate::group::GroupStatus;
 use crate::kafka::consumer::WorkerConsumer;
 
 /// How often metrics are sampled and the share re-applied.
-const TICK: Duration = Duration::from_secs(1);
+const TICK: Duration = Duration::from_millis(250);
 /// How often the total partition count is re-read from the cluster.
 const METADATA_REFRESH: Duration = Duration::from_secs(30);
 
@@ -39,6 +40,12 @@ pub struct Upkeep {
     pub metrics: WorkerMetrics,
     /// Consumer lag from the consumer's statistics callback.
     pub lag: Arc<std::sync::atomic::AtomicI64>,
+    /// The backend's URL, the label of the group figures.
+    pub backend: String,
+    /// Group pacing's figures, when it is on.
+    pub group: Option<Arc<GroupStatus>>,
+    /// `worker.max_in_flight`, for `desired_workers`.
+    pub max_in_flight: usize,
 }
 
 /// The parts of the stack that are observed (the service itself goes to the pull loop).
@@ -120,9 +127,36 @@ fn sample(upkeep: &Upkeep, seen: &mut Seen) {
     seen.wait_seconds = wait_seconds;
     m.rate_share.set(upkeep.stack.rate_share.share());
     m.buffered.set(upkeep.intake.buffered() as i64);
-    m.concurrency_limit
-        .set(upkeep.stack.concurrency.stats().limit as i64);
+    let concurrency = upkeep.stack.concurrency.stats();
+    m.concurrency_limit.set(concurrency.permits as i64);
+    let (estimate, share, members, paced) = match &upkeep.group {
+        Some(group) => (
+            group.estimate(),
+            group.permits(),
+            group.members(),
+            group.grouped(),
+        ),
+        None => (concurrency.limit, concurrency.permits, 1, false),
+    };
+    let label = BackendLabel {
+        backend: upkeep.backend.clone(),
+    };
+    m.group_capacity_estimate
+        .get_or_create(&label)
+        .set(estimate as i64);
+    m.group_share.get_or_create(&label).set(share as i64);
+    m.group_members.get_or_create(&label).set(members as i64);
+    m.group_paced.get_or_create(&label).set(i64::from(paced));
+    m.desired_workers
+        .get_or_create(&label)
+        .set(desired_workers(estimate, upkeep.max_in_flight) as i64);
     m.lag.set(upkeep.lag.load(Ordering::Relaxed));
+}
+
+/// Workers the backend can keep busy: `estimate` calls at once over workers of
+/// `max_in_flight` each, rounded up, at least 1.
+pub fn desired_workers(estimate: usize, max_in_flight: usize) -> usize {
+    estimate.div_ceil(max_in_flight.max(1)).max(1)
 }
 
 /// Sum of the partitions of `topics`, from cluster metadata (blocking call, off the
@@ -144,4 +178,15 @@ async fn count_partitions(consumer: &Arc<WorkerConsumer>, topics: &[String]) -> 
     .await
     .ok()
     .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn desired_workers_rounds_up_and_is_never_zero() {
+        assert_eq!(super::desired_workers(16, 256), 1);
+        assert_eq!(super::desired_workers(0, 256), 1);
+        assert_eq!(super::desired_workers(48, 16), 3);
+        assert_eq!(super::desired_workers(49, 16), 4);
+    }
 }

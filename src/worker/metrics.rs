@@ -20,6 +20,12 @@ pub struct ClassLabel {
     pub class: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    /// The backend's URL.
+    pub backend: String,
+}
+
 /// Counters, gauges and histograms the worker updates.
 #[derive(Clone)]
 pub struct WorkerMetrics {
@@ -57,8 +63,20 @@ pub struct WorkerMetrics {
     pub rate_limit_wait_seconds: Counter<f64, AtomicU64>,
     /// This worker's share of the group-wide rate limits (its share of partitions).
     pub rate_share: Gauge<f64, AtomicU64>,
-    /// The adaptive concurrency limit now.
+    /// Calls this worker may have in flight now: its adaptive limit alone, its share of
+    /// the group's in a group.
     pub concurrency_limit: Gauge,
+    /// The group's estimate of the backend's capacity (calls at once, all workers).
+    pub group_capacity_estimate: Family<BackendLabel, Gauge>,
+    /// This worker's share of that estimate.
+    pub group_share: Family<BackendLabel, Gauge>,
+    /// Live workers pacing the backend, this one included.
+    pub group_members: Family<BackendLabel, Gauge>,
+    /// 1 while this worker paces with the group, 0 while on its own controller.
+    pub group_paced: Family<BackendLabel, Gauge>,
+    /// Workers the backend can keep busy: the estimate over `worker.max_in_flight`,
+    /// rounded up (at least 1). More workers than this add lag consumers, not throughput.
+    pub desired_workers: Family<BackendLabel, Gauge>,
     /// Messages behind the end of this worker's partitions (consumer lag).
     pub lag: Gauge,
 }
@@ -85,6 +103,11 @@ impl WorkerMetrics {
             rate_limit_wait_seconds: Counter::default(),
             rate_share: Gauge::default(),
             concurrency_limit: Gauge::default(),
+            group_capacity_estimate: Family::default(),
+            group_share: Family::default(),
+            group_members: Family::default(),
+            group_paced: Family::default(),
+            desired_workers: Family::default(),
             lag: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("sluice_worker");
@@ -182,6 +205,31 @@ impl WorkerMetrics {
             "concurrency_limit",
             "Adaptive concurrency limit",
             m.concurrency_limit.clone(),
+        );
+        r.register(
+            "group_capacity_estimate",
+            "The group's estimate of the backend's capacity, in calls at once",
+            m.group_capacity_estimate.clone(),
+        );
+        r.register(
+            "group_share",
+            "This worker's share of the group's capacity estimate",
+            m.group_share.clone(),
+        );
+        r.register(
+            "group_members",
+            "Live workers pacing the backend together, this one included",
+            m.group_members.clone(),
+        );
+        r.register(
+            "group_paced",
+            "1 while pacing with the group, 0 while on this worker's own controller",
+            m.group_paced.clone(),
+        );
+        r.register(
+            "desired_workers",
+            "Workers the backend can keep busy: capacity estimate / worker.max_in_flight, rounded up",
+            m.desired_workers.clone(),
         );
         r.register(
             "lag",

@@ -48,6 +48,9 @@ use process::Shared;
 use tower::ServiceExt;
 use transactions::Transactions;
 
+use crate::group::control_topic::{self, KafkaBus};
+use crate::group::{GroupStatus, Load, Pacer};
+
 /// librdkafka `message.timeout.ms` for replies: a failed write is retried by `process`.
 const REPLY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the grace period, how long abandoned tasks get to notice before the commit.
@@ -185,6 +188,19 @@ pub async fn serve(
         config.worker.lane_min_share,
     ));
 
+    let pacing_stop = CancellationToken::new();
+    let pacing = if config.worker.group_pacing {
+        Some(start_group_pacing(
+            &config,
+            &stack,
+            &intake,
+            &shared.metrics,
+            pacing_stop.clone(),
+        )?)
+    } else {
+        None
+    };
+
     let admin_app = crate::admin::routes(AdminState {
         registry: Arc::new(registry),
         ready: ready.clone(),
@@ -210,6 +226,9 @@ pub async fn serve(
             intake: intake.clone(),
             metrics: shared.metrics.clone(),
             lag,
+            backend: config.backend.url.clone(),
+            group: pacing.as_ref().map(|(status, _)| status.clone()),
+            max_in_flight: config.worker.max_in_flight,
         },
         shutdown.clone(),
     ));
@@ -256,6 +275,10 @@ pub async fn serve(
         // The last Transactions handle went with `shared`: the committer finishes its batch.
         let _ = tokio::time::timeout(HARD_STOP_SETTLE * 10, committer).await;
     }
+    pacing_stop.cancel();
+    if let Some((_, task)) = pacing {
+        let _ = task.await;
+    }
     admin_stop.cancel();
     admin_server
         .await
@@ -268,6 +291,38 @@ pub async fn serve(
     }
     tracing::info!(exactly_once, "worker stopped");
     Ok(())
+}
+
+/// Starts group pacing: the control topic's reader and writer, and the pacer that
+/// steers the concurrency controller with the group's view.
+fn start_group_pacing(
+    config: &Config,
+    stack: &crate::backend::stack::Stack,
+    intake: &Arc<Intake>,
+    metrics: &WorkerMetrics,
+    stop: CancellationToken,
+) -> anyhow::Result<(Arc<GroupStatus>, tokio::task::JoinHandle<()>)> {
+    let topic = &config.kafka.control_topic;
+    let bus = KafkaBus::new(&config.kafka, topic).context("creating the control-topic producer")?;
+    let incoming = control_topic::start_reader(&config.kafka, topic, stop.clone())
+        .context("creating the control-topic reader")?;
+    let load = {
+        let (intake, metrics) = (intake.clone(), metrics.clone());
+        Arc::new(move || Load {
+            demand: metrics.in_flight.get().max(0) as usize + intake.buffered(),
+        })
+    };
+    let status = Arc::new(GroupStatus::default());
+    let pacer = Pacer {
+        backend: config.backend.url.clone(),
+        worker: config.worker_id(),
+        controller: stack.concurrency.clone(),
+        load,
+        bus,
+        incoming,
+        status: status.clone(),
+    };
+    Ok((status, tokio::spawn(pacer.run(stop))))
 }
 
 /// Starts buffered messages while there is room, until `shutdown`: an in-flight slot,

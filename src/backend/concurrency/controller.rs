@@ -5,9 +5,10 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::share::GroupShare;
 use super::ConcurrencySettings;
 use crate::backend::classify::{classify, Outcome};
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
@@ -24,6 +25,19 @@ pub struct Controller {
     /// rest as they come back (`State::to_forget`). Never closed.
     semaphore: Arc<Semaphore>,
     state: Mutex<State>,
+    /// Woken when this controller changes its estimate, so the group hears of it at once.
+    changed: Notify,
+}
+
+/// What a controller believes about the backend, as the members of a group share it.
+/// Newer versions win; of two estimates with one version, the lower limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Estimate {
+    /// The limit: calls the backend takes at once (the whole group's, in a group).
+    pub limit: usize,
+    /// The highest limit known to be good.
+    pub recover_to: usize,
+    pub version: u64,
 }
 
 /// Back-pressure answers seen, by kind (each is also one overload response).
@@ -48,8 +62,12 @@ impl BackPressureCounts {
 /// A snapshot for metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ControllerStats {
-    /// The current limit.
+    /// The current limit (in a group, the whole group's).
     pub limit: usize,
+    /// This worker's permits: the limit alone, its share of it in a group.
+    pub permits: usize,
+    /// Version of the estimate (see [`Estimate`]).
+    pub version: u64,
     /// Calls sent and not yet finished.
     pub in_flight: usize,
     /// Time-weighted mean of the limit since the controller was created.
@@ -70,8 +88,12 @@ pub struct ControllerStats {
 /// [`Controller::finish`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct CallTicket {
-    /// Calls in flight once this one was sent, itself included.
+    /// Calls in flight once this one was sent, itself included (in a group, the whole
+    /// group's, as far as this worker can tell).
     level: usize,
+    /// This worker's own calls in flight once this one was sent, itself included.
+    own: usize,
+
     started: Instant,
     /// Estimated tokens, used when the answer carries no usage.
     tokens: u64,
@@ -87,11 +109,46 @@ impl Controller {
         Self {
             semaphore: Arc::new(Semaphore::new(state.limit())),
             state: Mutex::new(state),
+            changed: Notify::new(),
         }
     }
 
     pub fn limit(&self) -> usize {
         self.lock().limit()
+    }
+
+    /// This worker's permits (the limit alone, its share in a group).
+    pub fn permits(&self) -> usize {
+        self.lock().permits()
+    }
+
+    /// The estimate to share with the group.
+    pub fn estimate(&self) -> Estimate {
+        self.lock().estimate()
+    }
+
+    /// Takes a group member's estimate if it is newer; see [`Estimate`].
+    pub fn adopt(&self, remote: Estimate) -> bool {
+        self.lock().adopt(&self.semaphore, remote, Instant::now())
+    }
+
+    /// Takes the group's estimate whatever its version: on joining it again after pacing
+    /// alone (this worker's own estimate then describes only itself).
+    pub fn rejoin(&self, estimate: Estimate) {
+        self.lock()
+            .rejoin(&self.semaphore, estimate, Instant::now());
+    }
+
+    /// Joins a group (this worker's permits become its share of the limit, which is then
+    /// the group's) or, with `None`, leaves it (back to a limit of its own).
+    pub fn set_group(&self, group: Option<GroupShare>) {
+        self.lock()
+            .set_group(&self.semaphore, group, Instant::now());
+    }
+
+    /// Completes when this controller next changes its estimate by itself.
+    pub async fn changed(&self) {
+        self.changed.notified().await
     }
 
     pub fn in_flight(&self) -> usize {
@@ -112,7 +169,7 @@ impl Controller {
     pub(super) fn permits_match_limit(&self, held: usize) -> bool {
         let state = self.lock();
         let (to_forget, unreleased) = state.permit_debt();
-        self.semaphore.available_permits() + held == state.limit() - unreleased + to_forget
+        self.semaphore.available_permits() + held == state.permits() - unreleased + to_forget
     }
 
     pub(super) fn semaphore(&self) -> Arc<Semaphore> {
@@ -130,9 +187,10 @@ impl Controller {
     /// A call is being sent.
     pub(super) fn start(&self, request: &ChatRequest) -> CallTicket {
         let now = Instant::now();
-        let (level, epoch) = self.lock().start(&self.semaphore, now);
+        let (level, own, epoch) = self.lock().start(&self.semaphore, now);
         CallTicket {
             level,
+            own,
             started: now,
             tokens: estimated_tokens(request),
             epoch,
@@ -147,6 +205,7 @@ impl Controller {
     ) {
         let now = Instant::now();
         let mut state = self.lock();
+        let version = state.estimate().version;
         match result {
             // Dropped (cancelled by a caller or a timeout above): nothing was learned.
             None => {}
@@ -174,6 +233,10 @@ impl Controller {
             },
         }
         state.on_finished(&self.semaphore, now);
+        if state.estimate().version != version {
+            drop(state);
+            self.changed.notify_one();
+        }
     }
 
     /// The state stays consistent at every await-free step, so a panic elsewhere while

@@ -27,18 +27,20 @@ mod controller;
 mod future;
 mod layer;
 mod service;
+pub mod share;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use serde::Deserialize;
 
 use crate::config::ConfigError;
 
-pub use controller::{BackPressureCounts, Controller, ControllerStats};
+pub use controller::{BackPressureCounts, Controller, ControllerStats, Estimate};
 pub use future::ResponseFuture;
 pub use layer::AdaptiveConcurrencyLayer;
 pub use service::AdaptiveConcurrency;
+pub use share::{GroupShare, Member};
 
 /// `[backend.concurrency]`: the adaptive concurrency limit of one worker.
 ///

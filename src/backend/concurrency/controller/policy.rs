@@ -13,8 +13,9 @@ mod resize;
 use judge::Window;
 use resize::Pacing;
 
-use super::{BackPressureCounts, CallTicket, ControllerStats};
+use super::{BackPressureCounts, CallTicket, ControllerStats, Estimate};
 use crate::backend::concurrency::baseline::Baseline;
+use crate::backend::concurrency::share::GroupShare;
 use crate::backend::concurrency::ConcurrencySettings;
 use crate::backend::BackendError;
 
@@ -29,9 +30,19 @@ const SRTT_GAIN: f64 = 0.125;
 pub(super) struct State {
     /// Clamped copy of the settings.
     settings: ConcurrencySettings,
+    /// The limit: what the backend is believed to take from us. Alone, this worker's own;
+    /// in a group, the whole group's (see `group`).
     limit: usize,
+    /// Bumped by every change of `limit` or `recover_to` made here; a newer estimate from
+    /// another member of the group replaces ours ([`State::adopt`]).
+    version: u64,
+    /// This worker's part of the limit when it paces the backend with a group; `None`
+    /// alone. Set by the group-pacing task, lives until replaced.
+    pub(super) group: Option<GroupShare>,
+    /// Permits this worker may use: the limit alone, its share of it in a group.
+    permits: usize,
     in_flight: usize,
-    /// Permits to forget as they come back, because the limit fell below those in use.
+    /// Permits to forget as they come back, because `permits` fell below those in use.
     to_forget: usize,
     /// Permits of an increase not yet given to the semaphore.
     pacing: Pacing,
@@ -62,6 +73,10 @@ pub(super) struct State {
     /// Refused below `recover_to` since the limit was last clean at it: one more such
     /// refusal before getting back there lowers `recover_to`.
     suspect: bool,
+    /// `recover_to` was set by the first refusal of the first search, from one reading:
+    /// probes above it come eight times as often until one fails (then it is confirmed).
+    /// Going back up to a level that high by doubling would risk a second overshoot.
+    tentative: bool,
     /// A run of queueing cuts, until the limit holds steady: the queueing measured at the
     /// first and the limit before it, to check that the cuts shorten the queue.
     queue_cuts: Option<(f64, usize)>,
@@ -91,6 +106,9 @@ impl State {
         settings.queue_tolerance = settings.queue_tolerance.clamp(0.01, 0.5);
         Self {
             limit: settings.initial,
+            version: 0,
+            group: None,
+            permits: settings.initial,
             in_flight: 0,
             to_forget: 0,
             pacing: Pacing::default(),
@@ -105,6 +123,7 @@ impl State {
             episode_lowers: false,
             last_cut: None,
             suspect: false,
+            tentative: false,
             queue_cuts: None,
             noise: (0.0, now),
             srtt: None,
@@ -127,8 +146,80 @@ impl State {
         self.limit
     }
 
+    pub(super) fn permits(&self) -> usize {
+        self.permits
+    }
+
+    pub(super) fn estimate(&self) -> Estimate {
+        Estimate {
+            limit: self.limit,
+            recover_to: self.recover_to,
+            version: self.version,
+        }
+    }
+
+    /// Takes another member's estimate when it is newer than ours (or as new and lower:
+    /// of two concurrent changes the more cautious wins). Returns whether it was taken.
+    pub(super) fn adopt(&mut self, semaphore: &Semaphore, remote: Estimate, now: Instant) -> bool {
+        let (limit, recover_to) = if remote.version > self.version {
+            (remote.limit, remote.recover_to)
+        } else if remote.version == self.version {
+            // Two members changed the estimate concurrently: keep the more cautious of
+            // each figure.
+            (
+                remote.limit.min(self.limit),
+                remote.recover_to.min(self.recover_to),
+            )
+        } else {
+            return false;
+        };
+        let recover_to = recover_to.clamp(self.settings.min, self.settings.max);
+        if limit == self.limit && recover_to == self.recover_to {
+            return false;
+        }
+        self.set_limit(semaphore, limit, now);
+        self.recover_to = recover_to;
+        self.version = remote.version;
+        true
+    }
+
+    /// Takes `estimate` whatever its version (the group's, on joining it again).
+    pub(super) fn rejoin(&mut self, semaphore: &Semaphore, estimate: Estimate, now: Instant) {
+        self.set_limit(semaphore, estimate.limit, now);
+        self.recover_to = estimate
+            .recover_to
+            .clamp(self.settings.min, self.settings.max);
+        self.version = estimate.version;
+    }
+
+    /// Joins (`Some`) or leaves (`None`) a group; the permits follow at once. Leaving keeps
+    /// what this worker held as its own limit, so no member jumps to the whole group's.
+    pub(super) fn set_group(
+        &mut self,
+        semaphore: &Semaphore,
+        group: Option<GroupShare>,
+        now: Instant,
+    ) {
+        if group.is_none() && self.group.is_some() {
+            let own = self.permits.max(self.in_flight).max(self.settings.min);
+            self.group = None;
+            self.set_limit(semaphore, own, now);
+            self.recover_to = self.recover_to.min(own);
+        }
+        self.group = group;
+        self.resize(semaphore, now, false);
+    }
+
+    /// The other members' calls at the backend (0 alone): added to this worker's own, the
+    /// level at which a call reaches the backend.
     pub(super) fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    fn others_in_flight(&self) -> usize {
+        self.group.as_ref().map_or(0, |group| {
+            group.others_in_flight(self.limit, self.in_flight)
+        })
     }
 
     pub(super) fn stats(&mut self, now: Instant) -> ControllerStats {
@@ -142,6 +233,8 @@ impl State {
         };
         ControllerStats {
             limit: self.limit,
+            permits: self.permits,
+            version: self.version,
             in_flight: self.in_flight,
             mean_limit,
             limit_seconds: self.limit_seconds,
@@ -152,20 +245,27 @@ impl State {
         }
     }
 
-    /// A call is sent: returns its level (in flight, itself included) and epoch.
-    pub(super) fn start(&mut self, semaphore: &Semaphore, now: Instant) -> (usize, u64) {
+    /// A call is sent: returns its level (in flight, itself included, plus what the rest
+    /// of the group holds), this worker's own calls in flight, and the epoch.
+    pub(super) fn start(&mut self, semaphore: &Semaphore, now: Instant) -> (usize, usize, u64) {
         self.release_due(semaphore, now);
         self.in_flight += 1;
-        let reached = self.in_flight >= self.limit - self.pacing.unreleased();
+        // Only a level actually reached counts: with part of an increase still paced, a
+        // window judged clean would double a limit never tried.
+        let reached = self.pacing.unreleased() == 0 && self.in_flight >= self.permits;
         self.window.note_reached_limit(reached);
-        (self.in_flight, self.epoch)
+        (
+            self.in_flight + self.others_in_flight(),
+            self.in_flight,
+            self.epoch,
+        )
     }
 
     /// After every finished call, whatever its outcome.
     pub(super) fn on_finished(&mut self, semaphore: &Semaphore, now: Instant) {
         self.release_due(semaphore, now);
         self.in_flight = self.in_flight.saturating_sub(1);
-        if self.epoch_pending && self.in_flight <= self.limit {
+        if self.epoch_pending && self.in_flight <= self.permits {
             self.epoch += 1;
             self.epoch_pending = false;
             self.window = Window::new(now);
@@ -184,7 +284,8 @@ impl State {
         let base = self.baseline.observe(tokens, rtt, now);
         self.calls_since_change += 1;
         if ticket.epoch == self.epoch && !self.epoch_pending {
-            self.window.record(rtt, rtt - base, ticket.level);
+            self.window
+                .record(rtt, rtt - base, ticket.level, ticket.own);
         }
         self.judge(semaphore, now);
     }
@@ -220,7 +321,15 @@ impl State {
                 self.episode = Some(now);
                 self.episode_lowers = false;
                 if bound >= self.recover_to {
+                    self.tentative = false;
                     self.failed_probe(now);
+                } else if self.recover_to >= self.settings.max {
+                    // The first refusal of the first search: no level was known to be
+                    // good, so there is none to go back to (TCP's slow start ends at its
+                    // first loss). Probes above it come quickly until one fails.
+                    self.episode_lowers = true;
+                    self.recover_to = bound;
+                    self.tentative = true;
                 } else if self.suspect {
                     // Refused below the good level twice before getting back to it: the
                     // capacity did fall.
@@ -238,6 +347,11 @@ impl State {
             // sent later, at lower levels, mostly show an outage deepening, which must
             // not erase what the capacity was (the limit still falls).
             Some(began) if self.episode_lowers && ticket.started <= began => {
+                self.recover_to = self.recover_to.min(bound);
+            }
+            // The first search's refusals keep coming as the calls sent into the overshoot
+            // return: the lowest is the best reading of where it ended.
+            Some(_) if self.tentative => {
                 self.recover_to = self.recover_to.min(bound);
             }
             Some(_) => {}

@@ -3,9 +3,9 @@
 //! backends in virtual time (`simulation`, scenarios in `tests/data/adaptive-concurrency/`).
 
 mod report;
-mod scenario;
+pub(crate) mod scenario;
 mod service;
-mod sim_backend;
+pub(crate) mod sim_backend;
 mod simulation;
 
 use std::time::Duration;

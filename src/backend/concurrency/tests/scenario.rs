@@ -60,7 +60,7 @@ pub(super) struct Expect {
 /// `[backend]` of a scenario file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct BackendParams {
+pub(crate) struct BackendParams {
     pub slots: usize,
     /// `queue` (vLLM, llama.cpp) or `reject` (429 above the slots).
     pub overflow: OverflowParam,
@@ -94,14 +94,14 @@ pub(super) struct BackendParams {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum OverflowParam {
+pub(crate) enum OverflowParam {
     Queue,
     Reject,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Change {
+pub(crate) struct Change {
     pub at_secs: f64,
     pub slots: usize,
 }
@@ -109,7 +109,7 @@ pub(super) struct Change {
 /// Every call arriving in `[from_secs, until_secs)` fails after `latency_ms`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Outage {
+pub(crate) struct Outage {
     pub from_secs: f64,
     pub until_secs: f64,
     /// `unavailable` (503, back-pressure) or `transport` (connection refused: retry).
@@ -120,7 +120,7 @@ pub(super) struct Outage {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub(super) enum OutageAnswer {
+pub(crate) enum OutageAnswer {
     Unavailable,
     Transport,
 }

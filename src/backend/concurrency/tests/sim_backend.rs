@@ -22,7 +22,7 @@ use crate::mock_llm::capacity::{CapacityModel, CapacitySettings, Overflow};
 
 /// Every answer, in seconds since the start.
 #[derive(Debug, Clone, Default)]
-pub(super) struct Record {
+pub(crate) struct Record {
     /// (done, service seconds) of each success.
     pub successes: Vec<(f64, f64)>,
     /// 429s for lack of slots or rate.
@@ -33,7 +33,7 @@ pub(super) struct Record {
 
 /// Cheap to clone; clones share one backend.
 #[derive(Debug, Clone)]
-pub(super) struct SimBackend {
+pub(crate) struct SimBackend {
     shared: Arc<Shared>,
 }
 

@@ -19,6 +19,9 @@ pub(super) struct Window {
     rtt: f64,
     queueing: f64,
     level: f64,
+    /// Sum of this worker's own calls in flight at each send (in a group, fewer than the
+    /// level): how many completions a window needs.
+    own: f64,
     /// Demand reached the limit: an increase would be used.
     reached_limit: bool,
     back_pressure: bool,
@@ -32,17 +35,19 @@ impl Window {
             rtt: 0.0,
             queueing: 0.0,
             level: 0.0,
+            own: 0.0,
             reached_limit: false,
             back_pressure: false,
         }
     }
 
     /// One success of the current epoch.
-    pub(super) fn record(&mut self, rtt: f64, queueing: f64, level: usize) {
+    pub(super) fn record(&mut self, rtt: f64, queueing: f64, level: usize, own: usize) {
         self.samples += 1;
         self.rtt += rtt;
         self.queueing += queueing;
         self.level += level as f64;
+        self.own += own as f64;
     }
 
     pub(super) fn note_reached_limit(&mut self, reached: bool) {
@@ -55,17 +60,36 @@ impl Window {
 }
 
 impl State {
-    /// Once a window is one smoothed RTT long and holds back half the calls in flight
+    /// Once a window is one smoothed RTT long and holds back half this worker's calls in flight
     /// (completions bunch up: calls sent together finish together, and a smaller sample
     /// reads the bunching as queueing): judge it, unless back-pressure already did.
     pub(super) fn judge(&mut self, semaphore: &Semaphore, now: Instant) {
         let Some(srtt) = self.srtt else { return };
         let samples = self.window.samples as f64;
         let elapsed = now.duration_since(self.window.opened).as_secs_f64();
-        if samples < 1.0 || samples < self.window.level / samples / 2.0 || elapsed < srtt {
+        if samples < 1.0 || samples < self.window.own / samples / 2.0 || elapsed < srtt {
+            return;
+        }
+        // An increase still being paced out has not been tried yet: the window stays open
+        // until it is (or trouble closes it), so the next step comes as soon as this one
+        // is proven rather than a whole window later.
+        if !self.window.reached_limit && self.pacing.unreleased() > 0 && !self.window.back_pressure
+        {
             return;
         }
         let window = std::mem::replace(&mut self.window, Window::new(now));
+        tracing::trace!(
+            t = now.duration_since(self.created).as_secs_f64(),
+            samples,
+            elapsed,
+            reached = window.reached_limit,
+            back_pressure = window.back_pressure,
+            limit = self.limit,
+            permits = self.permits,
+            in_flight = self.in_flight,
+            unreleased = self.pacing.unreleased(),
+            "adaptive concurrency: window"
+        );
         if window.back_pressure {
             return;
         }
@@ -158,8 +182,13 @@ impl State {
         self.decay_probe_backoff(now);
         // A level is good once it has carried as many calls as a probe must wait for: a
         // rate limiter's bucket can hide an excess for a window or two.
-        let due = u64::from(self.settings.probe_after_calls) * u64::from(self.probe_backoff);
-        let held = self.calls_since_change >= u64::from(self.settings.probe_after_calls);
+        // In a group each member counts its own calls, and any member's change starts every
+        // count again: the group probes no more often than one worker would.
+        let quick = if self.tentative { 4 } else { 1 };
+        let due = (u64::from(self.settings.probe_after_calls) * u64::from(self.probe_backoff))
+            .div_ceil(quick);
+        let held =
+            self.calls_since_change >= u64::from(self.settings.probe_after_calls).div_ceil(quick);
         if self.limit > self.recover_to && held {
             // The probe held: the next one need not wait out earlier failures.
             self.recover_to = self.limit;
@@ -170,12 +199,23 @@ impl State {
         }
         if self.limit < self.recover_to {
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);
+            tracing::debug!(
+                t = now.duration_since(self.created).as_secs_f64(),
+                limit = doubled,
+                recover_to = self.recover_to,
+                "adaptive concurrency: recovering"
+            );
             self.set_limit(semaphore, doubled, now);
         } else if self.limit == self.recover_to
             && self.calls_since_change >= due
             && self.limit < self.settings.max
         {
             self.probes += 1;
+            tracing::debug!(
+                t = now.duration_since(self.created).as_secs_f64(),
+                limit = self.limit + 1,
+                "adaptive concurrency: probe"
+            );
             self.set_limit(semaphore, self.limit + 1, now);
         }
     }

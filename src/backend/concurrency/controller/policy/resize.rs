@@ -1,5 +1,6 @@
-//! Moving the limit: the semaphore grows paced over a round trip and shrinks at once
-//! where permits are free, lazily where they are in use; the limit's time integral.
+//! Moving the limit and the permits that enforce it: the semaphore grows paced over a
+//! round trip and shrinks at once where permits are free, lazily where they are in use;
+//! the limit's time integral.
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -10,7 +11,7 @@ use super::State;
 /// An increase is handed to the semaphore evenly over one smoothed RTT, never as a
 /// burst: a rate-limited backend would refuse the burst, and the refusals would read as
 /// a loss of capacity. Permits are released as calls start and finish, so no timer is
-/// needed (at least the old limit's permits are always usable).
+/// needed (at least the old permits are always usable).
 #[derive(Debug, Default)]
 pub(super) struct Pacing {
     owed: usize,
@@ -34,14 +35,15 @@ impl State {
         forget
     }
 
-    /// Permits that exist beyond those the limit allows (to be forgotten) and permits the
-    /// limit allows that do not exist yet (paced): for the permit-accounting test.
+    /// Permits that exist beyond those allowed (to be forgotten) and permits allowed that
+    /// do not exist yet (paced): for the permit-accounting test.
     #[cfg(test)]
     pub(in crate::backend::concurrency::controller) fn permit_debt(&self) -> (usize, usize) {
         (self.to_forget, self.pacing.unreleased())
     }
 
-    /// Moves the limit and resizes the semaphore to match.
+    /// Moves the limit (a decision of this worker's: the version moves too) and the
+    /// permits with it, an increase paced.
     pub(super) fn set_limit(&mut self, semaphore: &Semaphore, new: usize, now: Instant) {
         let new = new.clamp(self.settings.min, self.settings.max);
         if new == self.limit {
@@ -49,31 +51,56 @@ impl State {
         }
         self.account(now);
         if new > self.limit {
-            let up = new - self.limit;
-            let cancelled = up.min(self.to_forget);
-            self.to_forget -= cancelled;
-            self.release_due(semaphore, now);
-            self.pacing = Pacing {
-                owed: self.pacing.unreleased() + up - cancelled,
-                released: 0,
-                from: Some(now),
-                over: self.srtt.unwrap_or(0.0),
-            };
-            self.release_due(semaphore, now);
             self.epoch += 1;
             self.epoch_pending = false;
             self.window = Window::new(now);
         } else {
-            let down = self.limit - new;
-            let unpaid = down.min(self.pacing.unreleased());
-            self.pacing.owed -= unpaid;
-            let down = down - unpaid;
-            self.to_forget += down - semaphore.forget_permits(down);
             self.epoch_pending = true;
             self.last_cut = Some(now);
         }
         self.limit = new;
+        self.version += 1;
         self.calls_since_change = 0;
+        self.resize(semaphore, now, true);
+    }
+
+    /// This worker's permits under the current limit: all of it alone, its share in a group.
+    fn target_permits(&self) -> usize {
+        match &self.group {
+            None => self.limit,
+            Some(group) => group.permits(self.limit),
+        }
+    }
+
+    /// Brings the semaphore to [`Self::target_permits`]: an increase paced over a round trip
+    /// when `paced` (the limit rose), at once otherwise (another member gave up its share).
+    pub(super) fn resize(&mut self, semaphore: &Semaphore, now: Instant, paced: bool) {
+        let new = self.target_permits();
+        if new > self.permits {
+            let up = new - self.permits;
+            let cancelled = up.min(self.to_forget);
+            self.to_forget -= cancelled;
+            let up = up - cancelled;
+            if paced {
+                self.release_due(semaphore, now);
+                self.pacing = Pacing {
+                    owed: self.pacing.unreleased() + up,
+                    released: 0,
+                    from: Some(now),
+                    over: self.srtt.unwrap_or(0.0),
+                };
+                self.release_due(semaphore, now);
+            } else {
+                semaphore.add_permits(up);
+            }
+        } else if new < self.permits {
+            let down = self.permits - new;
+            let unpaid = down.min(self.pacing.unreleased());
+            self.pacing.owed -= unpaid;
+            let down = down - unpaid;
+            self.to_forget += down - semaphore.forget_permits(down);
+        }
+        self.permits = new;
     }
 
     /// Gives the semaphore the share of the current increase that is due by `now`, and

@@ -1,0 +1,276 @@
+//! The group-pacing task of one worker: it publishes this worker's state for the
+//! backend, reads everyone's, and steers the concurrency controller with what the group
+//! knows: the newest estimate of the backend's capacity, and this worker's share of it.
+//! It never sits on the request path: calls wait only on the controller's permits, which
+//! this task resizes beside them.
+//!
+//! If this worker stops reading its own records back (the control topic is down, or it
+//! cannot reach it), it paces on its own controller from the share it held, says so once,
+//! and goes back to the group's view when its records come back.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::record::{StateRecord, VERSION};
+use super::view::{GroupView, Observed};
+use crate::backend::concurrency::{Controller, Estimate};
+use crate::envelope::now_ms;
+
+/// How often the view is applied and due records are written.
+const TICK: Duration = Duration::from_millis(100);
+/// A record is written at least this often, and at once when the estimate or the
+/// worker's share changes, or its demand starts or stops.
+const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+/// A record not read back within this long means the control topic does not work for us.
+pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
+
+/// Where records go: the control topic, or anything standing in for it.
+pub trait Bus: Send + 'static {
+    /// Hands a record over for writing; does not wait for it to be written.
+    fn publish(&self, record: &StateRecord);
+
+    /// Waits (briefly) for what was handed over to be written: the last record frees
+    /// this worker's share.
+    fn flush(&self) -> impl std::future::Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// What the worker has for the backend right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    /// Messages taken and not finished (calling, or waiting to retry) plus messages
+    /// buffered: what this worker would send if it could.
+    pub demand: usize,
+}
+
+/// Read by the worker's metrics. Updated by the task on every tick.
+#[derive(Debug, Default)]
+pub struct GroupStatus {
+    grouped: AtomicBool,
+    members: AtomicUsize,
+    estimate: AtomicUsize,
+    permits: AtomicUsize,
+}
+
+impl GroupStatus {
+    /// Whether this worker paces with the group now (false: on its own).
+    pub fn grouped(&self) -> bool {
+        self.grouped.load(Ordering::Relaxed)
+    }
+    /// Live members, this worker included.
+    pub fn members(&self) -> usize {
+        self.members.load(Ordering::Relaxed)
+    }
+    /// The group's estimate of the backend's capacity (calls at once).
+    pub fn estimate(&self) -> usize {
+        self.estimate.load(Ordering::Relaxed)
+    }
+    /// This worker's share of it.
+    pub fn permits(&self) -> usize {
+        self.permits.load(Ordering::Relaxed)
+    }
+}
+
+/// The task's parts.
+pub struct Pacer<B> {
+    pub backend: String,
+    pub worker: String,
+    pub controller: Arc<Controller>,
+    pub load: Arc<dyn Fn() -> Load + Send + Sync>,
+    pub bus: B,
+    pub incoming: mpsc::Receiver<StateRecord>,
+    pub status: Arc<GroupStatus>,
+}
+
+/// Whether records make the round trip, and which are still on their way.
+struct Link {
+    grouped: bool,
+    /// Ever read one of our own records back.
+    echoed: bool,
+    seq: u64,
+    /// Written and not read back yet, oldest first.
+    unechoed: VecDeque<(u64, Instant)>,
+    started: Instant,
+}
+
+/// What was last written, to write again only when it matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Published {
+    version: u64,
+    busy: bool,
+    permits: usize,
+    /// Calls at the backend: the others add it to their own to know the level their
+    /// calls reach the backend at.
+    in_flight: usize,
+    grouped: bool,
+}
+
+impl<B: Bus> Pacer<B> {
+    /// Runs until `shutdown`, then writes a last record that frees this worker's share.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut view = GroupView::new(&self.backend, &self.worker);
+        let mut link = Link {
+            grouped: true,
+            echoed: false,
+            seq: 0,
+            unechoed: VecDeque::new(),
+            started: Instant::now(),
+        };
+        let mut last: Option<(Published, Instant)> = None;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut force = false;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                received = self.incoming.recv() => match received {
+                    Some(record) => {
+                        self.observe(&mut view, &mut link, record);
+                        while let Ok(record) = self.incoming.try_recv() {
+                            self.observe(&mut view, &mut link, record);
+                        }
+                    }
+                    // The reader is gone (shutting down): keep pacing alone.
+                    None => std::future::pending::<()>().await,
+                },
+                _ = tick.tick() => {}
+                _ = self.controller.changed() => force = true,
+            }
+            let now = Instant::now();
+            self.apply(&mut view, &mut link, now);
+            self.publish(&mut link, &mut last, now, force, false);
+        }
+        self.publish(&mut link, &mut last, Instant::now(), true, true);
+        self.bus.flush().await;
+    }
+
+    fn observe(&self, view: &mut GroupView, link: &mut Link, record: StateRecord) {
+        let now = Instant::now();
+        if let Observed::Own { seq } = view.observe(record, now, now_ms()) {
+            while link.unechoed.front().is_some_and(|(s, _)| *s <= seq) {
+                link.unechoed.pop_front();
+            }
+            link.echoed = true;
+            if !link.grouped {
+                self.rejoin(view, link);
+            }
+        }
+    }
+
+    /// Back to the group: take its estimate if a member paces with it, else build one
+    /// from what everyone holds now.
+    fn rejoin(&self, view: &GroupView, link: &mut Link) {
+        link.grouped = true;
+        let mine = self.controller.estimate();
+        let estimate = match view.newest_estimate(now_ms()) {
+            Some(group) if view.any_grouped() => group,
+            newest => {
+                let limit = self.controller.permits() + view.held_by_others();
+                let version = newest.map_or(0, |e| e.version).max(mine.version) + 1;
+                Estimate {
+                    limit,
+                    recover_to: limit,
+                    version,
+                }
+            }
+        };
+        // The share first, so the group's limit never lands on this worker alone.
+        self.controller
+            .set_group(Some(view.share((self.load)().demand)));
+        self.controller.rejoin(estimate);
+        tracing::info!(backend = %self.backend, members = view.size(), limit = estimate.limit,
+            "control topic reachable again: pacing with the group");
+    }
+
+    fn apply(&self, view: &mut GroupView, link: &mut Link, now: Instant) {
+        view.expire(now);
+        let overdue = |since: Instant| now.duration_since(since) >= UNREACHABLE_AFTER;
+        let lost = link.unechoed.front().is_some_and(|(_, at)| overdue(*at))
+            || (!link.echoed && overdue(link.started));
+        if link.grouped && lost {
+            link.grouped = false;
+            self.controller.set_group(None);
+            tracing::warn!(backend = %self.backend,
+                "cannot read this worker's records back from the control topic: pacing on this \
+                 worker's own controller until it can");
+        }
+        let load = (self.load)();
+        if link.grouped {
+            if let Some(estimate) = view.newest_estimate(now_ms()) {
+                self.controller.adopt(estimate);
+            }
+            self.controller.set_group(Some(view.share(load.demand)));
+        }
+        let limit = self.controller.limit();
+        let s = &self.status;
+        s.grouped.store(link.grouped, Ordering::Relaxed);
+        s.members.store(view.size(), Ordering::Relaxed);
+        let estimate = if link.grouped {
+            limit
+        } else {
+            limit + view.held_by_others()
+        };
+        s.estimate.store(estimate, Ordering::Relaxed);
+        s.permits
+            .store(self.controller.permits(), Ordering::Relaxed);
+    }
+
+    fn publish(
+        &self,
+        link: &mut Link,
+        last: &mut Option<(Published, Instant)>,
+        now: Instant,
+        force: bool,
+        leaving: bool,
+    ) {
+        let load = (self.load)();
+        let estimate = self.controller.estimate();
+        let permits = if leaving {
+            0
+        } else {
+            self.controller.permits()
+        };
+        let summary = Published {
+            version: estimate.version,
+            busy: load.demand > 0,
+            permits,
+            in_flight: self.controller.in_flight(),
+            grouped: link.grouped,
+        };
+        let due = match last {
+            None => true,
+            Some((previous, at)) => {
+                *previous != summary || now.duration_since(*at) >= PUBLISH_EVERY
+            }
+        };
+        if !(force || due || leaving) {
+            return;
+        }
+        link.seq += 1;
+        self.bus.publish(&StateRecord {
+            v: VERSION,
+            backend: self.backend.clone(),
+            worker: self.worker.clone(),
+            at_ms: now_ms(),
+            seq: link.seq,
+            demand: if leaving { 0 } else { load.demand },
+            in_flight: self.controller.in_flight(),
+            permits,
+            estimate: estimate.into(),
+            grouped: link.grouped,
+            leaving,
+        });
+        // Bounded: while nothing comes back the oldest entry alone decides.
+        if link.unechoed.len() < 256 {
+            link.unechoed.push_back((link.seq, now));
+        }
+        *last = Some((summary, now));
+    }
+}

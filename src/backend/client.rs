@@ -22,6 +22,8 @@ pub struct OpenAiClient {
     http: reqwest::Client,
     /// `{base}/v1/chat/completions`.
     endpoint: String,
+    /// `{base}/v1/models`: what the circuit breaker's probe asks.
+    models: String,
     /// `Bearer <key>`, marked sensitive so it is never printed.
     authorization: Option<HeaderValue>,
     /// Reported in timeout errors from the transport (the Timeout layer bounds attempts).
@@ -52,10 +54,28 @@ impl OpenAiClient {
         Ok(Self {
             http,
             endpoint: format!("{}/v1/chat/completions", config.url.trim_end_matches('/')),
+            models: format!("{}/v1/models", config.url.trim_end_matches('/')),
             authorization,
             timeout: Duration::from_millis(config.timeout_ms),
             provider: config.provider.clone(),
         })
+    }
+
+    /// The circuit breaker's probe: `GET {base}/v1/models`. Any answer below 500 (a 404
+    /// or 401 included) comes from a live server; no answer within `timeout`, a transport
+    /// error or a 5xx means it is still down. Costs no request's attempt and no tokens.
+    pub async fn probe(&self, timeout: Duration) -> Result<(), String> {
+        let mut request = self.http.get(&self.models).timeout(timeout);
+        if let Some(auth) = &self.authorization {
+            request = request.header(AUTHORIZATION, auth.clone());
+        }
+        match request.send().await {
+            Ok(response) if response.status().is_server_error() => {
+                Err(format!("GET /v1/models answered {}", response.status()))
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("GET /v1/models: {}", self.transport_error(e))),
+        }
     }
 
     /// One attempt, inside a `chat {model}` CLIENT span.

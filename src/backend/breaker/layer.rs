@@ -1,7 +1,10 @@
 //! The CircuitBreaker layer and the state every service it wraps shares with the
 //! worker's [`BreakerHandle`]: the policy behind a std Mutex (never held across an
-//! `.await`), the watch channel, the counters, and the timer that ends an open period.
+//! `.await`), the watch channel, the counters, and the task that ends an open period
+//! with the breaker's own probe.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,21 +16,39 @@ use super::service::CircuitBreaker;
 use super::state::Policy;
 use super::{BreakerSettings, BreakerState};
 
+/// Asks the backend whether it is up, without spending anyone's request on it (for the
+/// HTTP backend, `GET /v1/models`): `Ok` when it answered as a live server does, else
+/// why not.
+pub type Probe =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// After a probe that could not say (it panicked or its task was cancelled), the next one.
+const PROBE_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Applies [`BreakerSettings`]. Every service made by one layer (and their clones)
 /// shares one breaker.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CircuitBreakerLayer {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for CircuitBreakerLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .finish_non_exhaustive()
+    }
+}
+
 impl CircuitBreakerLayer {
-    pub fn new(settings: &BreakerSettings) -> Self {
+    /// A breaker that ends each open period with `probe`.
+    pub fn new(settings: &BreakerSettings, probe: Probe) -> Self {
         Self {
             shared: Arc::new(Shared {
                 policy: Mutex::new(Policy::new(settings)),
                 changed: Arc::default(),
                 state: watch::Sender::new(BreakerState::Closed),
                 opens: AtomicU64::new(0),
+                probe,
             }),
         }
     }
@@ -49,15 +70,22 @@ impl<S> Layer<S> for CircuitBreakerLayer {
 }
 
 /// The worker's view of the breaker: current state, a channel of transitions, counters.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct BreakerHandle {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for BreakerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerHandle")
+            .field("state", &self.state())
+            .finish_non_exhaustive()
+    }
+}
+
 impl BreakerHandle {
-    /// The state now (an open period that has just ended reads as half-open).
+    /// The state now.
     pub fn state(&self) -> BreakerState {
-        self.shared.with(|policy| policy.advance(Instant::now()));
         *self.shared.state.borrow()
     }
 
@@ -73,15 +101,16 @@ impl BreakerHandle {
     }
 }
 
-#[derive(Debug)]
 pub(super) struct Shared {
     policy: Mutex<Policy>,
-    /// Woken on every transition and when the probe is given back.
+    /// Woken on every transition.
     pub changed: Arc<Notify>,
     /// The state as last published; sent under the policy lock, so in order.
     state: watch::Sender<BreakerState>,
     /// Transitions to open so far.
     opens: AtomicU64,
+    /// Sent when an open period ends; its answer alone closes or reopens the breaker.
+    probe: Probe,
 }
 
 impl Shared {
@@ -96,13 +125,11 @@ impl Shared {
         let after = policy.snapshot();
         let mut opened_until = None;
         if after != before {
-            if after.0 != before.0 {
-                self.state.send_replace(after.0);
-                tracing::info!(state = after.0.label(), "circuit breaker");
-                if after.0 == BreakerState::Open {
-                    self.opens.fetch_add(1, Ordering::Relaxed);
-                    opened_until = policy.open_until();
-                }
+            self.state.send_replace(after);
+            tracing::info!(state = after.label(), "circuit breaker");
+            if after == BreakerState::Open {
+                self.opens.fetch_add(1, Ordering::Relaxed);
+                opened_until = policy.open_until();
             }
             self.changed.notify_waiters();
         }
@@ -113,19 +140,42 @@ impl Shared {
         out
     }
 
-    /// Turns the breaker half-open at `until` even if no service is polled by then, so
-    /// the watch channel tells the worker to resume and send a probe.
+    /// At `until`, turns the breaker half-open and sends the probe; its answer closes the
+    /// breaker or opens it again (and then this runs again for the next period). Runs on
+    /// its own, so the watch channel reports every transition even when nothing calls.
     fn end_open_period_at(self: &Arc<Self>, until: Instant) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            // No runtime (a synchronous caller): `state()` and `poll_ready` still turn
-            // it half-open when they look.
+            tracing::error!("circuit breaker opened outside a tokio runtime; it cannot probe");
             return;
         };
         let shared = Arc::downgrade(self);
         runtime.spawn(async move {
             tokio::time::sleep_until(until).await;
-            if let Some(shared) = shared.upgrade() {
-                shared.with(|policy| policy.advance(Instant::now()));
+            loop {
+                let Some(strong) = shared.upgrade() else {
+                    return;
+                };
+                strong.with(|policy| policy.advance(Instant::now()));
+                let probe = (strong.probe)();
+                drop(strong);
+                // Its own task: a probe that panics says nothing, it does not stop probing.
+                let answer = tokio::spawn(probe).await;
+                let Some(strong) = shared.upgrade() else {
+                    return;
+                };
+                match answer {
+                    Ok(answer) => {
+                        if let Err(reason) = &answer {
+                            tracing::info!(%reason, "circuit breaker probe: backend still down");
+                        }
+                        strong.with(|policy| policy.probed(Instant::now(), answer.is_ok()));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "circuit breaker probe did not finish; probing again");
+                        tokio::time::sleep(PROBE_RETRY).await;
+                    }
+                }
             }
         });
     }

@@ -1,19 +1,25 @@
 //! CircuitBreaker: stops calling a backend that is down, and stops the worker pulling
 //! from Kafka meanwhile. Guarantee: while open, no call starts (calls already in flight
-//! finish); once the open period ends, exactly one probe goes, and its result alone
-//! decides.
+//! finish); once the open period ends, the breaker asks the backend itself whether it is
+//! back ([`Probe`]: for the HTTP backend `GET /v1/models`), and that answer alone decides.
+//! No request's attempt is spent on finding out.
 //!
 //! - Closed: calls pass. It opens after `consecutive_failures` failures in a row, or
 //!   when at least `error_ratio` of the calls over the last `window_ms` failed (judged
 //!   from `min_calls` calls on).
-//! - Open: `poll_ready` is Pending (woken when the period ends), so the worker takes no
+//! - Open: `poll_ready` is Pending (woken at the next transition), so the worker takes no
 //!   message; a call already past `poll_ready` fails fast with
 //!   `BackendError::CircuitOpen { retry_in }` without reaching the backend.
-//! - Half-open: one caller gets the probe, the others stay Pending. A healthy probe
-//!   closes the breaker; a failed one re-opens it for twice the previous period, capped
-//!   at `max_open_ms` (a backend that stays down is probed ever less often, without the
-//!   wait growing unbounded once it is back); a probe abandoned or not sent is given to
-//!   the next caller.
+//! - Half-open: the probe is out and `poll_ready` stays Pending. A live answer closes the
+//!   breaker; no answer (or a 5xx) re-opens it for twice the previous period, capped at
+//!   `max_open_ms` (a backend that stays down is probed ever less often, without the wait
+//!   growing unbounded once it is back).
+//!
+//! Every call that reached the backend returns its real answer, also the one that opened
+//! the breaker: retry counts it as an attempt, the rate layer keeps its cost, the
+//! concurrency controller learns from it, and a request whose own calls keep failing ends
+//! `error` after `backend.max_attempts`. Only a call refused by the open breaker without
+//! reaching the backend (`CircuitOpen`) is not an attempt.
 //!
 //! What counts, by the shared classifier: `Retry` and `BackPressure` outcomes are
 //! failures, except HTTP 429 (the backend is alive and busy; the concurrency controller
@@ -22,9 +28,8 @@
 //! calls started before the last close, or finishing while open, are ignored.
 //!
 //! The worker watches [`BreakerHandle::subscribe`]: pause the partitions on `Open`,
-//! resume on anything else (half-open needs a message for the probe; `poll_ready` keeps
-//! the rest back). The open-to-half-open turn is driven by a timer task, so the channel
-//! reports it even when nothing polls the service.
+//! resume on anything else. The breaker's own task ends each open period and probes, so
+//! the channel reports every transition even when nothing polls the service.
 
 mod layer;
 mod service;
@@ -32,7 +37,7 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use layer::{BreakerHandle, CircuitBreakerLayer};
+pub use layer::{BreakerHandle, CircuitBreakerLayer, Probe};
 pub use service::{CircuitBreaker, ResponseFuture};
 
 use serde::Deserialize;

@@ -1,6 +1,8 @@
-//! The CircuitBreaker service: `poll_ready` takes a ticket (Pending while open, or while
-//! another caller holds the half-open probe), `call` fails fast if the breaker opened
-//! meanwhile, and the response future reports the result's verdict.
+//! The CircuitBreaker service: `poll_ready` is Pending while the breaker is open or its
+//! probe is out, `call` fails fast (`CircuitOpen`, the backend not called) if it opened
+//! meanwhile, and the response future reports the result's verdict and returns the
+//! result itself, whatever it did to the breaker: every call made is an attempt with its
+//! real answer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,21 +14,25 @@ use tokio::time::{Instant, Sleep};
 use tower::Service;
 
 use super::layer::Shared;
-use super::state::{verdict, Admitted, Ticket, Verdict, Wait};
+use super::state::{verdict, Admitted, Verdict, Wait};
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 
 /// See [`super::CircuitBreakerLayer`]. Clones share the breaker.
-#[derive(Debug)]
 pub struct CircuitBreaker<S> {
     inner: S,
     shared: Arc<Shared>,
-    /// Taken in `poll_ready`, spent in `call`. Only a probe ticket is kept across polls
-    /// (a closed one is re-checked, so an opening stops this caller too).
-    ticket: Option<Ticket>,
     /// Reused across waits for the end of an open period; created on the first one.
     sleep: Option<Pin<Box<Sleep>>>,
     /// Completes at the next transition; registered under the policy lock while waiting.
     changed: Option<Pin<Box<OwnedNotified>>>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for CircuitBreaker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> CircuitBreaker<S> {
@@ -34,20 +40,19 @@ impl<S> CircuitBreaker<S> {
         Self {
             inner,
             shared,
-            ticket: None,
             sleep: None,
             changed: None,
         }
     }
 
-    /// Takes a ticket, or registers `cx` to be woken at the next chance of one.
-    fn poll_ticket(&mut self, cx: &mut Context<'_>) -> Poll<Ticket> {
+    /// Ready while closed; otherwise registers `cx` to be woken at the next transition
+    /// (or the end of the open period).
+    fn poll_closed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            let now = Instant::now();
             let changed = &mut self.changed;
             let notify = &self.shared.changed;
             let reserved = self.shared.with(|policy| {
-                let reserved = policy.reserve(now);
+                let reserved = policy.reserve();
                 // Registered under the lock that transitions take, so none is missed.
                 if reserved.is_err() && changed.is_none() {
                     *changed = Some(Box::pin(notify.clone().notified_owned()));
@@ -55,7 +60,10 @@ impl<S> CircuitBreaker<S> {
                 reserved
             });
             let wait = match reserved {
-                Ok(ticket) => return Poll::Ready(ticket),
+                Ok(()) => {
+                    self.changed = None;
+                    return Poll::Ready(());
+                }
                 Err(wait) => wait,
             };
             let changed = self
@@ -74,8 +82,11 @@ impl<S> CircuitBreaker<S> {
                     }
                     None => self.sleep.insert(Box::pin(tokio::time::sleep_until(until))),
                 };
+                // The breaker's own task turns it half-open at `until`; the transition
+                // wakes this caller. The sleep only guards against a missed wake-up.
                 if sleep.as_mut().poll(cx).is_ready() {
-                    continue;
+                    self.sleep = None;
+                    return Poll::Pending;
                 }
             }
             return Poll::Pending;
@@ -84,17 +95,9 @@ impl<S> CircuitBreaker<S> {
 }
 
 impl<S: Clone> Clone for CircuitBreaker<S> {
-    /// A clone shares the breaker but holds no ticket of its own.
+    /// A clone shares the breaker.
     fn clone(&self) -> Self {
         Self::new(self.inner.clone(), self.shared.clone())
-    }
-}
-
-impl<S> Drop for CircuitBreaker<S> {
-    fn drop(&mut self) {
-        if self.ticket == Some(Ticket::Probe) {
-            self.shared.with(|policy| policy.give_back(Ticket::Probe));
-        }
     }
 }
 
@@ -107,18 +110,13 @@ where
     type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BackendError>> {
-        if self.ticket != Some(Ticket::Probe) {
-            self.ticket = None;
-            self.ticket = Some(std::task::ready!(self.poll_ticket(cx)));
-        }
+        std::task::ready!(self.poll_closed(cx));
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: ChatRequest) -> Self::Future {
-        let ticket = self.ticket.take();
-        let ticket = ticket.expect("tower contract: call only after poll_ready returned Ready");
         let now = Instant::now();
-        match self.shared.with(|policy| policy.admit(now, ticket)) {
+        match self.shared.with(|policy| policy.admit(now)) {
             Ok(admitted) => ResponseFuture {
                 kind: Kind::Called {
                     inner: Box::pin(self.inner.call(request)),
@@ -136,35 +134,30 @@ where
 }
 
 /// A call in flight, to be reported to the breaker when it ends.
-#[derive(Debug)]
 struct Report {
     shared: Arc<Shared>,
     admitted: Admitted,
 }
 
 impl Report {
-    /// Records the call's verdict; returns how long the breaker is now open for, when
-    /// this failure left it open (it opened it, or it was the failed probe).
-    fn send(self, verdict: Verdict) -> Option<std::time::Duration> {
+    fn send(self, verdict: Verdict) {
         let now = Instant::now();
-        self.shared.with(|policy| {
-            policy.record(now, self.admitted, verdict);
-            let failed = matches!(verdict, Verdict::Failure);
-            policy
-                .open_until()
-                .filter(|_| failed)
-                .map(|until| until.saturating_duration_since(now))
-        })
+        self.shared
+            .with(|policy| policy.record(now, self.admitted, verdict));
     }
 }
 
 /// The backend's answer, or `CircuitOpen` without calling it.
-#[derive(Debug)]
 pub struct ResponseFuture<F> {
     kind: Kind<F>,
 }
 
-#[derive(Debug)]
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
 enum Kind<F> {
     /// `None` once returned.
     Failed(Option<BackendError>),
@@ -188,30 +181,13 @@ where
                 .expect("a ResponseFuture is not polled after it completed"))),
             Kind::Called { inner, report } => {
                 let result = std::task::ready!(inner.as_mut().poll(cx));
-                let opened = report
-                    .take()
-                    .and_then(|report| report.send(verdict(&result)));
-                // A failure that leaves the breaker open (it opened it, or a probe found
-                // the backend still down) is reported as the open breaker: the backend is
-                // known to be down, so the caller waits for it rather than spend one of
-                // the request's attempts (a request alone during an outage would
-                // otherwise run out of attempts in seconds).
-                match opened {
-                    Some(retry_in) => Poll::Ready(Err(BackendError::CircuitOpen { retry_in })),
-                    None => Poll::Ready(result),
+                if let Some(report) = report.take() {
+                    report.send(verdict(&result));
                 }
-            }
-        }
-    }
-}
-
-impl<F> Drop for ResponseFuture<F> {
-    /// An abandoned probe says nothing about the backend: give the probe to the next
-    /// caller rather than stay half-open for good.
-    fn drop(&mut self) {
-        if let Kind::Called { report, .. } = &mut self.kind {
-            if let Some(report) = report.take() {
-                report.send(Verdict::NotAsked);
+                // The true answer, even when it opened the breaker: the attempt was made,
+                // and retry, rate and the concurrency controller all need its outcome.
+                // While the breaker stays open, the next attempt waits in `poll_ready`.
+                Poll::Ready(result)
             }
         }
     }

@@ -35,21 +35,12 @@ pub(super) fn verdict(result: &Result<ChatResponse, BackendError>) -> Verdict {
     }
 }
 
-/// Permission to call, taken in `poll_ready`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ticket {
-    /// The breaker was closed; re-checked in `call`.
-    Closed,
-    /// The one half-open probe; its holder must call or give it back.
-    Probe,
-}
-
 /// Why `poll_ready` has to wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Wait {
     /// Open until then.
     Until(Instant),
-    /// Half-open with the probe taken: until its result.
+    /// Half-open: until the breaker's probe answers.
     ForProbe,
 }
 
@@ -58,14 +49,16 @@ pub(super) enum Wait {
 pub(super) struct Admitted {
     /// The closed period it started in; results from earlier periods are stale.
     epoch: u64,
-    probe: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     Closed,
-    Open { until: Instant },
-    HalfOpen { probe_taken: bool },
+    Open {
+        until: Instant,
+    },
+    /// The breaker's own probe is out; no call goes until it answers.
+    HalfOpen,
 }
 
 /// Closed / open / half-open, with the counts that decide the transitions.
@@ -100,14 +93,13 @@ impl Policy {
         match self.phase {
             Phase::Closed => BreakerState::Closed,
             Phase::Open { .. } => BreakerState::Open,
-            Phase::HalfOpen { .. } => BreakerState::HalfOpen,
+            Phase::HalfOpen => BreakerState::HalfOpen,
         }
     }
 
-    /// State plus whether the probe is taken: any change may unblock a waiter.
-    pub fn snapshot(&self) -> (BreakerState, bool) {
-        let probe_taken = matches!(self.phase, Phase::HalfOpen { probe_taken: true });
-        (self.state(), probe_taken)
+    /// The state: any change may unblock a waiter.
+    pub fn snapshot(&self) -> BreakerState {
+        self.state()
     }
 
     /// When the current open period ends, if open.
@@ -118,47 +110,46 @@ impl Policy {
         }
     }
 
-    /// Turns half-open once the open period is over.
-    pub fn advance(&mut self, now: Instant) {
+    /// Turns half-open once the open period is over; true when it did just now (the
+    /// caller then sends the probe).
+    pub fn advance(&mut self, now: Instant) -> bool {
         if matches!(self.phase, Phase::Open { until } if now >= until) {
-            self.phase = Phase::HalfOpen { probe_taken: false };
+            self.phase = Phase::HalfOpen;
+            return true;
         }
+        false
     }
 
-    /// For `poll_ready`: a ticket, or what to wait for.
-    pub fn reserve(&mut self, now: Instant) -> Result<Ticket, Wait> {
-        self.advance(now);
+    /// For `poll_ready`: go ahead (closed), or what to wait for.
+    pub fn reserve(&self) -> Result<(), Wait> {
         match self.phase {
-            Phase::Closed => Ok(Ticket::Closed),
+            Phase::Closed => Ok(()),
             Phase::Open { until } => Err(Wait::Until(until)),
-            Phase::HalfOpen { probe_taken: false } => {
-                self.phase = Phase::HalfOpen { probe_taken: true };
-                Ok(Ticket::Probe)
-            }
-            Phase::HalfOpen { probe_taken: true } => Err(Wait::ForProbe),
+            Phase::HalfOpen => Err(Wait::ForProbe),
         }
     }
 
-    /// For `call`: admits the call, or says when the next probe may go (`CircuitOpen`).
-    pub fn admit(&mut self, now: Instant, ticket: Ticket) -> Result<Admitted, Duration> {
-        self.advance(now);
-        match (ticket, self.phase) {
-            (Ticket::Probe, Phase::HalfOpen { .. }) | (Ticket::Closed, Phase::Closed) => {
-                Ok(Admitted {
-                    epoch: self.epoch,
-                    probe: ticket == Ticket::Probe,
-                })
-            }
-            (_, Phase::Open { until }) => Err(until - now),
-            // Someone else's probe is out: the next chance is its result.
-            _ => Err(Duration::ZERO),
+    /// For `call`: admits the call, or says when the next chance may come (`CircuitOpen`).
+    pub fn admit(&self, now: Instant) -> Result<Admitted, Duration> {
+        match self.phase {
+            Phase::Closed => Ok(Admitted { epoch: self.epoch }),
+            Phase::Open { until } => Err(until.saturating_duration_since(now)),
+            Phase::HalfOpen => Err(Duration::ZERO),
         }
     }
 
-    /// Gives back a probe ticket that was never used.
-    pub fn give_back(&mut self, ticket: Ticket) {
-        if ticket == Ticket::Probe && matches!(self.phase, Phase::HalfOpen { .. }) {
-            self.phase = Phase::HalfOpen { probe_taken: false };
+    /// The probe's answer: healthy closes the breaker, a failure opens it again for twice
+    /// the previous period (capped).
+    pub fn probed(&mut self, now: Instant, healthy: bool) {
+        if self.phase != Phase::HalfOpen {
+            return;
+        }
+        if healthy {
+            self.close();
+        } else {
+            let longest = Duration::from_millis(self.settings.max_open_ms);
+            self.open_for = (self.open_for * 2).min(longest);
+            self.open(now);
         }
     }
 
@@ -166,20 +157,6 @@ impl Policy {
     /// last close, or that finish while open or half-open, are ignored: only the probe
     /// speaks for the backend then.
     pub fn record(&mut self, now: Instant, call: Admitted, verdict: Verdict) {
-        if call.probe {
-            if let Phase::HalfOpen { .. } = self.phase {
-                match verdict {
-                    Verdict::Healthy => self.close(),
-                    Verdict::Failure => {
-                        let longest = Duration::from_millis(self.settings.max_open_ms);
-                        self.open_for = (self.open_for * 2).min(longest);
-                        self.open(now);
-                    }
-                    Verdict::NotAsked => self.give_back(Ticket::Probe),
-                }
-            }
-            return;
-        }
         if self.phase != Phase::Closed || call.epoch != self.epoch {
             return;
         }

@@ -1,6 +1,7 @@
 //! CircuitBreaker against a `tower_test` mock backend, in paused time.
 
 use std::future::Ready;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -32,18 +33,41 @@ fn settings() -> BreakerSettings {
     }
 }
 
-/// A breaker over a mock backend, its handle, and the mock's handle.
-fn breaker(settings: &BreakerSettings) -> (Breaker, BreakerHandle, Handle) {
+/// The test's side of the breaker's probe: each probe waits for the next answer sent here.
+type Answers = tokio::sync::mpsc::UnboundedSender<Result<(), String>>;
+
+/// A breaker over a mock backend, its handle, the mock's handle, and the probe's answers.
+fn breaker(settings: &BreakerSettings) -> (Breaker, BreakerHandle, Handle, Answers) {
     let (mock, handle) = mock::pair();
     let backend: Backend = mock
         .map_err((|e| BackendError::Transport(e.to_string())) as fn(BoxError) -> BackendError)
         .and_then(std::future::ready as fn(Reply) -> Ready<Reply>);
-    let layer = CircuitBreakerLayer::new(settings);
+    let (answers, received) = tokio::sync::mpsc::unbounded_channel();
+    let received = Arc::new(tokio::sync::Mutex::new(received));
+    let probe: Probe = Arc::new(move || {
+        let received = received.clone();
+        Box::pin(async move {
+            match received.lock().await.recv().await {
+                Some(Err(reason)) if reason == "panic" => panic!("the probe panicked"),
+                Some(answer) => answer,
+                None => Err("no more answers".into()),
+            }
+        })
+    });
+    let layer = CircuitBreakerLayer::new(settings, probe);
     (
         mock::Spawn::new(layer.layer(backend)),
         layer.handle(),
         handle,
+        answers,
     )
+}
+
+/// Lets the breaker's own task (the open-period timer and its probe) run.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
 }
 
 fn request() -> ChatRequest {
@@ -87,7 +111,7 @@ async fn trip(service: &mut Breaker, backend: &mut Handle) {
 
 #[tokio::test(start_paused = true)]
 async fn opens_after_consecutive_failures() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, _answers) = breaker(&settings());
     for _ in 0..4 {
         let _ = call(&mut service, &mut backend, status(500)).await;
     }
@@ -111,22 +135,18 @@ async fn opens_after_consecutive_failures() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn failures_that_leave_it_open_are_reported_as_the_open_breaker() {
-    let (mut service, _handle, mut backend) = breaker(&settings());
-    for _ in 0..4 {
+async fn the_failure_that_opens_it_is_returned_as_it_was() {
+    let (mut service, handle, mut backend, _answers) = breaker(&settings());
+    for _ in 0..5 {
         let result = call(&mut service, &mut backend, status(500)).await;
         assert_eq!(
             result.unwrap_err().status(),
             Some(500),
-            "still closed: the real answer"
+            "the real answer, the fifth (which opens it) included: it was an attempt"
         );
     }
-    // The fifth opens it: the caller learns the backend is down and for how long.
-    let opening = call(&mut service, &mut backend, status(500)).await;
-    match opening {
-        Err(BackendError::CircuitOpen { retry_in }) => assert!(retry_in > Duration::ZERO),
-        other => panic!("expected CircuitOpen, got {other:?}"),
-    }
+    assert_eq!(handle.state(), BreakerState::Open);
+    assert!(service.poll_ready().is_pending(), "the next attempt waits");
 }
 
 #[tokio::test(start_paused = true)]
@@ -135,7 +155,7 @@ async fn opens_on_the_error_ratio() {
         consecutive_failures: 0,
         ..settings()
     };
-    let (mut service, handle, mut backend) = breaker(&settings);
+    let (mut service, handle, mut backend, _answers) = breaker(&settings);
     for i in 0..9 {
         let reply = if i % 2 == 0 { ok() } else { status(503) };
         let _ = call(&mut service, &mut backend, reply).await;
@@ -156,7 +176,7 @@ async fn old_failures_leave_the_window() {
         consecutive_failures: 0,
         ..settings()
     };
-    let (mut service, handle, mut backend) = breaker(&settings);
+    let (mut service, handle, mut backend, _answers) = breaker(&settings);
     for _ in 0..5 {
         let _ = call(&mut service, &mut backend, status(500)).await;
     }
@@ -170,7 +190,7 @@ async fn old_failures_leave_the_window() {
 
 #[tokio::test(start_paused = true)]
 async fn fails_fast_while_open_without_calling_the_backend() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, _answers) = breaker(&settings());
     let mut readied_before = service.clone();
     assert!(readied_before.poll_ready().is_ready());
     trip(&mut service, &mut backend).await;
@@ -191,71 +211,99 @@ async fn fails_fast_while_open_without_calling_the_backend() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn poll_ready_waits_while_open_and_admits_one_probe() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+async fn poll_ready_waits_while_open_and_while_the_probe_is_out() {
+    let (mut service, handle, mut backend, _answers) = breaker(&settings());
     trip(&mut service, &mut backend).await;
     let mut other = service.clone();
     assert!(service.poll_ready().is_pending());
     assert!(other.poll_ready().is_pending());
 
     advance(ms(4_999)).await;
+    settle().await;
     assert!(!service.is_woken());
     assert!(service.poll_ready().is_pending());
     advance(ms(1)).await;
+    settle().await;
     assert!(service.is_woken(), "woken when the open period ends");
     assert_eq!(handle.state(), BreakerState::HalfOpen);
-    assert!(service.poll_ready().is_ready(), "the probe");
-    assert!(other.poll_ready().is_pending(), "only one probe");
+    assert!(service.poll_ready().is_pending(), "the probe is out");
+    assert!(other.poll_ready().is_pending(), "for everyone");
+    assert!(
+        backend.poll_request().is_pending(),
+        "the probe is not a chat call: no request spends an attempt on it"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_healthy_probe_closes() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, answers) = breaker(&settings());
     trip(&mut service, &mut backend).await;
-    let mut other = service.clone();
     advance(ms(5_000)).await;
-    assert!(other.poll_ready().is_ready(), "the probe");
+    settle().await;
     assert!(service.poll_ready().is_pending(), "waits for the probe");
-
-    let response = other.call(request());
-    let (_, send) = backend.next_request().await.expect("the probe went");
-    send.send_response(ok());
-    response.await.expect("ok");
+    answers.send(Ok(())).expect("the breaker is alive");
+    settle().await;
     assert_eq!(handle.state(), BreakerState::Closed);
     assert!(service.is_woken(), "the close wakes waiters");
-    assert!(service.poll_ready().is_ready());
+    call(&mut service, &mut backend, ok()).await.expect("ok");
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_probe_reopens_for_longer_up_to_the_cap() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, answers) = breaker(&settings());
     trip(&mut service, &mut backend).await;
     // Open periods: 5 s, then 10 s, then 12 s (capped, not 20 s).
     for period in [5_000, 10_000, 12_000] {
         assert!(service.poll_ready().is_pending());
         advance(ms(period - 1)).await;
-        assert!(
-            service.poll_ready().is_pending(),
-            "still open after {period} - 1 ms"
-        );
+        settle().await;
+        assert_eq!(handle.state(), BreakerState::Open, "after {period} - 1 ms");
         advance(ms(1)).await;
-        let _ = call(&mut service, &mut backend, status(500)).await;
+        settle().await;
+        assert_eq!(handle.state(), BreakerState::HalfOpen, "after {period} ms");
+        answers
+            .send(Err("connection refused".into()))
+            .expect("the breaker is alive");
+        settle().await;
         assert_eq!(handle.state(), BreakerState::Open);
     }
     assert_eq!(handle.opens_total(), 4);
 
     // A healthy probe resets the period.
     advance(ms(12_000)).await;
-    call(&mut service, &mut backend, ok()).await.expect("ok");
+    settle().await;
+    answers.send(Ok(())).expect("the breaker is alive");
+    settle().await;
     assert_eq!(handle.state(), BreakerState::Closed);
     trip(&mut service, &mut backend).await;
     advance(ms(5_000)).await;
-    assert!(service.poll_ready().is_ready(), "back to 5 s");
+    settle().await;
+    assert_eq!(handle.state(), BreakerState::HalfOpen, "back to 5 s");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_cannot_finish_is_sent_again() {
+    let (mut service, handle, mut backend, answers) = breaker(&settings());
+    trip(&mut service, &mut backend).await;
+    answers
+        .send(Err("panic".into()))
+        .expect("the breaker is alive");
+    advance(ms(5_000)).await;
+    settle().await;
+    assert_eq!(handle.state(), BreakerState::HalfOpen, "no answer yet");
+    answers.send(Ok(())).expect("the breaker is alive");
+    advance(ms(1_000)).await;
+    settle().await;
+    assert_eq!(
+        handle.state(),
+        BreakerState::Closed,
+        "the second probe answered"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn too_many_requests_never_open_it() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, _answers) = breaker(&settings());
     for _ in 0..100 {
         let _ = call(&mut service, &mut backend, status(429)).await;
     }
@@ -273,7 +321,7 @@ async fn too_many_requests_never_open_it() {
 
 #[tokio::test(start_paused = true)]
 async fn request_errors_never_open_it() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, _answers) = breaker(&settings());
     for i in 0..100 {
         let code = [400, 401, 404, 413, 422][i % 5];
         let _ = call(&mut service, &mut backend, status(code)).await;
@@ -284,7 +332,7 @@ async fn request_errors_never_open_it() {
 
 #[tokio::test(start_paused = true)]
 async fn the_watch_channel_reports_every_transition() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, answers) = breaker(&settings());
     let mut states = handle.subscribe();
     assert_eq!(*states.borrow_and_update(), BreakerState::Closed);
 
@@ -292,7 +340,7 @@ async fn the_watch_channel_reports_every_transition() {
     states.changed().await.expect("the breaker is alive");
     assert_eq!(*states.borrow_and_update(), BreakerState::Open);
 
-    // Nothing polls the service: the timer alone turns it half-open, on time.
+    // Nothing polls the service: the breaker's own task turns it half-open, on time.
     let opened = Instant::now();
     tokio::time::timeout(ms(60_000), states.changed())
         .await
@@ -301,7 +349,7 @@ async fn the_watch_channel_reports_every_transition() {
     assert_eq!(*states.borrow_and_update(), BreakerState::HalfOpen);
     assert_eq!(opened.elapsed(), ms(5_000));
 
-    call(&mut service, &mut backend, ok()).await.expect("ok");
+    answers.send(Ok(())).expect("the breaker is alive");
     states.changed().await.expect("the breaker is alive");
     assert_eq!(*states.borrow_and_update(), BreakerState::Closed);
     assert_eq!(BreakerState::Closed.as_gauge(), 0);
@@ -309,25 +357,8 @@ async fn the_watch_channel_reports_every_transition() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_abandoned_probe_passes_to_the_next_caller() {
-    let (mut service, handle, mut backend) = breaker(&settings());
-    trip(&mut service, &mut backend).await;
-    let mut other = service.clone();
-    advance(ms(5_000)).await;
-    assert!(service.poll_ready().is_ready(), "the probe");
-    assert!(other.poll_ready().is_pending());
-
-    let probe = service.call(request());
-    let _request = backend.next_request().await.expect("the probe went");
-    drop(probe);
-    assert!(other.is_woken());
-    assert_eq!(handle.state(), BreakerState::HalfOpen);
-    assert!(other.poll_ready().is_ready(), "the probe passed on");
-}
-
-#[tokio::test(start_paused = true)]
 async fn results_from_before_an_opening_are_ignored() {
-    let (mut service, handle, mut backend) = breaker(&settings());
+    let (mut service, handle, mut backend, answers) = breaker(&settings());
     let mut slow = service.clone();
     assert!(slow.poll_ready().is_ready());
     let slow_call = slow.call(request());
@@ -335,7 +366,9 @@ async fn results_from_before_an_opening_are_ignored() {
 
     trip(&mut service, &mut backend).await;
     advance(ms(5_000)).await;
-    call(&mut service, &mut backend, ok()).await.expect("ok");
+    settle().await;
+    answers.send(Ok(())).expect("the breaker is alive");
+    settle().await;
     assert_eq!(handle.state(), BreakerState::Closed);
     for _ in 0..4 {
         let _ = call(&mut service, &mut backend, status(500)).await;

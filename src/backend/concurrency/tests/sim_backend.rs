@@ -110,6 +110,27 @@ impl SimBackend {
     pub fn record(&self) -> Record {
         lock(&self.shared.record).clone()
     }
+
+    /// The circuit breaker's probe: the backend is down during an outage, up otherwise.
+    pub fn probe(&self) -> crate::backend::breaker::Probe {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move || {
+            let shared = Arc::clone(&shared);
+            Box::pin(async move {
+                let now = shared.secs();
+                let down = shared
+                    .params
+                    .outages
+                    .iter()
+                    .any(|o| (o.from_secs..o.until_secs).contains(&now));
+                if down {
+                    Err("simulated outage".to_string())
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

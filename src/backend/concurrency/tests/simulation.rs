@@ -125,7 +125,12 @@ pub(super) async fn run_full_stack(scenario: &Scenario) -> Report {
         timeout_ms: 30_000,
         ..Default::default()
     };
-    let built = crate::backend::stack::build_stack_over(&config, Arc::new(|_| {}), backend.clone());
+    let built = crate::backend::stack::build_stack_over(
+        &config,
+        Arc::new(|_| {}),
+        backend.clone(),
+        backend.probe(),
+    );
     let controller = Arc::clone(&built.concurrency);
     drive(
         scenario,

@@ -141,6 +141,14 @@ pub struct BackendConfig {
     pub retry_budget_ratio: f32,
     /// Retry budget floor: this many retries per second are always allowed. Default 10.
     pub retry_budget_min_per_second: u32,
+    /// Which signal paces the backend: `auto` (the backend's own gauges when
+    /// `metrics_url` publishes vLLM's or llama.cpp's, else latency), `latency`, `vllm` or
+    /// `llamacpp`. Default `auto`.
+    pub saturation: crate::backend::saturation::SaturationSource,
+    /// Where the backend publishes its Prometheus gauges. Default `{backend.url}/metrics`.
+    pub metrics_url: Option<String>,
+    /// How often those gauges are read. At least 100 ms. Default 500 ms.
+    pub metrics_interval_ms: u64,
     /// `[backend.concurrency]`: the adaptive concurrency limit.
     pub concurrency: crate::backend::concurrency::ConcurrencySettings,
     /// `[backend.rate]`: group-wide request and token rates.
@@ -227,6 +235,9 @@ impl Default for BackendConfig {
             retry_max_backoff_ms: 30_000,
             retry_budget_ratio: 0.2,
             retry_budget_min_per_second: 10,
+            saturation: Default::default(),
+            metrics_url: None,
+            metrics_interval_ms: 500,
             concurrency: Default::default(),
             rate: Default::default(),
             breaker: Default::default(),
@@ -333,12 +344,28 @@ impl Config {
             Ok(_) => return invalid("backend.url", "must be an http:// or https:// URL"),
             Err(e) => return invalid("backend.url", &format!("not a URL: {e}")),
         }
+        if let Some(url) = &self.backend.metrics_url {
+            if reqwest::Url::parse(url).is_err() {
+                return invalid("backend.metrics_url", "not a URL");
+            }
+        }
+        if self.backend.metrics_interval_ms < 100 {
+            return invalid("backend.metrics_interval_ms", "must be at least 100");
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             if reqwest::Url::parse(endpoint).is_err() {
                 return invalid("telemetry.otlp_endpoint", "not a URL");
             }
         }
         Ok(())
+    }
+
+    /// Where the backend's gauges are read: `backend.metrics_url`, else `{backend.url}/metrics`.
+    pub fn backend_metrics_url(&self) -> String {
+        self.backend
+            .metrics_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/metrics", self.backend.url.trim_end_matches('/')))
     }
 
     /// The identity this worker writes into dead letters and logs.

@@ -6,6 +6,8 @@
 //! Every layer is a `Service<ChatRequest, Response = ChatResponse, Error = BackendError>`,
 //! so decisions stay typed end to end; one classifier ([`classify`]) says what each
 //! outcome means, and retry, the concurrency controller and the breaker all read it.
+//! Where the backend publishes its own load ([`saturation`]), the controller reads that
+//! too.
 
 pub mod breaker;
 pub mod classify;
@@ -13,6 +15,7 @@ pub mod client;
 pub mod concurrency;
 pub mod rate;
 pub mod retry;
+pub mod saturation;
 pub mod stack;
 pub mod timeout;
 

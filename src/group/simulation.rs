@@ -141,6 +141,7 @@ pub(super) async fn run(case: Case) -> Outcome {
             rate_burst: 1.0,
             changes: Vec::new(),
             outages: Vec::new(),
+            gauges_every_ms: None,
         },
         start,
     );

@@ -83,6 +83,9 @@ pub struct LoadgenArgs {
     /// `max_tokens` of every chat request.
     #[arg(long, default_value_t = 32)]
     pub max_tokens: u64,
+    /// `temperature` of every chat request (unset: the backend's default).
+    #[arg(long)]
+    pub temperature: Option<f64>,
     /// Relative deadline: each request gets deadline_ms = send time + this many ms.
     #[arg(long, value_name = "MS")]
     pub deadline_ms: Option<u64>,
@@ -128,6 +131,7 @@ pub async fn run(
         model: args.model.clone(),
         prompt: args.prompt.clone(),
         max_tokens: args.max_tokens,
+        temperature: args.temperature,
         deadline: args.deadline_ms.map(Duration::from_millis),
     };
     let ledger = Arc::new(Ledger::default());

@@ -126,6 +126,9 @@ pub struct Report {
     pub drain_seconds: f64,
     /// Final outcomes per second over `drain_seconds`.
     pub drain_per_second: f64,
+    /// First accepted request (first send when none was) to last final outcome: the
+    /// whole time there was work for the backend, first answer's wait included.
+    pub window_seconds: f64,
     /// Whether the wait ended by timeout or signal before every outcome arrived.
     pub timed_out: bool,
     pub backend: Option<BackendReport>,
@@ -173,6 +176,7 @@ impl Report {
             queue_wait_ms: (mode != "direct").then(|| Percentiles::of(&books.queue_ms)),
             send_seconds: span(books.first_send, books.last_send),
             drain_seconds,
+            window_seconds: window,
             drain_per_second: if drain_seconds > 0.0 {
                 books.finished() as f64 / drain_seconds
             } else {

@@ -28,6 +28,8 @@ pub struct Payload {
     pub model: String,
     pub prompt: String,
     pub max_tokens: u64,
+    /// `temperature`, when given (0 makes llama.cpp's answers repeatable).
+    pub temperature: Option<f64>,
     /// Relative deadline, turned into an absolute `deadline_ms` at send time.
     pub deadline: Option<Duration>,
 }
@@ -40,10 +42,14 @@ impl Payload {
             "messages": [{"role": "user", "content": self.prompt}],
             "max_tokens": self.max_tokens,
         });
-        match body {
+        let mut map = match body {
             Value::Object(map) => map,
             _ => unreachable!("json! of an object literal is an object"),
+        };
+        if let Some(temperature) = self.temperature {
+            map.insert("temperature".into(), json!(temperature));
         }
+        map
     }
 
     /// The absolute deadline for a request sent now.
@@ -222,6 +228,7 @@ mod tests {
             model: "m".into(),
             prompt: "hi".into(),
             max_tokens: 32,
+            temperature: None,
             deadline: Some(Duration::from_secs(5)),
         };
         let body = Value::Object(payload.chat_body());

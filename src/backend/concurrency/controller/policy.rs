@@ -17,6 +17,7 @@ use super::{BackPressureCounts, CallTicket, ControllerStats, Estimate};
 use crate::backend::concurrency::baseline::Baseline;
 use crate::backend::concurrency::share::GroupShare;
 use crate::backend::concurrency::ConcurrencySettings;
+use crate::backend::saturation::Signal;
 use crate::backend::BackendError;
 
 /// A failed probe's penalty halves after this long without another failed probe.
@@ -24,6 +25,18 @@ pub(super) const PROBE_BACKOFF_DECAY: Duration = Duration::from_secs(10);
 
 /// Weight of a new round trip in the smoothed RTT (TCP's 1/8).
 const SRTT_GAIN: f64 = 0.125;
+
+/// The last reading of the backend's own gauges.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Saturation {
+    /// Requests waiting inside the server at the last reading.
+    waiting: f64,
+    /// The KV cache was (nearly) full at the last reading: no increase.
+    full: bool,
+}
+
+/// KV-cache use above which a vLLM server is about to preempt: no increase.
+const KV_CACHE_FULL: f64 = 0.95;
 
 /// The controller's whole state. Created with the controller, lives as long as it.
 #[derive(Debug)]
@@ -41,6 +54,9 @@ pub(super) struct State {
     pub(super) group: Option<GroupShare>,
     /// Permits this worker may use: the limit alone, its share of it in a group.
     permits: usize,
+    /// The backend's own gauges, while they are read (see `backend::saturation`); they
+    /// replace the latency signal as the measure of queueing at the backend.
+    saturation: Option<Saturation>,
     in_flight: usize,
     /// Permits to forget as they come back, because `permits` fell below those in use.
     to_forget: usize,
@@ -109,6 +125,7 @@ impl State {
             version: 0,
             group: None,
             permits: settings.initial,
+            saturation: None,
             in_flight: 0,
             to_forget: 0,
             pacing: Pacing::default(),
@@ -181,6 +198,57 @@ impl State {
         self.recover_to = recover_to;
         self.version = remote.version;
         true
+    }
+
+    /// A reading of the backend's own gauges (`None`: there are none, or they are gone).
+    /// Requests waiting inside the server mean the limit is that many too high: cut it by
+    /// them, unless a cut is so recent that the gauges (which lag) cannot show it yet.
+    pub(super) fn on_saturation(
+        &mut self,
+        semaphore: &Semaphore,
+        signal: Option<Signal>,
+        now: Instant,
+    ) {
+        let Some(signal) = signal else {
+            self.saturation = None;
+            return;
+        };
+        self.saturation = Some(Saturation {
+            waiting: signal.waiting,
+            full: signal
+                .kv_cache_usage
+                .is_some_and(|usage| usage >= KV_CACHE_FULL),
+        });
+        let settled = self
+            .last_cut
+            .is_none_or(|cut| now >= cut + signal.publisher.lag());
+        if signal.waiting < 1.0 || !settled {
+            return;
+        }
+        let cut = self.limit.saturating_sub(signal.waiting.round() as usize);
+        let cut = cut.max(self.settings.min);
+        if cut < self.limit {
+            tracing::debug!(
+                t = now.duration_since(self.created).as_secs_f64(),
+                limit = cut,
+                waiting = signal.waiting,
+                running = signal.running,
+                "adaptive concurrency: the backend's own queue"
+            );
+            self.recover_to = cut;
+            self.tentative = false;
+            self.set_limit(semaphore, cut, now);
+        }
+    }
+
+    /// Whether the backend's own gauges say an increase would only queue inside it.
+    pub(super) fn saturated(&self) -> bool {
+        self.saturation.is_some_and(|s| s.waiting >= 1.0 || s.full)
+    }
+
+    /// Whether the backend's gauges stand in for the latency signal now.
+    pub(super) fn gauged(&self) -> bool {
+        self.saturation.is_some()
     }
 
     /// Takes `estimate` whatever its version (the group's, on joining it again).

@@ -90,6 +90,10 @@ pub(crate) struct BackendParams {
     pub changes: Vec<Change>,
     #[serde(default)]
     pub outages: Vec<Outage>,
+    /// The backend publishes its own gauges (requests running and waiting), read every
+    /// this many ms, as llama.cpp's and vLLM's `/metrics` are (`backend::saturation`).
+    #[serde(default)]
+    pub gauges_every_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -111,6 +111,17 @@ impl SimBackend {
         lock(&self.shared.record).clone()
     }
 
+    /// The gauges a llama.cpp or vLLM server would publish now.
+    pub fn signal(&self) -> crate::backend::saturation::Signal {
+        let stats = self.shared.model.stats();
+        crate::backend::saturation::Signal {
+            publisher: crate::backend::saturation::Publisher::Llamacpp,
+            running: stats.in_flight as f64,
+            waiting: stats.queued as f64,
+            kv_cache_usage: None,
+        }
+    }
+
     /// The circuit breaker's probe: the backend is down during an outage, up otherwise.
     pub fn probe(&self) -> crate::backend::breaker::Probe {
         let shared = Arc::clone(&self.shared);

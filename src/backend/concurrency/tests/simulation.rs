@@ -48,6 +48,15 @@ pub(super) fn scenario_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/adaptive-concurrency")
 }
 
+/// Scenarios the controller does not hold yet, kept with the bands it should reach:
+/// `make sim-open` runs them (they fail today, and say by how much).
+const OPEN: &[&str] = &[
+    "open/batch_slowdown_20_queue",
+    "open/batch_slowdown_50_queue",
+    "open/jitter_50_queue",
+    "open/rate_limited_small_burst",
+];
+
 /// Loads, runs and checks `<name>.toml`; panics with every band missed.
 pub(super) async fn run_file(name: &str) {
     run_file_through(name, false).await
@@ -168,6 +177,15 @@ where
     let at = |secs: f64| start + Duration::from_secs_f64(secs);
     let end = at(scenario.duration_secs);
     tokio::spawn(backend.clone().run_changes());
+    if let Some(every) = scenario.backend.gauges_every_ms {
+        let (backend, controller) = (backend.clone(), Arc::clone(&controller));
+        tokio::spawn(async move {
+            loop {
+                controller.on_saturation(Some(backend.signal()));
+                tokio::time::sleep(Duration::from_millis(every)).await;
+            }
+        });
+    }
 
     let window_opens = {
         let controller = Arc::clone(&controller);
@@ -298,6 +316,10 @@ scenarios! {
     outage_unavailable,
     outage_transport,
     batching_queue,
+    batch_slowdown_20_queue_gauges,
+    batch_slowdown_50_queue_gauges,
+    jitter_50_queue_gauges,
+    capacity_4_queue_gauges,
 }
 
 /// The same scenario files through the whole stack the worker builds (real Retry layer,
@@ -328,6 +350,20 @@ mod full_stack {
     }
 }
 
+/// The open problems (see [`OPEN`]): every one is run and every miss is reported.
+#[tokio::test(start_paused = true)]
+#[ignore = "open problems: the controller does not hold these yet (make sim-open)"]
+async fn open_problems() {
+    let mut failed = Vec::new();
+    for name in OPEN {
+        let run = tokio::spawn(run_file(name));
+        if let Err(e) = run.await {
+            failed.push(format!("{name}: {e}"));
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
+
 #[test]
 fn every_scenario_file_has_a_test() {
     let mut files: Vec<String> = std::fs::read_dir(scenario_dir())
@@ -343,4 +379,14 @@ fn every_scenario_file_has_a_test() {
     let mut listed: Vec<String> = SCENARIOS.iter().map(|s| s.to_string()).collect();
     listed.sort();
     assert_eq!(files, listed);
+    let mut open: Vec<String> = std::fs::read_dir(scenario_dir().join("open"))
+        .expect("the open-problems directory exists")
+        .map(|entry| {
+            let path = entry.expect("readable directory entry").path();
+            let stem = path.file_stem().expect("a file has a stem");
+            format!("open/{}", stem.to_string_lossy())
+        })
+        .collect();
+    open.sort();
+    assert_eq!(open, OPEN);
 }

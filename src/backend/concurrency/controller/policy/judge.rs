@@ -119,6 +119,14 @@ impl State {
                 return;
             }
         }
+        if self.gauged() {
+            // The server says itself what waits inside it (`on_saturation`): latency,
+            // which also grows as a batching server's batch fills, decides nothing.
+            if window.reached_limit && now >= self.hold_until && !self.saturated() {
+                self.on_clean(semaphore, now);
+            }
+            return;
+        }
         let queueing = (measured - self.noise(now)).max(0.0);
         // Queueing while calls were sent well below the limit (a crowd of retries after an
         // outage, another tenant's burst) says nothing about the limit.

@@ -25,6 +25,8 @@ const ERROR_PAUSE: Duration = Duration::from_millis(200);
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the partitions are looked up again while the topic cannot be found.
 const METADATA_RETRY: Duration = Duration::from_secs(2);
+/// No record for this long: the reader is stuck, not the topic quiet (see [`read`]).
+const SILENT: Duration = Duration::from_secs(5);
 
 /// Writes state records to the control topic.
 pub struct KafkaBus {
@@ -82,7 +84,21 @@ pub fn start_reader(
     topic: &str,
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<StateRecord>, KafkaError> {
-    let consumer: StreamConsumer = unjoined_reader_config(
+    // Fails early on a bad configuration; later readers are made the same way.
+    let first = reader(kafka)?;
+    let (sender, receiver) = mpsc::channel(QUEUE);
+    let (kafka, topic) = (kafka.clone(), topic.to_string());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = read(first, &kafka, &topic, sender) => {}
+        }
+    });
+    Ok(receiver)
+}
+
+fn reader(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError> {
+    unjoined_reader_config(
         kafka,
         "control",
         &[
@@ -92,57 +108,83 @@ pub fn start_reader(
         ],
         false,
     )
-    .create()?;
-    let (sender, receiver) = mpsc::channel(QUEUE);
-    let topic = topic.to_string();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = read(consumer, &topic, sender) => {}
-        }
-    });
-    Ok(receiver)
+    .create()
 }
 
-async fn read(consumer: StreamConsumer, topic: &str, sender: mpsc::Sender<StateRecord>) {
-    let consumer = std::sync::Arc::new(consumer);
-    let partitions = loop {
-        match partition_count(&consumer, topic).await {
-            Some(n) => break n,
-            None => tokio::time::sleep(METADATA_RETRY).await,
-        }
-    };
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        if let Err(e) = assignment.add_partition_offset(topic, partition, Offset::Beginning) {
-            tracing::warn!(error = %e, topic, "cannot assign the control topic");
-            return;
-        }
-    }
-    if let Err(e) = consumer.assign(&assignment) {
-        tracing::warn!(error = %e, topic, "cannot assign the control topic");
-        return;
-    }
+/// Reads until the channel closes. Every live worker writes several records a second, so
+/// a topic silent for [`SILENT`] means this reader is stuck (a partition leader that went
+/// away and came back can leave it so): it is replaced by a fresh one that starts at the
+/// end (the members' next records arrive within a publish interval).
+async fn read(
+    first: StreamConsumer,
+    kafka: &KafkaConfig,
+    topic: &str,
+    sender: mpsc::Sender<StateRecord>,
+) {
+    let mut consumer = Some(first);
+    let mut start = Offset::Beginning;
     loop {
-        match consumer.recv().await {
-            Ok(message) => {
-                let Some(payload) = message.payload() else {
+        let current = match consumer.take() {
+            Some(consumer) => consumer,
+            None => match reader(kafka) {
+                Ok(consumer) => consumer,
+                Err(e) => {
+                    tracing::warn!(error = %e, topic, "cannot create a control-topic reader");
+                    tokio::time::sleep(METADATA_RETRY).await;
                     continue;
-                };
-                match serde_json::from_slice::<StateRecord>(payload) {
-                    Ok(record) => {
-                        if sender.send(record).await.is_err() {
-                            return;
+                }
+            },
+        };
+        let current = std::sync::Arc::new(current);
+        let Some(partitions) = partition_count(&current, topic).await else {
+            tokio::time::sleep(METADATA_RETRY).await;
+            continue;
+        };
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..partitions {
+            if let Err(e) = assignment.add_partition_offset(topic, partition, start) {
+                tracing::warn!(error = %e, topic, "cannot assign the control topic");
+                return;
+            }
+        }
+        if let Err(e) = current.assign(&assignment) {
+            tracing::warn!(error = %e, topic, "cannot assign the control topic");
+            tokio::time::sleep(METADATA_RETRY).await;
+            continue;
+        }
+        loop {
+            let received = match tokio::time::timeout(SILENT, current.recv()).await {
+                Ok(received) => received,
+                Err(_) => {
+                    tracing::debug!(topic, "control topic silent; reading it afresh");
+                    break;
+                }
+            };
+            match received {
+                Ok(message) => {
+                    let Some(payload) = message.payload() else {
+                        continue;
+                    };
+                    match serde_json::from_slice::<StateRecord>(payload) {
+                        Ok(record) => {
+                            if sender.send(record).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "ignoring an unreadable state record")
                         }
                     }
-                    Err(e) => tracing::debug!(error = %e, "ignoring an unreadable state record"),
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, topic, "reading the control topic failed");
+                    tokio::time::sleep(ERROR_PAUSE).await;
                 }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, topic, "reading the control topic failed");
-                tokio::time::sleep(ERROR_PAUSE).await;
-            }
         }
+        start = Offset::End;
+        // Dropping a consumer blocks on librdkafka: off the async threads.
+        let _ = tokio::task::spawn_blocking(move || drop(current)).await;
     }
 }
 

@@ -60,6 +60,33 @@ impl EmbeddedBroker {
         mock.create_topic(name, partitions, 1)
     }
 
+    /// For fault injection in tests: puts `topic`'s `partition` on broker `broker_id`
+    /// (1-based), so that taking that broker down takes only what it leads.
+    pub fn set_partition_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        broker_id: i32,
+    ) -> Result<(), KafkaError> {
+        self.mock()
+            .partition_leader(topic, partition, Some(broker_id))
+    }
+
+    /// For fault injection in tests: `group`'s coordinator on broker `broker_id` (1-based).
+    pub fn set_group_coordinator(&self, group: &str, broker_id: i32) -> Result<(), KafkaError> {
+        self.mock().coordinator(
+            rdkafka::mocking::MockCoordinator::Group(group.to_string()),
+            broker_id,
+        )
+    }
+
+    fn mock(&self) -> rdkafka::mocking::MockCluster<'_, rdkafka::producer::DefaultProducerContext> {
+        self.owner
+            .client()
+            .mock_cluster()
+            .expect("the owner client was created with test.mock.num.brokers")
+    }
+
     /// Fault injection for tests: take a broker (1-based id) down or bring it back.
     pub fn set_broker_up(&self, broker_id: i32, up: bool) -> Result<(), KafkaError> {
         let mock = self

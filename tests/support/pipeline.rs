@@ -291,6 +291,12 @@ pub async fn read_topic(
                     satisfied = on_message(message.detach());
                     last = Instant::now();
                 }
+                // A broker away (fault-injection tests take one down) is not the topic's
+                // fault: its partitions may live elsewhere.
+                Some(Err(rdkafka::error::KafkaError::MessageConsumption(
+                    rdkafka::types::RDKafkaErrorCode::BrokerTransportFailure
+                    | rdkafka::types::RDKafkaErrorCode::AllBrokersDown,
+                ))) => {}
                 Some(Err(e)) => panic!("reading {topic}: {e}"),
                 None => {}
             }

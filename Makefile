@@ -10,7 +10,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test test-chaos lint fmt fuzz sim-open bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama
+.PHONY: build dev test test-chaos lint fmt fuzz sim-open bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance
 .DEFAULT_GOAL := build
 
 build:
@@ -79,6 +79,17 @@ bench-group:
 LLAMA_RUNS ?= 3
 bench-llama:
 	$(PEERS) && python3 bench/llama.py --runs $(LLAMA_RUNS)
+
+# The backend's capacity drops from 32 slots to 16 and comes back, with 2 workers:
+# how long after the drop overload answers stop, how long after the rise utilisation is
+# back at 90%. About 1 minute a run.
+bench-capacity:
+	$(PEERS) && python3 bench/capacity_change.py --runs $(LLAMA_RUNS)
+
+# A worker joins and another leaves during the reference burst: utilisation over the
+# drain, lost. About 40 s a run.
+bench-rebalance:
+	$(PEERS) && python3 bench/rebalance.py --runs $(LLAMA_RUNS)
 
 # A worker's RSS while a 1,000,000-request backlog waits in Kafka (BACKLOG to change).
 bench-memory:

@@ -231,6 +231,11 @@ def loadgen(binary, args, env, json_file):
         return json.load(f)
 
 
+def loadgen_report(path):
+    with open(path) as f:
+        return json.load(f)
+
+
 def spread(values):
     """min / median / max of a list, as a tuple (None for an empty list)."""
     if not values:

@@ -6,7 +6,9 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, Statistics};
 
@@ -52,16 +54,32 @@ impl ConsumerContext for WorkerContext {
                 for p in partitions.elements() {
                     tracker.revoke(p.topic(), p.partition());
                 }
-                self.joined.set(false);
-                (self.on_assignment)(0);
                 tracing::info!(partitions = partitions.count(), "partitions revoked");
             }
             Rebalance::Assign(partitions) => {
-                self.joined.set(true);
-                (self.on_assignment)(partitions.count());
                 tracing::info!(partitions = partitions.count(), "partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    /// After the assignment changed: with the cooperative protocol (the default) a revoke
+    /// takes some partitions and the member stays in the group with the rest; with the
+    /// eager one it takes them all until the next assignment.
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let held = consumer.assignment().map_or(0, |a| a.count());
+        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match rebalance {
+            Rebalance::Assign(_) => {
+                self.joined.set(true);
+                (self.on_assignment)(held);
+            }
+            Rebalance::Revoke(_) if cooperative => (self.on_assignment)(held),
+            Rebalance::Revoke(_) => {
+                self.joined.set(false);
+                (self.on_assignment)(0);
+            }
+            Rebalance::Error(_) => {}
         }
     }
 }
@@ -97,6 +115,10 @@ pub fn worker_consumer(
             // librdkafka's 500 ms would delay a request on an idle worker by up to that.
             // The cost is an idle fetch every 20 ms per broker.
             ("fetch.wait.max.ms", "20"),
+            // Incremental rebalances: a worker joining or leaving moves only the partitions
+            // that change hands, and the rest go on being served (the eager protocol stops
+            // every member for the whole rebalance).
+            ("partition.assignment.strategy", "cooperative-sticky"),
             ("topic.metadata.refresh.interval.ms", "10000"),
         ],
         &[

@@ -80,6 +80,11 @@ impl CapacityStats {
 /// Counters shared by the model and its slot guards; they live as long as either.
 #[derive(Debug, Default)]
 struct Counters {
+    /// Slots now (changed at run time with [`CapacityModel::set_slots`]).
+    slots: AtomicUsize,
+    /// Slots still to take away from the semaphore as held ones are released (a shrink
+    /// below the slots in use).
+    to_forget: AtomicUsize,
     served: AtomicU64,
     in_flight: AtomicUsize,
     peak_in_flight: AtomicUsize,
@@ -118,10 +123,45 @@ impl CapacityModel {
             Semaphore::MAX_PERMITS,
             settings.slots
         );
+        let counters = Counters {
+            slots: AtomicUsize::new(settings.slots),
+            ..Counters::default()
+        };
         Self {
             slots: Arc::new(Semaphore::new(settings.slots)),
             settings,
-            counters: Arc::default(),
+            counters: Arc::new(counters),
+        }
+    }
+
+    /// Changes the slots at run time (another tenant takes some, or gives them back):
+    /// more are free at once; fewer take effect as held slots are released, so requests
+    /// already served are never cut short. At least 1.
+    pub fn set_slots(&self, slots: usize) {
+        let slots = slots.clamp(1, Semaphore::MAX_PERMITS);
+        let c = &self.counters;
+        let before = c.slots.swap(slots, Ordering::SeqCst);
+        if slots > before {
+            let mut up = slots - before;
+            // Cancel a shrink still waiting for held slots first.
+            while up > 0 {
+                let owed = c.to_forget.load(Ordering::SeqCst);
+                if owed == 0 {
+                    break;
+                }
+                let cancel = owed.min(up);
+                if c.to_forget
+                    .compare_exchange(owed, owed - cancel, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    up -= cancel;
+                }
+            }
+            self.slots.add_permits(up);
+        } else if slots < before {
+            let down = before - slots;
+            let forgotten = self.slots.forget_permits(down);
+            c.to_forget.fetch_add(down - forgotten, Ordering::SeqCst);
         }
     }
 
@@ -152,7 +192,7 @@ impl CapacityModel {
                 Err(_) => {
                     self.counters.rejections.fetch_add(1, Ordering::Relaxed);
                     return Err(Overloaded {
-                        slots: self.settings.slots,
+                        slots: self.counters.slots.load(Ordering::Relaxed),
                         retry_after: self.settings.retry_after,
                     });
                 }
@@ -183,7 +223,7 @@ impl CapacityModel {
     pub fn stats(&self) -> CapacityStats {
         let c = &self.counters;
         CapacityStats {
-            slots: self.settings.slots,
+            slots: c.slots.load(Ordering::Relaxed),
             served: c.served.load(Ordering::Relaxed),
             in_flight: c.in_flight.load(Ordering::Relaxed),
             peak_in_flight: c.peak_in_flight.load(Ordering::Relaxed),
@@ -198,8 +238,8 @@ impl CapacityModel {
 #[derive(Debug)]
 pub struct SlotGuard {
     /// Released after `Drop::drop` has updated the counters, so `in_flight` never
-    /// exceeds the slots even momentarily.
-    _permit: OwnedSemaphorePermit,
+    /// exceeds the slots even momentarily; forgotten instead while the slots shrink.
+    permit: Option<OwnedSemaphorePermit>,
     counters: Arc<Counters>,
     since: Instant,
 }
@@ -209,7 +249,7 @@ impl SlotGuard {
         let now = counters.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         counters.peak_in_flight.fetch_max(now, Ordering::Relaxed);
         Self {
-            _permit: permit,
+            permit: Some(permit),
             counters,
             since: Instant::now(),
         }
@@ -227,6 +267,14 @@ impl Drop for SlotGuard {
         self.counters.busy_nanos.fetch_add(held, Ordering::Relaxed);
         self.counters.served.fetch_add(1, Ordering::Relaxed);
         self.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let c = &self.counters;
+        let shrinking = c
+            .to_forget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if let (true, Some(permit)) = (shrinking, self.permit.take()) {
+            permit.forget();
+        }
     }
 }
 

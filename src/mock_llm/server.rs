@@ -1,5 +1,6 @@
 //! The mock's HTTP routes: OpenAI's `POST /v1/chat/completions` and `GET /v1/models`, plus
-//! the shared `/healthz`, `/readyz` and `/metrics`. A chat request holds a capacity slot for
+//! the shared `/healthz`, `/readyz` and `/metrics`, and `POST /admin/slots` (benchmarks
+//! change the capacity at run time, as another tenant taking slots would). A chat request holds a capacity slot for
 //! its whole service time; bad input gets a 400 and overload a 429 with Retry-After, both in
 //! OpenAI's error shape.
 
@@ -96,6 +97,7 @@ pub fn app(state: MockState) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
+        .route("/admin/slots", post(set_slots))
         .with_state(state)
         .merge(admin)
 }
@@ -137,6 +139,31 @@ async fn chat_completions(
     drop(slot);
     tally.ok(reply.completion_tokens);
     Ok(Json(reply.completion()).into_response())
+}
+
+/// `POST /admin/slots {"slots": N}`: the capacity from now on (at least 1).
+async fn set_slots(State(state): State<MockState>, body: Bytes) -> Response {
+    let slots = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["slots"].as_u64())
+        .filter(|&n| n >= 1);
+    match slots {
+        Some(slots) => {
+            state.capacity().set_slots(slots as usize);
+            tracing::info!(slots, "slots changed");
+            Json(json!({ "slots": state.capacity().stats().slots })).into_response()
+        }
+        None => (
+            StatusCode::BAD_REQUEST,
+            Json(error_body(
+                "expected {\"slots\": N} with N at least 1",
+                "invalid_request_error",
+                Some("slots"),
+                None,
+            )),
+        )
+            .into_response(),
+    }
 }
 
 async fn models() -> Json<Value> {

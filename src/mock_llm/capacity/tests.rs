@@ -215,3 +215,43 @@ async fn a_slot_guard_counts_the_time_it_was_held() {
         (1, 0, Duration::from_millis(37))
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn slots_change_at_run_time_without_cutting_requests_short() {
+    let model = CapacityModel::new(CapacitySettings {
+        slots: 4,
+        latency: Duration::from_millis(100),
+        per_token: Duration::ZERO,
+        overflow: Overflow::Reject,
+        retry_after: Duration::from_millis(100),
+    });
+    let held: Vec<SlotGuard> = futures_all(&model, 4).await;
+    model.set_slots(2);
+    assert_eq!(model.stats().slots, 2);
+    assert!(model.admit().await.is_err(), "4 held, 2 slots");
+    drop(held);
+    let two = futures_all(&model, 2).await;
+    assert!(
+        model.admit().await.is_err(),
+        "the shrink took effect as slots came back"
+    );
+    model.set_slots(5);
+    let three = futures_all(&model, 3).await;
+    assert!(model.admit().await.is_err(), "5 slots, 5 held");
+    assert_eq!(model.stats().in_flight, 5);
+    drop((two, three));
+    // A shrink, then a growth before the held slots came back: they cancel out.
+    let held = futures_all(&model, 5).await;
+    model.set_slots(1);
+    model.set_slots(5);
+    drop(held);
+    assert_eq!(futures_all(&model, 5).await.len(), 5);
+}
+
+async fn futures_all(model: &CapacityModel, n: usize) -> Vec<SlotGuard> {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(model.admit().await.expect("a free slot"));
+    }
+    held
+}

@@ -412,3 +412,30 @@ async fn healthz_and_models_answer() {
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "mock");
 }
+
+#[tokio::test(start_paused = true)]
+async fn admin_slots_change_the_capacity_at_run_time() {
+    let state = MockState::new(&args(4, Overflow::Reject));
+    let app = app(state.clone());
+    let set = |body: &str| {
+        Request::post("/admin/slots")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("a literal request is well-formed")
+    };
+    let response = app.clone().oneshot(set(r#"{"slots": 2}"#)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["slots"], 2);
+    assert_eq!(state.capacity().stats().slots, 2);
+    for bad in [r#"{"slots": 0}"#, r#"{"slots": "x"}"#, "not json"] {
+        let response = app.clone().oneshot(set(bad)).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+    }
+    assert_eq!(
+        state.capacity().stats().slots,
+        2,
+        "refused changes change nothing"
+    );
+}

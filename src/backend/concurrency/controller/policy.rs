@@ -22,6 +22,10 @@ use crate::backend::BackendError;
 
 /// A failed probe's penalty halves after this long without another failed probe.
 pub(super) const PROBE_BACKOFF_DECAY: Duration = Duration::from_secs(10);
+/// Below the level the capacity fell from, a probe is due at least this often.
+pub(super) const FORMER_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// How long that level is remembered.
+pub(super) const FORMER_KEPT: Duration = Duration::from_secs(120);
 
 /// Weight of a new round trip in the smoothed RTT (TCP's 1/8).
 const SRTT_GAIN: f64 = 0.125;
@@ -69,6 +73,15 @@ pub(super) struct State {
     /// back to 1 when a probe holds, halved after every [`PROBE_BACKOFF_DECAY`] without
     /// a failed one (capacity freed by another worker is then found again).
     probe_backoff: u32,
+    /// The good level before the capacity last fell, and when it fell: while the limit is
+    /// below it, probes come at least every [`FORMER_PROBE_EVERY`], so capacity given back
+    /// is found in seconds. Forgotten after [`FORMER_KEPT`] or once reached.
+    former: Option<(usize, Instant)>,
+    /// When the limit last changed.
+    changed_at: Instant,
+    /// Probes in a row that held, up to 4: each doubles the next probe's step and halves
+    /// its wait. Reset by a failed probe and by any cut.
+    probe_streak: u32,
     /// When `probe_backoff` last grew or decayed.
     probe_backoff_changed: Instant,
     /// Successful calls since the limit last changed.
@@ -131,6 +144,9 @@ impl State {
             pacing: Pacing::default(),
             recover_to: settings.max,
             probe_backoff: 1,
+            probe_streak: 0,
+            former: None,
+            changed_at: now,
             probe_backoff_changed: now,
             calls_since_change: 0,
             hold_until: now,
@@ -400,7 +416,9 @@ impl State {
                     self.tentative = true;
                 } else if self.suspect {
                     // Refused below the good level twice before getting back to it: the
-                    // capacity did fall.
+                    // capacity did fall. Remember how high it was: another tenant may give
+                    // it back.
+                    self.remember_former(bound, now);
                     self.episode_lowers = true;
                     self.recover_to = bound;
                     self.probe_backoff = 1;
@@ -442,8 +460,21 @@ impl State {
         }
     }
 
+    /// The capacity fell to `to`: keep the good level it fell from (the highest of recent
+    /// falls), if the fall was a large one (a tenant taking slots; not the small steps a
+    /// rate limiter's edge makes, which would only buy overload answers).
+    pub(super) fn remember_former(&mut self, to: usize, now: Instant) {
+        let level = self
+            .recover_to
+            .max(self.former.map_or(0, |(level, _)| level));
+        if level < self.settings.max && to * 5 <= level * 4 {
+            self.former = Some((level, now));
+        }
+    }
+
     fn failed_probe(&mut self, now: Instant) {
         self.failed_probes += 1;
+        self.probe_streak = 0;
         self.probe_backoff = self
             .probe_backoff
             .saturating_mul(2)

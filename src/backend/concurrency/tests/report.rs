@@ -28,6 +28,9 @@ pub(super) struct Report {
     pub settled_after: Option<f64>,
     /// Seconds after the last outage until a 1 s bucket reaches 90% of capacity.
     pub recovered_after: Option<f64>,
+    /// Seconds after the last change, when it added slots, until a 1 s bucket reaches 90%
+    /// of the new capacity.
+    pub grown_after: Option<f64>,
     pub final_limit: usize,
     pub failed_probes: u64,
     pub failed_messages: u64,
@@ -105,6 +108,16 @@ impl Report {
                 .find(|&s| work(s, s + 1.0) >= RECOVERED * capacity(s, s + 1.0))
                 .map(|s| s + 1.0 - outage.until_secs)
         });
+        let grown_after = scenario
+            .backend
+            .changes
+            .last()
+            .filter(|change| change.slots > scenario.backend.slots_at(change.at_secs - 1e-6))
+            .and_then(|change| {
+                buckets(change.at_secs)
+                    .find(|&s| work(s, s + 1.0) >= RECOVERED * capacity(s, s + 1.0))
+                    .map(|s| s + 1.0 - change.at_secs)
+            });
         let window = (until - from).max(f64::EPSILON);
         if std::env::var_os("SLUICE_SIM_TRACE").is_some() {
             let limits: Vec<String> = trace
@@ -124,6 +137,7 @@ impl Report {
             overload_stops_after,
             settled_after,
             recovered_after,
+            grown_after,
             final_limit: end.limit,
             failed_probes: end.failed_probes,
             failed_messages,
@@ -147,6 +161,9 @@ impl Report {
         }
         if let Some(secs) = self.settled_after {
             line += &format!(", limit settled in {secs:.2} s");
+        }
+        if let Some(secs) = self.grown_after {
+            line += &format!("  back at 90% {secs:.1} s after the rise");
         }
         if let Some(secs) = self.recovered_after {
             line += &format!("  recovered {secs:.1} s after the outage");
@@ -180,6 +197,13 @@ impl Report {
             band(
                 "recovered after (s)",
                 self.recovered_after.unwrap_or(f64::INFINITY),
+                [0.0, within],
+            );
+        }
+        if let Some(within) = expect.grows_within_secs {
+            band(
+                "back at 90% after the rise (s)",
+                self.grown_after.unwrap_or(f64::INFINITY),
                 [0.0, within],
             );
         }

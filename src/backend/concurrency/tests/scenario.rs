@@ -55,6 +55,9 @@ pub(super) struct Expect {
     pub overload_stops_within_secs: Option<f64>,
     /// After the last outage, throughput over a 1 s bucket is back to 90% this fast.
     pub recovers_within_secs: Option<f64>,
+    /// After the last change, when it added slots, a 1 s bucket reaches 90% of the new
+    /// capacity this fast.
+    pub grows_within_secs: Option<f64>,
 }
 
 /// `[backend]` of a scenario file.

@@ -309,6 +309,7 @@ scenarios! {
     capacity_halves_reject,
     capacity_halves_queue,
     capacity_halves_256_reject,
+    capacity_halves_and_returns_reject,
     rate_limited,
     mixed_tokens_reject,
     mixed_tokens_queue,

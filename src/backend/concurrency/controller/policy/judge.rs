@@ -4,7 +4,7 @@
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::State;
+use super::{State, FORMER_KEPT, FORMER_PROBE_EVERY};
 
 /// Queueing that survives cuts down to this fraction of the limit is noise: a real queue
 /// would have shrunk to a third of its share by then, unless it was over 60% of the RTT.
@@ -175,6 +175,9 @@ impl State {
             let back = target.max(self.recover_to).min(self.limit - 1);
             self.set_limit(semaphore, back, now);
         } else if target < self.limit {
+            if target < self.recover_to {
+                self.remember_former(target, now);
+            }
             self.recover_to = target;
             self.probe_backoff = 1;
             self.set_limit(semaphore, target, now);
@@ -192,7 +195,10 @@ impl State {
         // rate limiter's bucket can hide an excess for a window or two.
         // In a group each member counts its own calls, and any member's change starts every
         // count again: the group probes no more often than one worker would.
-        let quick = if self.tentative { 4 } else { 1 };
+        // Probes that keep holding come faster and climb further (capacity given back by
+        // another tenant is found in a few round trips, not one call at a time).
+        let streak = 1u64 << self.probe_streak.min(4);
+        let quick = if self.tentative { 4 } else { 1 } * streak;
         let due = (u64::from(self.settings.probe_after_calls) * u64::from(self.probe_backoff))
             .div_ceil(quick);
         let held =
@@ -201,10 +207,24 @@ impl State {
             // The probe held: the next one need not wait out earlier failures.
             self.recover_to = self.limit;
             self.probe_backoff = 1;
+            self.probe_streak += 1;
         }
         if self.limit >= self.recover_to && held {
             self.suspect = false;
         }
+        if self
+            .former
+            .is_some_and(|(level, since)| self.limit >= level || now >= since + FORMER_KEPT)
+        {
+            self.former = None;
+        }
+        // Below the level the capacity fell from, probing waits at most FORMER_PROBE_EVERY:
+        // a probe that fails costs one overload answer, one that holds finds the capacity
+        // given back (and the streak climbs the rest in a few round trips).
+        let below_former = self.former.map(|(level, _)| level);
+        let due_now = below_former.is_some()
+            && now >= self.changed_at + FORMER_PROBE_EVERY
+            && self.calls_since_change >= u64::from(self.settings.probe_after_calls).div_ceil(16);
         if self.limit < self.recover_to {
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);
             tracing::debug!(
@@ -215,16 +235,20 @@ impl State {
             );
             self.set_limit(semaphore, doubled, now);
         } else if self.limit == self.recover_to
-            && self.calls_since_change >= due
+            && (self.calls_since_change >= due || due_now)
             && self.limit < self.settings.max
         {
             self.probes += 1;
+            let mut step = 1usize << self.probe_streak.min(4);
+            if let Some(level) = below_former {
+                step = step.min(level - self.limit);
+            }
             tracing::debug!(
                 t = now.duration_since(self.created).as_secs_f64(),
-                limit = self.limit + 1,
+                limit = self.limit + step,
                 "adaptive concurrency: probe"
             );
-            self.set_limit(semaphore, self.limit + 1, now);
+            self.set_limit(semaphore, self.limit + step, now);
         }
     }
 

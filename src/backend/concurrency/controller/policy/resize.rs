@@ -57,10 +57,12 @@ impl State {
         } else {
             self.epoch_pending = true;
             self.last_cut = Some(now);
+            self.probe_streak = 0;
         }
         self.limit = new;
         self.version += 1;
         self.calls_since_change = 0;
+        self.changed_at = now;
         self.resize(semaphore, now, true);
     }
 

@@ -68,7 +68,10 @@ impl ConsumerContext for WorkerContext {
     /// eager one it takes them all until the next assignment.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let held = consumer.assignment().map_or(0, |a| a.count());
-        let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
         match rebalance {
             Rebalance::Assign(_) => {
                 self.joined.set(true);

@@ -12,6 +12,7 @@
 //!   half) so the other lanes keep arriving and priority keeps working.
 
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
@@ -20,10 +21,11 @@ use rdkafka::{Message, TopicPartitionList};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::outbox::Outbox;
 use super::scheduler::{Entry, Scheduler};
 use crate::envelope::{self, DecodeError, Request};
 use crate::kafka::consumer::WorkerConsumer;
-use crate::kafka::offsets::{OffsetTracker, Ticket};
+use crate::kafka::offsets::Ticket;
 
 /// A message taken from Kafka, decoded once.
 #[derive(Debug)]
@@ -43,7 +45,8 @@ pub const KEEPALIVE: Duration = Duration::from_secs(10);
 /// The buffers between the Kafka consumer and the dispatcher.
 pub struct Intake {
     consumer: Arc<WorkerConsumer>,
-    tracker: Arc<Mutex<OffsetTracker>>,
+    /// Gives each message its ticket, and says whether a buffered one is still ours.
+    outbox: Arc<Outbox>,
     /// The buffers and which lanes are paused, under one lock so a pause decided on a
     /// full buffer cannot land after the buffer was drained (and then never be undone).
     state: Mutex<State>,
@@ -66,7 +69,7 @@ struct State {
 impl Intake {
     pub fn new(
         consumer: Arc<WorkerConsumer>,
-        tracker: Arc<Mutex<OffsetTracker>>,
+        outbox: Arc<Outbox>,
         lane_topics: Vec<String>,
         lane_buffer: usize,
         lane_min_share: f64,
@@ -74,7 +77,7 @@ impl Intake {
         let lanes = lane_topics.len();
         Self {
             consumer,
-            tracker,
+            outbox,
             state: Mutex::new(State {
                 scheduler: Scheduler::new(lanes, lane_min_share),
                 paused: vec![false; lanes],
@@ -134,11 +137,7 @@ impl Intake {
     }
 
     fn push(&self, message: OwnedMessage) {
-        let ticket = self
-            .tracker
-            .lock()
-            .expect("offset tracker lock is never poisoned")
-            .begin(message.topic(), message.partition(), message.offset());
+        let ticket = self.outbox.take(&message);
         let request = envelope::decode_request(message.payload().unwrap_or_default());
         let ordering_key = request.as_ref().ok().and_then(|r| r.ordering_key.clone());
         let lane = self
@@ -194,11 +193,7 @@ impl Intake {
                 entry
             };
             self.room.notify_one();
-            let current = self
-                .tracker
-                .lock()
-                .expect("offset tracker lock is never poisoned")
-                .is_current(&entry.item.ticket);
+            let current = self.outbox.is_current(&entry.item.ticket);
             if current {
                 return Some(entry);
             }

@@ -13,48 +13,71 @@
 //! stack is ready (rate, adaptive concurrency and circuit breaker all agree); until
 //! then it waits in a small per-lane buffer, and a full buffer pauses its partitions. So
 //! backlog stays in Kafka and memory stays bounded whatever the lag.
+//!
+//! One message, from the consumer to the commit:
+//!
+//! 1. [`intake`] receives it, takes a ticket from the [`outbox`] and buffers it by lane
+//!    ([`scheduler`]);
+//! 2. [`Worker::run`]'s dispatch loop starts it when an in-flight slot is free and the
+//!    backend stack is ready;
+//! 3. [`process`] decides its one [`output`] (a reply, or a dead letter), calling the
+//!    backend through the stack;
+//! 4. the [`outbox`] writes that output and makes the offset committable (at least once,
+//!    or in a transaction with [`transactions`]).
+//!
+//! Beside the path: [`housekeeping`] (rate share and metrics), group pacing
+//! ([`crate::group`]) and the backend's saturation gauges ([`crate::backend::saturation`]).
 
 pub mod dead_letter;
 pub mod housekeeping;
 pub mod intake;
 pub mod metrics;
+pub mod outbox;
+pub mod output;
 pub mod process;
 pub mod scheduler;
 pub mod transactions;
 
+use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
-use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::Consumer;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
 use crate::admin::{AdminState, Readiness};
 use crate::backend::classify::Outcome;
-use crate::backend::stack::{build_stack, BackendStack};
+use crate::backend::saturation;
+use crate::backend::stack::{build_stack, BackendStack, Stack};
 use crate::config::Config;
+use crate::group::control_topic::{self, KafkaBus};
+use crate::group::{GroupStatus, Load, Pacer};
 use crate::kafka::consumer::{worker_consumer, WorkerConsumer};
 use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::producer::{Producer, ProducerLimits};
 use housekeeping::{PartitionTotal, StackHandles, Upkeep};
 use intake::Intake;
 use metrics::{ClassLabel, WorkerMetrics};
+use outbox::Outbox;
 use process::Shared;
-use tower::ServiceExt;
-use transactions::Transactions;
 
-use crate::group::control_topic::{self, KafkaBus};
-use crate::group::{GroupStatus, Load, Pacer};
-
-/// librdkafka `message.timeout.ms` for replies: a failed write is retried by `process`.
+/// librdkafka `message.timeout.ms` for replies: a failed write is retried by the outbox.
 const REPLY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the grace period, how long abandoned tasks get to notice before the commit.
 const HARD_STOP_SETTLE: Duration = Duration::from_millis(200);
+/// The producer's limits for replies and dead letters.
+const REPLY_LIMITS: ProducerLimits = ProducerLimits {
+    delivery_timeout: REPLY_DELIVERY_TIMEOUT,
+    queue_wait: REPLY_DELIVERY_TIMEOUT,
+    queue_max_kbytes: 64 * 1024,
+};
 
 /// Binds `worker.admin_listen` and runs until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -70,249 +93,344 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let config = Arc::new(config);
-    let mut registry = Registry::default();
-    let metrics = WorkerMetrics::register(&mut registry);
-    metrics
-        .max_in_flight
-        .set(config.worker.max_in_flight as i64);
+    Worker::build(admin, config, shutdown).await?.run().await
+}
 
-    let request_topics = config.lane_topics();
-    let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
-    let observer_metrics = metrics.clone();
-    let stack = build_stack(
-        &config.backend,
-        Arc::new(move |outcome: Outcome| {
-            observer_metrics
-                .backend_calls
-                .get_or_create(&ClassLabel {
-                    class: outcome.label().into(),
-                })
-                .inc();
-        }),
-    )
-    .context("creating the backend client")?;
+/// The worker's parts, built by [`Worker::build`], then [`Worker::run`] until the
+/// shutdown signal, which drains them.
+pub struct Worker {
+    config: Arc<Config>,
+    consumer: Arc<WorkerConsumer>,
+    intake: Arc<Intake>,
+    outbox: Arc<Outbox>,
+    /// The backend call path; its handles went to housekeeping and group pacing.
+    backend: BackendStack,
+    shared: Arc<Shared>,
+    /// Ready while a member of the group.
+    ready: Readiness,
+    /// The signal to stop taking work (a failed transaction also trips it).
+    stop: CancellationToken,
+    /// Cancelled when a transaction fails: the worker then exits non-zero.
+    transaction_failed: CancellationToken,
+    /// Tasks that run until `stop`: receiving, housekeeping.
+    loops: Vec<JoinHandle<()>>,
+    /// Tasks that outlive the drain (admin routes answer, group pacing publishes this
+    /// worker's leaving, the saturation poller) until `after_drain`.
+    after_drain: CancellationToken,
+    admin: JoinHandle<std::io::Result<()>>,
+    companions: Vec<JoinHandle<()>>,
+}
 
-    // Ready once the consumer has joined the group (assignment received).
-    let ready = Readiness::default();
-    let total_partitions = PartitionTotal::default();
-    let lag = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    let on_assignment = {
-        let (share, total) = (stack.rate_share.clone(), total_partitions.clone());
-        Box::new(move |assigned: usize| {
-            if total.get() > 0 || assigned == 0 {
-                share.set_share(assigned, total.get().max(assigned));
-            }
-        })
-    };
-    let consumer = Arc::new(
-        worker_consumer(
-            &config.kafka,
-            tracker.clone(),
-            ready.clone(),
-            on_assignment,
-            lag.clone(),
-            config.worker.exactly_once,
-        )
-        .context("creating the Kafka consumer")?,
-    );
-    let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topics)
-        .context("subscribing to the request topics")?;
-    let topics = topics.join(",");
+impl Worker {
+    /// Creates the consumer, outbox, backend stack, intake and side tasks, and subscribes.
+    pub async fn build(
+        admin: TcpListener,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Worker> {
+        let config = Arc::new(config);
+        let mut registry = Registry::default();
+        let metrics = WorkerMetrics::register(&mut registry);
+        metrics
+            .max_in_flight
+            .set(config.worker.max_in_flight as i64);
+        let stack = build_stack(&config.backend, count_attempts(metrics.clone()))
+            .context("creating the backend client")?;
 
-    // A failed transaction stops the worker as a signal would, but it exits non-zero.
-    let transaction_failed = CancellationToken::new();
-    let shutdown = {
-        let stop = shutdown.child_token();
-        let (failed, trigger) = (transaction_failed.clone(), stop.clone());
-        tokio::spawn(async move {
-            failed.cancelled().await;
-            trigger.cancel();
-        });
-        stop
-    };
-    let (transactions, committer) = if config.worker.exactly_once {
-        let (kafka, id) = (
-            config.kafka.clone(),
-            format!("sluice-{}-{}", config.kafka.group_id, config.worker_id()),
-        );
-        let limits = ProducerLimits {
-            delivery_timeout: REPLY_DELIVERY_TIMEOUT,
-            queue_wait: REPLY_DELIVERY_TIMEOUT,
-            queue_max_kbytes: 64 * 1024,
+        let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
+        let ready = Readiness::default();
+        let total_partitions = PartitionTotal::default();
+        let lag = Arc::new(AtomicI64::new(0));
+        let on_assignment = {
+            let (share, total) = (stack.rate_share.clone(), total_partitions.clone());
+            Box::new(move |assigned: usize| {
+                if total.get() > 0 || assigned == 0 {
+                    share.set_share(assigned, total.get().max(assigned));
+                }
+            })
         };
-        let producer = tokio::task::spawn_blocking(move || {
-            Producer::transactional_blocking(&kafka, limits, &id)
-        })
-        .await
-        .context("transactional producer task")?
-        .context("initialising the transactional producer (worker.exactly_once)")?;
-        let linger = Duration::from_millis(config.worker.transaction_linger_ms);
-        let (transactions, task) = Transactions::start(
-            producer,
+        let consumer = Arc::new(
+            worker_consumer(
+                &config.kafka,
+                tracker.clone(),
+                ready.clone(),
+                on_assignment,
+                lag.clone(),
+                config.worker.exactly_once,
+            )
+            .context("creating the Kafka consumer")?,
+        );
+        let request_topics = config.lane_topics();
+        let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .context("subscribing to the request topics")?;
+
+        // A failed transaction stops the worker as a signal would, but it exits non-zero.
+        let transaction_failed = CancellationToken::new();
+        let stop = shutdown.child_token();
+        tokio::spawn({
+            let (failed, stop) = (transaction_failed.clone(), stop.clone());
+            async move {
+                failed.cancelled().await;
+                stop.cancel();
+            }
+        });
+        let outbox = Arc::new(
+            outbox(
+                &config,
+                tracker,
+                consumer.clone(),
+                &metrics,
+                &transaction_failed,
+            )
+            .await?,
+        );
+        let intake = Arc::new(Intake::new(
             consumer.clone(),
-            tracker.clone(),
-            linger,
-            transaction_failed.clone(),
-        );
-        (Some(transactions), Some(task))
-    } else {
-        (None, None)
-    };
+            outbox.clone(),
+            request_topics.clone(),
+            config.worker.lane_buffer,
+            config.worker.lane_min_share,
+        ));
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            worker_id: config.worker_id(),
+            metrics: metrics.clone(),
+            request_topics: request_topics.clone(),
+        });
 
-    let hard_stop = CancellationToken::new();
-    let shared = Arc::new(Shared {
-        worker_id: config.worker_id(),
-        producer: Producer::new(
-            &config.kafka,
-            ProducerLimits {
-                delivery_timeout: REPLY_DELIVERY_TIMEOUT,
-                queue_wait: REPLY_DELIVERY_TIMEOUT,
-                queue_max_kbytes: 64 * 1024,
-            },
-        )
-        .context("creating the Kafka producer")?,
-        metrics,
-        request_topics: request_topics.clone(),
-        hard_stop: hard_stop.clone(),
-        transactions,
-        config: config.clone(),
-    });
-    let intake = Arc::new(Intake::new(
-        consumer.clone(),
-        tracker.clone(),
-        request_topics,
-        config.worker.lane_buffer,
-        config.worker.lane_min_share,
-    ));
+        let after_drain = CancellationToken::new();
+        let mut companions = vec![tokio::spawn(
+            saturation::Poller {
+                url: config.backend_metrics_url(),
+                source: config.backend.saturation,
+                interval: Duration::from_millis(config.backend.metrics_interval_ms),
+                api_key: config.backend.api_key.clone(),
+                controller: stack.concurrency.clone(),
+            }
+            .run(after_drain.clone()),
+        )];
+        let group = if config.worker.group_pacing {
+            let (status, task) =
+                start_group_pacing(&config, &stack, &intake, &metrics, after_drain.clone())?;
+            companions.push(task);
+            Some(status)
+        } else {
+            None
+        };
 
-    let pacing_stop = CancellationToken::new();
-    let saturation = tokio::spawn(
-        crate::backend::saturation::Poller {
-            url: config.backend_metrics_url(),
-            source: config.backend.saturation,
-            interval: Duration::from_millis(config.backend.metrics_interval_ms),
-            api_key: config.backend.api_key.clone(),
-            controller: stack.concurrency.clone(),
+        let admin_app = crate::admin::routes(AdminState {
+            registry: Arc::new(registry),
+            ready: ready.clone(),
+        });
+        tracing::info!(admin = %admin.local_addr()?, worker_id = %shared.worker_id,
+            topics = %topics.join(","), group = %config.kafka.group_id,
+            max_in_flight = config.worker.max_in_flight, "worker started");
+        let admin = tokio::spawn({
+            let stop = after_drain.clone();
+            async move {
+                axum::serve(admin, admin_app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        });
+        let loops = vec![
+            tokio::spawn(housekeeping::run(
+                Upkeep {
+                    consumer: consumer.clone(),
+                    topics: request_topics,
+                    total: total_partitions,
+                    stack: StackHandles::of(&stack),
+                    intake: intake.clone(),
+                    metrics,
+                    lag,
+                    backend: config.backend.url.clone(),
+                    group,
+                    max_in_flight: config.worker.max_in_flight,
+                },
+                stop.clone(),
+            )),
+            tokio::spawn({
+                let (intake, stop) = (intake.clone(), stop.clone());
+                async move { intake.run(stop).await }
+            }),
+        ];
+        Ok(Worker {
+            config,
+            consumer,
+            intake,
+            outbox,
+            backend: stack.service,
+            shared,
+            ready,
+            stop,
+            transaction_failed,
+            loops,
+            after_drain,
+            admin,
+            companions,
+        })
+    }
+
+    /// Starts buffered messages until the stop signal, then drains.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(self.config.worker.max_in_flight));
+        let mut backend = self.backend.clone();
+        loop {
+            let permit = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                permit = slots.clone().acquire_owned() => permit.expect("the in-flight semaphore is never closed"),
+            };
+            let entry = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                entry = self.intake.next() => entry,
+            };
+            let ready = tokio::select! {
+                _ = self.stop.cancelled() => break,
+                ready = backend.ready() => ready.map(|_| ()),
+            };
+            if let Err(e) = ready {
+                // No layer fails readiness today; if one does, the message is re-delivered.
+                tracing::error!(error = %e, "backend stack failed; stopping");
+                break;
+            }
+            // The ready instance holds what readiness reserved; a fresh clone waits for the next.
+            let fresh = backend.clone();
+            let call = std::mem::replace(&mut backend, fresh);
+            let key = entry.ordering_key;
+            let (shared, outbox, intake) = (
+                self.shared.clone(),
+                self.outbox.clone(),
+                self.intake.clone(),
+            );
+            shared.metrics.in_flight.inc();
+            tasks.spawn(async move {
+                process::handle(&shared, &outbox, entry.item, call).await;
+                shared.metrics.in_flight.dec();
+                drop(permit);
+                intake.finished(key.as_deref());
+            });
         }
-        .run(pacing_stop.clone()),
-    );
-    let pacing = if config.worker.group_pacing {
-        Some(start_group_pacing(
-            &config,
-            &stack,
-            &intake,
-            &shared.metrics,
-            pacing_stop.clone(),
-        )?)
-    } else {
-        None
-    };
+        self.drain(tasks).await
+    }
 
-    let admin_app = crate::admin::routes(AdminState {
-        registry: Arc::new(registry),
-        ready: ready.clone(),
-    });
-    tracing::info!(admin = %admin.local_addr()?, worker_id = %shared.worker_id, topics = %topics,
-        group = %config.kafka.group_id, max_in_flight = config.worker.max_in_flight, "worker started");
-    // The admin routes outlive the pull loop so /metrics and /readyz answer while draining.
-    let admin_stop = CancellationToken::new();
-    let admin_server = tokio::spawn({
-        let stop = admin_stop.clone();
-        async move {
-            axum::serve(admin, admin_app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
+    /// Stops taking work, lets calls in flight finish within the grace period, writes and
+    /// commits what finished, leaves the group, then stops the side tasks.
+    async fn drain(self, tasks: TaskTracker) -> anyhow::Result<()> {
+        for task in self.loops {
+            task.await.context("a worker task")?;
         }
-    });
-    let upkeep = tokio::spawn(housekeeping::run(
-        Upkeep {
-            consumer: consumer.clone(),
-            topics: shared.request_topics.clone(),
-            total: total_partitions,
-            stack: StackHandles::of(&stack),
-            intake: intake.clone(),
-            metrics: shared.metrics.clone(),
-            lag,
-            backend: config.backend.url.clone(),
-            group: pacing.as_ref().map(|(status, _)| status.clone()),
-            max_in_flight: config.worker.max_in_flight,
-        },
-        shutdown.clone(),
-    ));
-    let receiving = tokio::spawn({
-        let intake = intake.clone();
-        let stop = shutdown.clone();
-        async move { intake.run(stop).await }
-    });
-
-    let tasks = TaskTracker::new();
-    dispatch_loop(
-        &intake,
-        stack.service,
-        &consumer,
-        &shared,
-        &tracker,
-        &tasks,
-        &shutdown,
-    )
-    .await;
-    receiving.await.context("intake task")?;
-    upkeep.await.context("housekeeping task")?;
-
-    // Drain: stop taking, let in-flight calls finish within the grace period.
-    ready.set(false);
-    tasks.close();
-    let grace = Duration::from_millis(config.worker.shutdown_grace_ms);
-    let in_flight = shared.metrics.in_flight.get();
-    tracing::info!(
-        in_flight,
-        buffered = intake.buffered(),
-        grace_ms = grace.as_millis() as u64,
-        "draining in-flight requests (buffered ones are re-delivered)"
-    );
-    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-        tracing::warn!("grace period over; unfinished requests will be re-delivered");
-        hard_stop.cancel();
-        let _ = tokio::time::timeout(HARD_STOP_SETTLE, tasks.wait()).await;
-    }
-    drop(intake);
-    let exactly_once = shared.transactions.is_some();
-    leave_group(consumer, shared).await;
-    if let Some(committer) = committer {
-        // The last Transactions handle went with `shared`: the committer finishes its batch.
-        let _ = tokio::time::timeout(HARD_STOP_SETTLE * 10, committer).await;
-    }
-    pacing_stop.cancel();
-    if let Some((_, task)) = pacing {
-        let _ = task.await;
-    }
-    let _ = saturation.await;
-    admin_stop.cancel();
-    admin_server
-        .await
-        .context("admin server task")?
-        .context("serving admin routes")?;
-    if transaction_failed.is_cancelled() {
-        anyhow::bail!(
-            "a Kafka transaction failed; restart to resume from the last committed offsets"
+        self.ready.set(false);
+        tasks.close();
+        let grace = Duration::from_millis(self.config.worker.shutdown_grace_ms);
+        tracing::info!(
+            in_flight = self.shared.metrics.in_flight.get(),
+            buffered = self.intake.buffered(),
+            grace_ms = grace.as_millis() as u64,
+            "draining in-flight requests (buffered ones are re-delivered)"
         );
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!("grace period over; unfinished requests will be re-delivered");
+            self.outbox.hard_stop();
+            let _ = tokio::time::timeout(HARD_STOP_SETTLE, tasks.wait()).await;
+        }
+        drop(self.intake);
+        self.outbox.close().await;
+        let exactly_once = self.outbox.exactly_once();
+        // The outbox holds the consumer too; the last handle closes it, off the async threads.
+        drop(self.outbox);
+        let consumer = self.consumer;
+        let left = tokio::task::spawn_blocking(move || {
+            consumer.unsubscribe();
+            drop(consumer);
+        })
+        .await;
+        if let Err(e) = left {
+            tracing::warn!(error = %e, "leaving the group failed");
+        }
+        self.after_drain.cancel();
+        for task in self.companions {
+            let _ = task.await;
+        }
+        self.admin
+            .await
+            .context("admin server task")?
+            .context("serving admin routes")?;
+        if self.transaction_failed.is_cancelled() {
+            anyhow::bail!(
+                "a Kafka transaction failed; restart to resume from the last committed offsets"
+            );
+        }
+        tracing::info!(exactly_once, "worker stopped");
+        Ok(())
     }
-    tracing::info!(exactly_once, "worker stopped");
-    Ok(())
+}
+
+/// Counts every backend attempt by its classified outcome.
+fn count_attempts(metrics: WorkerMetrics) -> crate::backend::retry::AttemptObserver {
+    Arc::new(move |outcome: Outcome| {
+        metrics
+            .backend_calls
+            .get_or_create(&ClassLabel {
+                class: outcome.label().into(),
+            })
+            .inc();
+    })
+}
+
+/// The outbox of `worker.exactly_once`'s choice: transactional (its producer initialised,
+/// a blocking call) or at least once.
+async fn outbox(
+    config: &Arc<Config>,
+    tracker: Arc<Mutex<OffsetTracker>>,
+    consumer: Arc<WorkerConsumer>,
+    metrics: &WorkerMetrics,
+    transaction_failed: &CancellationToken,
+) -> anyhow::Result<Outbox> {
+    let dlq = &config.kafka.dlq_topic;
+    if !config.worker.exactly_once {
+        let producer =
+            Producer::new(&config.kafka, REPLY_LIMITS).context("creating the Kafka producer")?;
+        return Ok(Outbox::at_least_once(
+            producer,
+            tracker,
+            consumer,
+            dlq,
+            metrics.clone(),
+        ));
+    }
+    let (kafka, id) = (
+        config.kafka.clone(),
+        format!("sluice-{}-{}", config.kafka.group_id, config.worker_id()),
+    );
+    let producer = tokio::task::spawn_blocking(move || {
+        Producer::transactional_blocking(&kafka, REPLY_LIMITS, &id)
+    })
+    .await
+    .context("transactional producer task")?
+    .context("initialising the transactional producer (worker.exactly_once)")?;
+    Ok(Outbox::transactional(
+        producer,
+        Duration::from_millis(config.worker.transaction_linger_ms),
+        transaction_failed.clone(),
+        tracker,
+        consumer,
+        dlq,
+        metrics.clone(),
+    ))
 }
 
 /// Starts group pacing: the control topic's reader and writer, and the pacer that
 /// steers the concurrency controller with the group's view.
 fn start_group_pacing(
     config: &Config,
-    stack: &crate::backend::stack::Stack,
+    stack: &Stack,
     intake: &Arc<Intake>,
     metrics: &WorkerMetrics,
     stop: CancellationToken,
-) -> anyhow::Result<(Arc<GroupStatus>, tokio::task::JoinHandle<()>)> {
+) -> anyhow::Result<(Arc<GroupStatus>, JoinHandle<()>)> {
     let topic = &config.kafka.control_topic;
     let bus = KafkaBus::new(&config.kafka, topic).context("creating the control-topic producer")?;
     let incoming = control_topic::start_reader(&config.kafka, topic, stop.clone())
@@ -334,102 +452,4 @@ fn start_group_pacing(
         status: status.clone(),
     };
     Ok((status, tokio::spawn(pacer.run(stop))))
-}
-
-/// Starts buffered messages while there is room, until `shutdown`: an in-flight slot,
-/// then the next message by lane and ordering key, then a ready backend stack.
-async fn dispatch_loop(
-    intake: &Arc<Intake>,
-    mut stack: BackendStack,
-    consumer: &Arc<WorkerConsumer>,
-    shared: &Arc<Shared>,
-    tracker: &Arc<Mutex<OffsetTracker>>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-) {
-    let slots = Arc::new(Semaphore::new(shared.config.worker.max_in_flight));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = slots.clone().acquire_owned() => permit.expect("the in-flight semaphore is never closed"),
-        };
-        let entry = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            entry = intake.next() => entry,
-        };
-        let ready = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            ready = stack.ready() => ready.map(|_| ()),
-        };
-        if let Err(e) = ready {
-            // No layer fails readiness today; if one does, the message is re-delivered.
-            tracing::error!(error = %e, "backend stack failed; stopping");
-            return;
-        }
-        // The ready instance holds what readiness reserved; a fresh clone waits for the next.
-        let fresh = stack.clone();
-        let backend = std::mem::replace(&mut stack, fresh);
-        let key = entry.ordering_key;
-        let taken = entry.item;
-        let ticket = taken.ticket.clone();
-        shared.metrics.in_flight.inc();
-        let (consumer, shared, tracker, intake) = (
-            consumer.clone(),
-            shared.clone(),
-            tracker.clone(),
-            intake.clone(),
-        );
-        tasks.spawn(async move {
-            let delivered = process::handle(&shared, taken, backend).await;
-            shared.metrics.in_flight.dec();
-            drop(permit);
-            intake.finished(key.as_deref());
-            // With exactly-once the committer stored the offset inside the transaction.
-            if !delivered || shared.transactions.is_some() {
-                return;
-            }
-            let position = tracker
-                .lock()
-                .expect("offset tracker lock is never poisoned")
-                .complete(&ticket);
-            if let Some(position) = position {
-                store_position(&consumer, &ticket.topic, ticket.partition, position);
-            }
-        });
-    }
-}
-/// Stores `position` (the next offset to consume) for the next commit. Not
-/// `store_offset`: that legacy librdkafka call stores `offset + 1`, which here would
-/// skip the lowest unfinished message.
-fn store_position(consumer: &WorkerConsumer, topic: &str, partition: i32, position: i64) {
-    let mut list = TopicPartitionList::new();
-    let stored = list
-        .add_partition_offset(topic, partition, Offset::Offset(position))
-        .and_then(|()| consumer.store_offsets(&list));
-    if let Err(e) = stored {
-        // The partition was revoked meanwhile; its new owner re-processes.
-        tracing::debug!(error = %e, topic, partition, "offset not stored");
-    }
-}
-
-/// Commits what was stored, flushes replies and leaves the group (blocking calls, so
-/// off the async threads).
-async fn leave_group(consumer: Arc<WorkerConsumer>, shared: Arc<Shared>) {
-    let result = tokio::task::spawn_blocking(move || {
-        if let Err(e) = shared.producer.flush_blocking(Duration::from_secs(5)) {
-            tracing::warn!(error = %e, "flushing the producer failed");
-        }
-        if shared.transactions.is_none() {
-            match consumer.commit_consumer_state(CommitMode::Sync) {
-                Ok(()) => tracing::info!("offsets committed"),
-                Err(e) => tracing::info!(error = %e, "no offsets committed"),
-            }
-        }
-        consumer.unsubscribe();
-        drop(consumer);
-    })
-    .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "leaving the group failed");
-    }
 }

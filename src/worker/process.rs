@@ -1,29 +1,27 @@
 //! Handling one request message to its one final output: a reply (`ok`, `error`,
 //! `expired`, `rejected`) on the reply topic, or a dead letter when it does not decode.
-//! `handle` returns only once that output is acknowledged by Kafka (or the worker's
-//! grace period ran out), so its caller may then commit the offset.
+//! `handle` decides the output, then hands it to the [`Outbox`], which writes it and
+//! makes the message's offset committable.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::dead_letter::{DeadLetter, Reason};
 use super::intake::Taken;
 use super::metrics::WorkerMetrics;
-use super::transactions::{Transactions, TxnOutput};
+use super::outbox::Outbox;
+use super::output::Output;
 use crate::backend::retry::Finished;
 use crate::backend::stack::BackendStack;
 use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
-use crate::envelope::{self, headers, now_ms, Reply, ReplyError, Request, Status, Timing};
-use crate::kafka::offsets::Ticket;
-use crate::kafka::producer::{is_too_large, Outgoing, Producer};
+use crate::envelope::{self, now_ms, Reply, ReplyError, Request, Status, Timing};
 use crate::telemetry::{propagation, semconv};
 
 /// What every message task shares.
@@ -31,30 +29,15 @@ pub struct Shared {
     pub config: Arc<Config>,
     /// Written into dead letters and logs.
     pub worker_id: String,
-    pub producer: Producer,
     pub metrics: WorkerMetrics,
     /// Every request topic this worker reads; `reply_to` may not name one of them.
     pub request_topics: Vec<String>,
-    /// Cancelled when the shutdown grace period is over: stop retrying writes.
-    pub hard_stop: CancellationToken,
-    /// `worker.exactly_once`: outputs go through transactions that also commit offsets.
-    pub transactions: Option<Transactions>,
 }
-
-/// The one output a message ends in.
-enum Output {
-    Reply { topic: String, reply: Reply },
-    DeadLetter(DeadLetter),
-}
-
-/// Pause before the first retry of a failed Kafka write; doubles up to the cap.
-const WRITE_RETRY_INITIAL: Duration = Duration::from_millis(100);
-const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Processes one message inside a `process <topic>` CONSUMER span that continues the
 /// producer's trace, calling the backend through `backend` (a ready instance of the
 /// stack). Returns true once the output is delivered, false if abandoned.
-pub async fn handle(shared: &Shared, taken: Taken, backend: BackendStack) -> bool {
+pub async fn handle(shared: &Shared, outbox: &Outbox, taken: Taken, backend: BackendStack) -> bool {
     let Taken {
         message,
         request,
@@ -73,7 +56,7 @@ pub async fn handle(shared: &Shared, taken: Taken, backend: BackendStack) -> boo
             Output::Reply { reply, .. } => Some(reply.timing.enqueued_ms),
             Output::DeadLetter(_) => None,
         };
-        deliver(shared, output, enqueued_ms, ticket).await
+        outbox.deliver(output, enqueued_ms, ticket).await
     }
     .instrument(span)
     .await
@@ -256,206 +239,5 @@ fn reply_output(
             timing,
             metadata: request.metadata.clone(),
         },
-    }
-}
-
-/// An output as a record to write.
-struct Record {
-    /// Metric label: the reply status or `dead_letter`.
-    outcome: &'static str,
-    topic: String,
-    key: String,
-    payload: Vec<u8>,
-    headers: Vec<(String, Option<Vec<u8>>)>,
-}
-
-impl Output {
-    fn to_record(&self, dlq_topic: &str) -> Record {
-        match self {
-            Output::Reply { topic, reply } => Record {
-                outcome: reply.status.as_str(),
-                payload: serde_json::to_vec(reply).expect("a Reply always serializes"),
-                headers: vec![
-                    (headers::ID.into(), Some(reply.id.clone().into_bytes())),
-                    (
-                        headers::KIND.into(),
-                        Some(headers::KIND_FINAL.as_bytes().to_vec()),
-                    ),
-                ],
-                key: reply.id.clone(),
-                topic: topic.clone(),
-            },
-            Output::DeadLetter(dl) => Record {
-                outcome: "dead_letter",
-                topic: dlq_topic.to_string(),
-                key: dl.key_text(),
-                payload: dl.value.clone(),
-                headers: dl.headers.clone(),
-            },
-        }
-    }
-
-    /// A smaller output for a cluster that refused this one as too large, still the one
-    /// outcome of its message; `None` when nothing is left to drop. A dead letter sheds
-    /// its value, then the original key and headers ([`DeadLetter::shrink`]); a reply
-    /// becomes an `error` reply of type `reply_too_large` without body and metadata (the
-    /// metadata is echoed from the request, so request and completion together can
-    /// exceed what Kafka takes although each alone did not).
-    fn shrink(&self) -> Option<Output> {
-        match self {
-            Output::DeadLetter(dl) => dl.shrink().map(Output::DeadLetter),
-            Output::Reply { reply, .. } if reply.body.is_none() && reply.metadata.is_none() => None,
-            Output::Reply { topic, reply } => Some(Output::Reply {
-                topic: topic.clone(),
-                reply: Reply {
-                    status: Status::Error,
-                    body: None,
-                    metadata: None,
-                    error: Some(ReplyError {
-                        kind: "reply_too_large".into(),
-                        message: format!(
-                            "the {} reply was larger than Kafka accepts (message.max.bytes); \
-                             its body and metadata were dropped",
-                            reply.status.as_str()
-                        ),
-                        status: None,
-                    }),
-                    ..reply.clone()
-                },
-            }),
-        }
-    }
-}
-
-/// Writes the output, retrying until Kafka acknowledges it or the hard stop; with
-/// exactly-once, inside a transaction that also commits the message's offset. An output
-/// the cluster refuses as too large is written smaller instead ([`Output::shrink`]):
-/// retrying it as it is could never succeed and would hold back the partition's commits
-/// for good.
-async fn deliver(
-    shared: &Shared,
-    output: Output,
-    enqueued_ms: Option<u64>,
-    ticket: Ticket,
-) -> bool {
-    let dlq_topic = &shared.config.kafka.dlq_topic;
-    let mut output = output;
-    let mut record = output.to_record(dlq_topic);
-    if let Some(transactions) = &shared.transactions {
-        let outcome = record.outcome;
-        let committed = transactions
-            .write(TxnOutput {
-                topic: record.topic,
-                key: record.key,
-                payload: record.payload,
-                headers: record.headers,
-                ticket,
-            })
-            .await;
-        if committed {
-            record_finished(shared, outcome, enqueued_ms);
-        }
-        return committed;
-    }
-    let mut wait = WRITE_RETRY_INITIAL;
-    loop {
-        let sent = shared
-            .producer
-            .send(Outgoing {
-                topic: &record.topic,
-                key: &record.key,
-                payload: &record.payload,
-                headers: record
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_deref()))
-                    .collect(),
-            })
-            .await;
-        let e = match sent {
-            Ok(_) => break,
-            Err(e) => e,
-        };
-        shared.metrics.produce_failures.inc();
-        if let Some(smaller) = is_too_large(&e).then(|| output.shrink()).flatten() {
-            tracing::warn!(error = %e, topic = %record.topic, bytes = record.payload.len(),
-                "outcome too large for the topic; writing it without what does not fit");
-            output = smaller;
-            record = output.to_record(dlq_topic);
-            continue;
-        }
-        tracing::warn!(error = %e, topic = %record.topic, retry_in_ms = wait.as_millis() as u64,
-            "writing the outcome to Kafka failed; retrying");
-        tokio::select! {
-            _ = shared.hard_stop.cancelled() => return false,
-            _ = tokio::time::sleep(wait) => {}
-        }
-        wait = (wait * 2).min(WRITE_RETRY_MAX);
-    }
-    record_finished(shared, record.outcome, enqueued_ms);
-    true
-}
-
-fn record_finished(shared: &Shared, outcome: &str, enqueued_ms: Option<u64>) {
-    shared.metrics.finished(outcome);
-    match enqueued_ms {
-        Some(enqueued) => {
-            let e2e_ms = now_ms().saturating_sub(enqueued);
-            shared
-                .metrics
-                .end_to_end_seconds
-                .observe(e2e_ms as f64 / 1000.0);
-        }
-        None => {
-            shared.metrics.dead_letters.inc();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ok_reply() -> Reply {
-        Reply {
-            v: 1,
-            id: "r1".into(),
-            status: Status::Ok,
-            attempts: 2,
-            body: Some(serde_json::json!({"object": "chat.completion"})),
-            error: None,
-            usage: Some(envelope::Usage {
-                prompt_tokens: 3,
-                completion_tokens: 4,
-            }),
-            timing: Timing::default(),
-            metadata: Some(serde_json::json!({"blob": "x"})),
-        }
-    }
-
-    #[test]
-    fn a_reply_too_large_becomes_an_error_reply_without_body_and_metadata() {
-        let output = Output::Reply {
-            topic: "replies".into(),
-            reply: ok_reply(),
-        };
-        let Some(Output::Reply { topic, reply }) = output.shrink() else {
-            panic!("a reply with a body can shrink");
-        };
-        assert_eq!(topic, "replies");
-        assert_eq!(reply.status, Status::Error);
-        assert!(reply.body.is_none() && reply.metadata.is_none());
-        let error = reply.error.clone().unwrap();
-        assert_eq!(error.kind, "reply_too_large");
-        assert!(error.message.contains("the ok reply"), "{}", error.message);
-        assert_eq!((reply.id.as_str(), reply.attempts), ("r1", 2));
-        let again = Output::Reply {
-            topic,
-            reply: reply.clone(),
-        };
-        assert!(again.shrink().is_none(), "nothing left to drop");
-        let record = again.to_record("dlq");
-        assert_eq!(record.outcome, "error");
-        assert_eq!(record.key, "r1");
     }
 }

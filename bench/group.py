@@ -13,6 +13,8 @@ of each figure over the runs:
   lost, failed   accepted without a final reply; final replies other than ok
 
 Usage: bench/group.py [--runs 5] [--cases 1x16,2x16,4x16,2x48,4x48] [--requests 2400]
+                      [--baseline] (also each case with group pacing off: every worker on
+                                    its own controller, as before group pacing)
                       [--sample]   (print each worker's limit/in-flight every 250 ms)
 Environment: SLUICE_BIN (skip the build), SLUICE_TANSU_BIN, BENCH_WORKER_ENV
 (extra worker settings as KEY=VALUE,KEY=VALUE).
@@ -61,14 +63,17 @@ def sampler(workers, backend, stop, out):
             out.append(f"sample failed: {e}")
 
 
-def one_run(binary, workers_n, slots, requests, sample):
+def one_run(binary, workers_n, slots, requests, sample, alone=False):
     capacity = slots / SERVICE_S
     rate = round(10 * capacity)
     with h.Procs(f"group-{workers_n}x{slots}") as procs:
         bootstrap = h.start_tansu(procs, {"sluice.requests": PARTITIONS, "sluice.replies": PARTITIONS,
                                           "sluice.dlq": 1, "sluice.control": 1})
         backend = h.start_mock(procs, binary, slots, LATENCY_MS, PER_TOKEN_MS, "reject")
-        env = h.worker_env(bootstrap, backend, extra_worker_env())
+        extra = extra_worker_env()
+        if alone:
+            extra["SLUICE__WORKER__GROUP_PACING"] = "false"
+        env = h.worker_env(bootstrap, backend, extra)
         workers = [h.Worker(procs, binary, f"worker-{i + 1}", env) for i in range(workers_n)]
         for w in workers:
             w.wait_ready()
@@ -101,31 +106,40 @@ def main():
     parser.add_argument("--cases", default="1x16,2x16,4x16,2x48,4x48")
     parser.add_argument("--requests", type=int, default=2400)
     parser.add_argument("--sample", action="store_true")
+    parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--json", help="also write every run's figures to this file")
     args = parser.parse_args()
     binary = h.sluice_bin()
     cases = [tuple(int(x) for x in c.split("x")) for c in args.cases.split(",")]
+    modes = [("group", False)] + ([("alone", True)] if args.baseline else [])
     results = {}
     for workers_n, slots in cases:
-        runs = []
-        for i in range(args.runs):
-            r = one_run(binary, workers_n, slots, args.requests, args.sample)
-            h.say(f"{workers_n} workers x {slots} slots, run {i + 1}: utilisation {r['utilisation']:.3f}, "
-                  f"overload/1000 {r['overload']:.1f}, drain/ideal {r['drain']:.2f}, "
-                  f"lost {r['lost']}, failed {r['failed']}")
-            runs.append(r)
-        results[f"{workers_n}x{slots}"] = runs
+        for mode, alone in modes:
+            if alone and workers_n == 1:
+                continue
+            runs = []
+            for i in range(args.runs):
+                r = one_run(binary, workers_n, slots, args.requests, args.sample, alone)
+                h.say(f"{mode}: {workers_n} workers x {slots} slots, run {i + 1}: utilisation "
+                      f"{r['utilisation']:.3f}, overload/1000 {r['overload']:.1f}, drain/ideal "
+                      f"{r['drain']:.2f}, lost {r['lost']}, failed {r['failed']}")
+                runs.append(r)
+            results[f"{mode} {workers_n}x{slots}"] = runs
     print()
     print(f"bench-group: {args.requests} requests at 10x capacity, backend {LATENCY_MS} ms + "
           f"{PER_TOKEN_MS} ms/token x {MAX_TOKENS} tokens, 429 above its slots; {PARTITIONS} partitions; "
           f"{args.runs} runs per case (min / median / max)")
     rows = []
     for (workers_n, slots) in cases:
-        runs = results[f"{workers_n}x{slots}"]
-        col = lambda k: [r[k] for r in runs]
-        rows.append((f"{workers_n} worker(s), {slots} slots", h.fmt_spread(col("utilisation"), "{:.3f}"),
-                     h.fmt_spread(col("overload"), "{:.1f}"), h.fmt_spread(col("drain"), "{:.2f}"),
-                     sum(col("lost")), sum(col("failed"))))
+        for mode, _ in modes:
+            runs = results.get(f"{mode} {workers_n}x{slots}")
+            if not runs:
+                continue
+            col = lambda k: [r[k] for r in runs]
+            label = f"{workers_n} worker(s), {slots} slots" + (", each alone" if mode == "alone" else "")
+            rows.append((label, h.fmt_spread(col("utilisation"), "{:.3f}"),
+                         h.fmt_spread(col("overload"), "{:.1f}"), h.fmt_spread(col("drain"), "{:.2f}"),
+                         sum(col("lost")), sum(col("failed"))))
     h.table(("case", "utilisation", "overload/1000", "drain/ideal", "lost", "failed"), rows)
     if args.json:
         with open(args.json, "w") as f:

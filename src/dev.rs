@@ -60,6 +60,7 @@ pub async fn run(
         (config.request_topic_for(None), args.partitions),
         (config.kafka.reply_topic.clone(), args.partitions),
         (config.kafka.dlq_topic.clone(), 1),
+        (config.kafka.control_topic.clone(), 1),
     ];
     for lane in &config.kafka.lanes {
         topics.push((config.request_topic_for(Some(lane)), args.partitions));

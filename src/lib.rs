@@ -17,11 +17,13 @@
 //! - [`backend`]: the call path to the backend, a stack of tower layers (outer to inner):
 //!   `retry` -> `rate` (token buckets) -> `concurrency` (the adaptive limit and its group
 //!   share) -> `breaker` -> `timeout` -> `client` (OpenAI-compatible HTTP), with one
-//!   outcome classifier (`classify`) that every layer reads.
+//!   outcome classifier (`classify`) that every layer reads; `saturation` reads the
+//!   backend's own gauges (vLLM, llama.cpp) for the concurrency controller.
 //! - [`group`]: group pacing: the workers share one view of each backend through the
 //!   control topic.
 //! - [`ingress`]: the HTTP API (`sluice ingress`): enqueue, results, reply cache.
-//! - [`worker`]: the pull loop (`sluice worker`): take, call, reply, commit.
+//! - [`worker`]: the pull loop (`sluice worker`): intake -> dispatch -> process (decide
+//!   the output) -> outbox (write it, make the offset committable).
 //! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
 //! - [`dev`]: everything in one process for a first run (`sluice dev`).
 //! - [`loadgen`]: bursts through sluice or straight to a backend; loss, duplicates,

@@ -34,3 +34,32 @@ pub async fn ensure_topics(
     }
     Ok(())
 }
+
+/// Creates the compacted control topic (`kafka.control_topic`) when it is missing: one
+/// partition, each key's latest record kept, records older than an hour dropped. Best
+/// effort: a cluster that refuses (no rights, no CreateTopics) leaves it to the
+/// operator, and the workers say so if they cannot use it.
+pub async fn ensure_control_topic(kafka: &KafkaConfig) {
+    let topic = &kafka.control_topic;
+    let created = async {
+        let admin: AdminClient<DefaultClientContext> =
+            super::client_config(kafka, super::ClientKind::Admin, &[], &[]).create()?;
+        let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
+            .set("cleanup.policy", "compact,delete")
+            .set("retention.ms", "3600000")
+            .set("segment.ms", "600000");
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        admin.create_topics([&new], &options).await
+    };
+    match tokio::time::timeout(Duration::from_secs(10), created).await {
+        Ok(Ok(results)) => match results.into_iter().next() {
+            Some(Ok(_)) => tracing::info!(topic = %topic, "control topic created"),
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) | None => {}
+            Some(Err((_, code))) => {
+                tracing::debug!(topic = %topic, error = %code, "control topic not created")
+            }
+        },
+        Ok(Err(e)) => tracing::debug!(topic = %topic, error = %e, "control topic not created"),
+        Err(_) => tracing::debug!(topic = %topic, "control topic not created: no answer"),
+    }
+}

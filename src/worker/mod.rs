@@ -212,6 +212,10 @@ impl Worker {
             .run(after_drain.clone()),
         )];
         let group = if config.worker.group_pacing {
+            tokio::spawn({
+                let kafka = config.kafka.clone();
+                async move { crate::kafka::admin::ensure_control_topic(&kafka).await }
+            });
             let (status, task) =
                 start_group_pacing(&config, &stack, &intake, &metrics, after_drain.clone())?;
             companions.push(task);

@@ -71,7 +71,10 @@ pub struct KafkaConfig {
 pub struct IngressConfig {
     /// Listen address for the API, /metrics, /healthz and /readyz. Default `0.0.0.0:8080`.
     pub listen: SocketAddr,
-    /// Largest accepted request body in bytes (413 above). Default 1 MiB.
+    /// Largest accepted request body in bytes (413 above). Default 960 KiB (983,040), so
+    /// that the envelope written to Kafka fits librdkafka's default `message.max.bytes`
+    /// (1,000,000); must be at least [`KAFKA_RECORD_HEADROOM`] below the effective
+    /// `message.max.bytes` (checked at start-up).
     pub max_body_bytes: usize,
     /// How long a write to Kafka may take before the ingress answers 503.
     /// Also librdkafka's `message.timeout.ms`, so a refused write is never stored later.
@@ -198,7 +201,7 @@ impl Default for IngressConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 960 * 1024,
             enqueue_timeout_ms: 1000,
             retry_after_secs: 1,
             result_ttl_ms: 10 * 60 * 1000,
@@ -318,6 +321,21 @@ impl Config {
         if self.ingress.max_body_bytes == 0 {
             return invalid("ingress.max_body_bytes", "must be at least 1");
         }
+        let kafka_max = self.kafka_message_max_bytes()?;
+        if self.ingress.max_body_bytes + KAFKA_RECORD_HEADROOM > kafka_max {
+            return invalid(
+                "ingress.max_body_bytes",
+                &format!(
+                    "{} bytes would not fit in a Kafka record: the producer's message.max.bytes \
+                     is {kafka_max}, and the envelope, headers and record overhead need up to \
+                     {KAFKA_RECORD_HEADROOM} more; lower it to at most {}, or raise \
+                     kafka.client.message.max.bytes (and the topics' max.message.bytes on the \
+                     brokers)",
+                    self.ingress.max_body_bytes,
+                    kafka_max.saturating_sub(KAFKA_RECORD_HEADROOM)
+                ),
+            );
+        }
         if self.ingress.enqueue_timeout_ms == 0 {
             return invalid("ingress.enqueue_timeout_ms", "must be at least 1");
         }
@@ -360,6 +378,18 @@ impl Config {
         Ok(())
     }
 
+    /// The producer's largest record: `kafka.client`'s `message.max.bytes`, else
+    /// librdkafka's default.
+    pub fn kafka_message_max_bytes(&self) -> Result<usize, ConfigError> {
+        match self.kafka.client.get("message.max.bytes") {
+            None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
+            Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
+                key: "kafka.client.message.max.bytes",
+                reason: format!("{value:?} is not a number of bytes"),
+            }),
+        }
+    }
+
     /// Where the backend's gauges are read: `backend.metrics_url`, else `{backend.url}/metrics`.
     pub fn backend_metrics_url(&self) -> String {
         self.backend
@@ -400,6 +430,13 @@ impl Config {
         topics
     }
 }
+
+/// librdkafka's default `message.max.bytes`.
+pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Room a Kafka record needs beyond the submitted body: the envelope's own fields (id,
+/// version, tenant), the id and trace headers, the key and the record batch overhead.
+pub const KAFKA_RECORD_HEADROOM: usize = 16 * 1024;
 
 /// The lane name that stands for the plain request topic.
 pub const DEFAULT_LANE: &str = "default";

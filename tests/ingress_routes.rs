@@ -149,6 +149,106 @@ async fn accepted_request_is_on_the_topic_with_trace_context() {
 }
 
 #[tokio::test]
+async fn an_id_repeats_its_own_submission_and_refuses_another() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("req", 1).unwrap();
+    let app = app_for(config_for(broker.bootstrap_servers()));
+    let first = format!(r#"{{"id":"same","body":{CHAT},"metadata":{{"a":1,"b":2}}}}"#);
+    let (status, _, value) = call(&app, "POST", "/v1/requests", first).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+
+    // The same values with other spacing and key order: an idempotent repeat.
+    let repeat = format!(r#"{{ "metadata": {{"b":2, "a":1}}, "body": {CHAT}, "id": "same" }}"#);
+    let (status, _, value) = call(&app, "POST", "/v1/requests", repeat).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+    assert_eq!(value, json!({"id": "same", "status": "queued"}));
+
+    let other = r#"{"id":"same","body":{"messages":[{"role":"user","content":"something else"}]}}"#;
+    let (status, _, value) = call(&app, "POST", "/v1/requests", other).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{value}");
+    assert_eq!(value["error"]["type"], "conflict");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("already used for a different request")),
+        "{value}"
+    );
+}
+
+#[tokio::test]
+async fn a_reply_sent_to_another_topic_is_not_shown_as_queued_for_ever() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("req", 1).unwrap();
+    let app = app_for(config_for(broker.bootstrap_servers()));
+    let body = format!(r#"{{"id":"mine","body":{CHAT},"reply_to":"team.replies"}}"#);
+    let (status, _, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+    assert_eq!(
+        value,
+        json!({"id": "mine", "status": "queued", "reply_to": "team.replies", "tracked": false})
+    );
+    let (status, _, value) = call(&app, "GET", "/v1/requests/mine", Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+    assert_eq!(value["error"]["type"], "not_tracked");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("team.replies")),
+        "{value}"
+    );
+
+    // reply_to naming the ingress's own reply topic is tracked as usual.
+    let body = format!(r#"{{"id":"own","body":{CHAT},"reply_to":"sluice.replies"}}"#);
+    let (status, _, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+    assert_eq!(value, json!({"id": "own", "status": "queued"}));
+}
+
+#[tokio::test]
+async fn a_body_at_the_documented_limit_is_accepted() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("req", 1).unwrap();
+    let mut config = config_for(broker.bootstrap_servers());
+    config.ingress.max_body_bytes = Config::default().ingress.max_body_bytes;
+    config.validate().unwrap();
+    let app = app_for(config.clone());
+    let prefix = format!(r#"{{"body":{CHAT},"metadata":""#);
+    let filler = config.ingress.max_body_bytes - prefix.len() - 2;
+    let body = format!(r#"{prefix}{}"}}"#, "x".repeat(filler));
+    assert_eq!(body.len(), config.ingress.max_body_bytes);
+    let (status, _, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value:.200}");
+
+    let over = format!(r#"{prefix}{}"}}"#, "x".repeat(filler + 1));
+    let (status, _, value) = call(&app, "POST", "/v1/requests", over).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{value:.200}");
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_by_its_content_type_gets_415() {
+    let app = app_for(config_for("127.0.0.1:1"));
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let request = Request::builder()
+            .method("POST")
+            .uri("/v1/requests")
+            .header("content-type", content_type)
+            .body(Body::from(format!(r#"{{"body":{CHAT}}}"#)))
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let value: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["error"]["type"], "unsupported_media_type");
+        assert!(
+            value["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("application/json")),
+            "{value}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_json_4xx() {
     // No broker is needed: every case is refused before Kafka is asked.
     let app = app_for(config_for("127.0.0.1:1"));
@@ -190,6 +290,23 @@ async fn bad_input_gets_a_json_4xx() {
     let (status, _, value) = call(&app, "GET", "/v1/requests/never-seen", Body::empty()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(value["error"]["type"], "not_found");
+    // A long unknown id is not echoed whole.
+    let long = "i".repeat(5000);
+    let (status, _, value) =
+        call(&app, "GET", &format!("/v1/requests/{long}"), Body::empty()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let message = value["error"]["message"].as_str().unwrap();
+    assert!(message.len() < 300, "{message}");
+    assert!(message.contains("(5000 bytes)"), "{message}");
+    // A JSON array is not a submission, and the message says what is.
+    let (status, _, value) = call(&app, "POST", "/v1/requests", "[1, 2]").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("must be a JSON object") && m.contains("not an array")),
+        "{value}"
+    );
 }
 
 #[tokio::test]

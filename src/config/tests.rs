@@ -123,3 +123,27 @@ fn missing_config_file_is_an_error() {
         .to_string();
     assert!(err.contains("sluice.toml"), "{err}");
 }
+
+#[test]
+fn the_body_limit_must_fit_in_a_kafka_record() {
+    let c = Config::load_from(None, env(&[])).unwrap();
+    assert!(
+        c.ingress.max_body_bytes + KAFKA_RECORD_HEADROOM <= LIBRDKAFKA_MESSAGE_MAX_BYTES,
+        "the default body limit fits the default record limit"
+    );
+    let err = Config::load_from(None, env(&[("SLUICE__INGRESS__MAX_BODY_BYTES", "1048576")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ingress.max_body_bytes"), "{err}");
+    assert!(err.contains("message.max.bytes is 1000000"), "{err}");
+    assert!(err.contains("at most 983616"), "{err}");
+    let raised = Config::load_from(
+        None,
+        env(&[
+            ("SLUICE__INGRESS__MAX_BODY_BYTES", "1048576"),
+            ("SLUICE__KAFKA__CLIENT__MESSAGE_MAX_BYTES", "2000000"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(raised.kafka_message_max_bytes().unwrap(), 2_000_000);
+}

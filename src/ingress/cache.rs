@@ -1,6 +1,8 @@
 //! The ingress's result cache: request id -> queued or final reply, bounded in size and
 //! evicting by age (TTL) and then oldest-first. The first final reply for an id wins;
-//! later ones (a worker crash re-delivered the request) are counted, not surfaced.
+//! later ones (a worker crash re-delivered the request) are counted, not surfaced. An id
+//! this instance accepted also keeps its submission's fingerprint, so a repeat can be told
+//! from a different request reusing the id.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -13,6 +15,9 @@ use crate::envelope::Reply;
 pub enum Entry {
     /// Accepted into Kafka, no final reply seen yet.
     Queued,
+    /// Accepted into Kafka with `reply_to` naming a topic this ingress does not read: its
+    /// reply is never seen here.
+    Elsewhere(Arc<str>),
     /// The first final reply for this id.
     Final(Arc<Reply>),
 }
@@ -24,9 +29,15 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// A submission's identity for idempotency: a hash of its canonical form (everything but
+/// the id, as parsed: key order and whitespace do not count).
+pub type Fingerprint = u64;
+
 #[derive(Debug)]
 struct Slot {
     entry: Entry,
+    /// Set for ids accepted by this instance; `None` for replies of requests it did not take.
+    fingerprint: Option<Fingerprint>,
     /// Insertion sequence number; matches the `order` record that may evict it.
     seq: u64,
 }
@@ -57,11 +68,15 @@ impl ReplyCache {
         }
     }
 
-    /// Remembers an accepted request unless its id is already known.
-    pub fn mark_queued(&self, id: &str) {
+    /// Remembers an accepted request (`Queued` or `Elsewhere`) unless its id is already
+    /// known; a final reply that arrived first gains the fingerprint.
+    pub fn mark_accepted(&self, id: &str, entry: Entry, fingerprint: Fingerprint) {
         let mut inner = self.lock();
-        if !inner.slots.contains_key(id) {
-            insert(&mut inner, id, Entry::Queued);
+        match inner.slots.get_mut(id) {
+            Some(slot) => {
+                slot.fingerprint.get_or_insert(fingerprint);
+            }
+            None => insert(&mut inner, id, entry, Some(fingerprint)),
         }
         self.evict(&mut inner, Instant::now());
     }
@@ -80,7 +95,7 @@ impl ReplyCache {
             }
             None => {
                 let id = reply.id.clone();
-                insert(&mut inner, &id, Entry::Final(Arc::new(reply)));
+                insert(&mut inner, &id, Entry::Final(Arc::new(reply)), None);
                 Recorded::First
             }
         };
@@ -90,9 +105,17 @@ impl ReplyCache {
 
     /// What is known about `id`, if it has not been evicted.
     pub fn get(&self, id: &str) -> Option<Entry> {
+        self.lookup(id).map(|(entry, _)| entry)
+    }
+
+    /// What is known about `id` and the fingerprint it was accepted with here, if any.
+    pub fn lookup(&self, id: &str) -> Option<(Entry, Option<Fingerprint>)> {
         let mut inner = self.lock();
         self.evict(&mut inner, Instant::now());
-        inner.slots.get(id).map(|slot| slot.entry.clone())
+        inner
+            .slots
+            .get(id)
+            .map(|slot| (slot.entry.clone(), slot.fingerprint))
     }
 
     /// Number of ids held.
@@ -126,10 +149,15 @@ impl ReplyCache {
     }
 }
 
-fn insert(inner: &mut Inner, id: &str, entry: Entry) {
+fn insert(inner: &mut Inner, id: &str, entry: Entry, fingerprint: Option<Fingerprint>) {
     inner.next_seq += 1;
     let seq = inner.next_seq;
-    inner.slots.insert(id.to_string(), Slot { entry, seq });
+    let slot = Slot {
+        entry,
+        fingerprint,
+        seq,
+    };
+    inner.slots.insert(id.to_string(), slot);
     inner.order.push_back((seq, id.to_string(), Instant::now()));
 }
 
@@ -156,8 +184,8 @@ mod tests {
     fn queued_then_final_then_duplicate() {
         let cache = ReplyCache::new(Duration::from_secs(60), 10);
         assert_eq!(cache.get("a"), None);
-        cache.mark_queued("a");
-        assert_eq!(cache.get("a"), Some(Entry::Queued));
+        cache.mark_accepted("a", Entry::Queued, 1);
+        assert_eq!(cache.lookup("a"), Some((Entry::Queued, Some(1))));
         assert_eq!(cache.record_final(reply("a", Status::Ok)), Recorded::First);
         assert_eq!(
             cache.record_final(reply("a", Status::Error)),
@@ -167,7 +195,12 @@ mod tests {
             Some(Entry::Final(r)) => assert_eq!(r.status, Status::Ok, "first reply wins"),
             other => panic!("expected final, got {other:?}"),
         }
-        cache.mark_queued("a");
+        cache.mark_accepted("a", Entry::Queued, 2);
+        assert_eq!(
+            cache.lookup("a").unwrap().1,
+            Some(1),
+            "the first fingerprint stays"
+        );
         assert!(
             matches!(cache.get("a"), Some(Entry::Final(_))),
             "queued never overwrites final"
@@ -181,14 +214,22 @@ mod tests {
             cache.record_final(reply("other-instance", Status::Expired)),
             Recorded::First
         );
-        assert!(matches!(cache.get("other-instance"), Some(Entry::Final(_))));
+        assert!(matches!(
+            cache.lookup("other-instance"),
+            Some((Entry::Final(_), None))
+        ));
+        cache.mark_accepted("other-instance", Entry::Queued, 7);
+        assert!(matches!(
+            cache.lookup("other-instance"),
+            Some((Entry::Final(_), Some(7)))
+        ));
     }
 
     #[test]
     fn capacity_evicts_oldest_first() {
         let cache = ReplyCache::new(Duration::from_secs(60), 3);
         for id in ["a", "b", "c", "d"] {
-            cache.mark_queued(id);
+            cache.mark_accepted(id, Entry::Queued, 0);
         }
         assert_eq!(cache.len(), 3);
         assert_eq!(cache.get("a"), None);
@@ -198,9 +239,9 @@ mod tests {
     #[test]
     fn ttl_evicts_old_entries() {
         let cache = ReplyCache::new(Duration::from_millis(30), 100);
-        cache.mark_queued("old");
+        cache.mark_accepted("old", Entry::Queued, 0);
         std::thread::sleep(Duration::from_millis(40));
-        cache.mark_queued("new");
+        cache.mark_accepted("new", Entry::Queued, 0);
         assert_eq!(cache.get("old"), None);
         assert_eq!(cache.get("new"), Some(Entry::Queued));
         assert_eq!(cache.len(), 1);

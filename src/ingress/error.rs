@@ -21,8 +21,24 @@ pub enum AppError {
          it was not accepted"
     )]
     TooLargeForKafka { bytes: usize },
-    #[error("no request with id {0:?} is known here")]
+    /// The body is not JSON by its content type.
+    #[error("content-type {0:?} is not accepted; send the body as application/json")]
+    UnsupportedMediaType(String),
+    /// The id was accepted here before with a different submission.
+    #[error(
+        "id {0:?} was already used for a different request; an id may only be reused to \
+         repeat the same submission (send a new id, or none to get one)"
+    )]
+    Conflict(String),
+    #[error("no request with id {:?} is known here", shorten(.0))]
     NotFound(String),
+    /// Accepted with `reply_to` a topic this ingress does not read.
+    #[error(
+        "request {:?} was accepted with reply_to {topic:?}: its reply goes to that topic, \
+         which this ingress does not read, so its status is not known here",
+        shorten(id)
+    )]
+    NotTracked { id: String, topic: String },
     #[error("no such route; see POST /v1/requests and GET /v1/requests/{{id}}")]
     NoRoute,
     #[error("this route does not take that HTTP method")]
@@ -42,8 +58,12 @@ impl AppError {
             AppError::PayloadTooLarge { .. } | AppError::TooLargeForKafka { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            AppError::NotFound(_) | AppError::NoRoute => StatusCode::NOT_FOUND,
+            AppError::NotFound(_) | AppError::NotTracked { .. } | AppError::NoRoute => {
+                StatusCode::NOT_FOUND
+            }
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -56,7 +76,10 @@ impl AppError {
                 "payload_too_large"
             }
             AppError::NotFound(_) | AppError::NoRoute => "not_found",
+            AppError::NotTracked { .. } => "not_tracked",
             AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::UnsupportedMediaType(_) => "unsupported_media_type",
+            AppError::Conflict(_) => "conflict",
             AppError::Unavailable { .. } => "unavailable",
         }
     }
@@ -75,5 +98,33 @@ impl IntoResponse for AppError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
+    }
+}
+
+/// Ids echoed in messages are cut to this many characters.
+const ECHOED_ID_CHARS: usize = 80;
+
+/// `id` as echoed in a message: whole up to [`ECHOED_ID_CHARS`], else its start and its
+/// length.
+fn shorten(id: &str) -> String {
+    match id.char_indices().nth(ECHOED_ID_CHARS) {
+        None => id.to_string(),
+        Some((end, _)) => format!("{}... ({} bytes)", &id[..end], id.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_are_cut_in_messages() {
+        let message = AppError::NotFound("é".repeat(5000)).to_string();
+        assert!(message.len() < 300, "{} bytes", message.len());
+        assert!(message.contains("(10000 bytes)"), "{message}");
+        assert_eq!(
+            AppError::NotFound("abc".into()).to_string(),
+            r#"no request with id "abc" is known here"#
+        );
     }
 }

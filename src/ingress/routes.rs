@@ -7,6 +7,7 @@ use std::time::Instant;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -53,7 +54,9 @@ async fn submit_request(
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let span = semconv::http_server_span("POST", "/v1/requests");
     propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
-    let result = enqueue(&state, body).instrument(span.clone()).await;
+    let result = enqueue(&state, &headers, body)
+        .instrument(span.clone())
+        .await;
     let status = match &result {
         Ok((status, _)) => *status,
         Err(e) => {
@@ -77,9 +80,18 @@ async fn submit_request(
 
 async fn enqueue(
     state: &IngressState,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let config = &state.config;
+    // No content type is taken as JSON (as sent by many simple clients); any other than
+    // JSON (curl's form default, text/plain) is refused rather than guessed at.
+    if let Some(value) = headers.get(CONTENT_TYPE) {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        if !submit::is_json_content_type(&value) {
+            return Err(AppError::UnsupportedMediaType(value.into_owned()));
+        }
+    }
     let bytes = body.map_err(|rejection| match rejection.status() {
         StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge {
             limit: config.ingress.max_body_bytes,
@@ -88,14 +100,23 @@ async fn enqueue(
     })?;
     let request = submit::parse(&bytes, config, None)?;
     tracing::Span::current().record("request_id", request.id.as_str());
-
-    // An id this instance already accepted is not written again (idempotent retries).
-    if let Some(entry) = state.cache.get(&request.id) {
-        return Ok((StatusCode::ACCEPTED, Json(status_body(&request.id, &entry))));
-    }
-
     let payload =
         serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
+    let fingerprint = submit::fingerprint(&payload);
+
+    // An id this instance already accepted is not written again (idempotent retries),
+    // unless it came with a different submission. A final reply from a request another
+    // instance accepted carries no fingerprint: taken as a repeat.
+    if let Some((entry, known)) = state.cache.lookup(&request.id) {
+        if known.is_some_and(|known| known != fingerprint) {
+            return Err(AppError::Conflict(request.id));
+        }
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(accepted_body(&request.id, &entry)),
+        ));
+    }
+
     let topic = config.request_topic_for(request.lane.as_deref());
     let key = request.ordering_key.as_deref().unwrap_or(&request.id);
     let started = Instant::now();
@@ -114,11 +135,17 @@ async fn enqueue(
         .observe(started.elapsed().as_secs_f64());
     match sent {
         Ok(_) => {
-            state.cache.mark_queued(&request.id);
+            let entry = match request.reply_to {
+                Some(other) if other != config.kafka.reply_topic => Entry::Elsewhere(other.into()),
+                _ => Entry::Queued,
+            };
+            state
+                .cache
+                .mark_accepted(&request.id, entry.clone(), fingerprint);
             state.metrics.cached.set(state.cache.len() as i64);
             Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({ "id": request.id, "status": "queued" })),
+                Json(accepted_body(&request.id, &entry)),
             ))
         }
         // Not a passing condition: a 503 would have the client retry it for ever.
@@ -145,15 +172,30 @@ async fn get_request(
     let Path(id) =
         id.map_err(|e| AppError::BadRequest(format!("invalid request id in the path: {e}")))?;
     match state.cache.get(&id) {
+        Some(Entry::Elsewhere(topic)) => Err(AppError::NotTracked {
+            id,
+            topic: topic.to_string(),
+        }),
         Some(entry) => Ok(Json(status_body(&id, &entry))),
         None => Err(AppError::NotFound(id)),
+    }
+}
+
+/// The 202 body: `{id, status}`, plus `reply_to` and `tracked: false` when the reply goes
+/// to a topic this ingress does not read (GET will not know its outcome).
+fn accepted_body(id: &str, entry: &Entry) -> Value {
+    match entry {
+        Entry::Elsewhere(topic) => {
+            json!({ "id": id, "status": "queued", "reply_to": topic.as_ref(), "tracked": false })
+        }
+        _ => status_body(id, entry),
     }
 }
 
 /// `{id, status}` for a queued request, `{id, status, reply}` for a finished one.
 fn status_body(id: &str, entry: &Entry) -> Value {
     match entry {
-        Entry::Queued => json!({ "id": id, "status": "queued" }),
+        Entry::Queued | Entry::Elsewhere(_) => json!({ "id": id, "status": "queued" }),
         Entry::Final(reply) => {
             json!({ "id": id, "status": reply.status.as_str(), "reply": reply.as_ref() })
         }

@@ -26,11 +26,60 @@ pub struct SubmitBody {
 pub fn parse(bytes: &[u8], config: &Config, tenant: Option<String>) -> Result<Request, AppError> {
     let submit: SubmitBody = serde_json::from_slice(bytes).map_err(|e| {
         AppError::BadRequest(match e.classify() {
+            serde_json::error::Category::Data if !is_object(bytes) => format!(
+                "the request body must be a JSON object such as {{\"body\": {{\"messages\": [...]}}}}, \
+                 not {}",
+                top_level_kind(bytes)
+            ),
             serde_json::error::Category::Data => format!("invalid request: {e}"),
             _ => format!("request body is not valid JSON: {e}"),
         })
     })?;
     into_request(submit, config, tenant)
+}
+
+/// Whether the content type names JSON (`application/json`, `application/*+json`), by
+/// its media type alone (parameters such as `charset` do not count).
+pub fn is_json_content_type(value: &str) -> bool {
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|sub| sub.ends_with("+json"))
+}
+
+/// A submission's identity for idempotency: a hash of the envelope as written to Kafka,
+/// which is canonical (fields in a fixed order, object keys sorted, no whitespace). Two
+/// submissions are the same when their JSON values are: key order and spacing do not
+/// count, `1` and `1.0` do.
+pub fn fingerprint(payload: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    payload.hash(&mut hasher);
+    hasher.finish()
+}
+
+fn first_byte(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+fn is_object(bytes: &[u8]) -> bool {
+    first_byte(bytes) == Some(b'{')
+}
+
+fn top_level_kind(bytes: &[u8]) -> &'static str {
+    match first_byte(bytes) {
+        Some(b'[') => "an array",
+        Some(b'"') => "a string",
+        Some(b'n') => "null",
+        Some(b't' | b'f') => "a boolean",
+        _ => "a number",
+    }
 }
 
 fn into_request(
@@ -129,6 +178,42 @@ mod tests {
     const MESSAGES: &str = r#""messages":[{"role":"user","content":"hi"}]"#;
 
     #[test]
+    fn json_content_types() {
+        for yes in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/vnd.api+json",
+        ] {
+            assert!(is_json_content_type(yes), "{yes}");
+        }
+        for no in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "",
+        ] {
+            assert!(!is_json_content_type(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn the_same_submission_has_the_same_fingerprint() {
+        let envelope = |text: &str| {
+            let request = parse(text.as_bytes(), &config(), None).unwrap();
+            fingerprint(&serde_json::to_vec(&request).unwrap())
+        };
+        let a =
+            envelope(r#"{"id":"r","body":{"messages":[{"role":"user","content":"hi"}],"n":1}}"#);
+        let spaced = envelope(
+            r#"{ "body" : { "n" : 1, "messages" : [ {"content":"hi", "role":"user"} ] }, "id":"r" }"#,
+        );
+        let other =
+            envelope(r#"{"id":"r","body":{"messages":[{"role":"user","content":"ho"}],"n":1}}"#);
+        assert_eq!(a, spaced, "key order and whitespace do not count");
+        assert_ne!(a, other);
+    }
+
+    #[test]
     fn minimal_body_gets_a_uuid_v7_id() {
         let request = parse(
             format!(r#"{{"body":{{{MESSAGES}}}}}"#).as_bytes(),
@@ -167,7 +252,10 @@ mod tests {
         for (body, expected) in [
             ("{not json", "not valid JSON"),
             ("", "not valid JSON"),
-            ("[]", "invalid request"),
+            ("[]", "must be a JSON object such as"),
+            (r#"[{"body":{}}]"#, "not an array"),
+            ("\"text\"", "not a string"),
+            ("42", "not a number"),
             (r#"{"id":"x"}"#, "missing field `body`"),
             (r#"{"body":"text"}"#, "invalid type"),
             (r#"{"body":{}}"#, "body.messages is required"),

@@ -3,14 +3,13 @@
 //! background and on revoke; a revoke also drops the tracker's state for the partition
 //! so late completions from the old assignment commit nothing.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::{ClientContext, Statistics};
+use rdkafka::ClientContext;
 
 use super::offsets::OffsetTracker;
 use crate::admin::Readiness;
@@ -25,23 +24,9 @@ pub struct WorkerContext {
     /// Told the number of partitions assigned after every rebalance (0 on revoke), e.g.
     /// to recompute this worker's share of group-wide rate limits.
     pub on_assignment: Box<dyn Fn(usize) + Send + Sync>,
-    /// Messages behind the end of the assigned partitions, from librdkafka's statistics
-    /// (its `consumer_lag`, which also works where broker watermarks are unreliable).
-    pub lag: Arc<AtomicI64>,
 }
 
-impl ClientContext for WorkerContext {
-    fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
-            .topics
-            .values()
-            .flat_map(|topic| topic.partitions.values())
-            .filter(|p| p.partition >= 0 && p.consumer_lag >= 0)
-            .map(|p| p.consumer_lag)
-            .sum();
-        self.lag.store(lag, Ordering::Relaxed);
-    }
-}
+impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -97,7 +82,6 @@ pub fn worker_consumer(
     tracker: Arc<Mutex<OffsetTracker>>,
     joined: Readiness,
     on_assignment: Box<dyn Fn(usize) + Send + Sync>,
-    lag: Arc<AtomicI64>,
     exactly_once: bool,
 ) -> Result<WorkerConsumer, KafkaError> {
     // Exactly-once: offsets are committed only inside the reply transactions.
@@ -112,7 +96,6 @@ pub fn worker_consumer(
             ("queued.min.messages", "1000"),
             ("session.timeout.ms", "10000"),
             ("fetch.max.bytes", "8388608"),
-            ("statistics.interval.ms", "5000"),
             // How long a broker may hold a fetch when there is nothing new. Kafka answers
             // as soon as data arrives; some brokers (tansu) hold the fetch to its end, so
             // librdkafka's 500 ms would delay a request on an idle worker by up to that.
@@ -135,6 +118,5 @@ pub fn worker_consumer(
         tracker,
         joined,
         on_assignment,
-        lag,
     })
 }

@@ -109,6 +109,19 @@ impl OffsetTracker {
         self.partitions.clear();
     }
 
+    /// The first offset of the partition not yet done in this assignment: the lowest still
+    /// pending, else the one after the highest taken; `None` before anything was taken.
+    pub fn first_not_done(&self, topic: &str, partition: i32) -> Option<i64> {
+        let state = self.partitions.get(&(topic.to_string(), partition))?;
+        Some(
+            state
+                .pending
+                .first()
+                .copied()
+                .unwrap_or(state.highest_taken + 1),
+        )
+    }
+
     /// Messages taken and not yet completed, over all partitions.
     pub fn in_flight(&self) -> usize {
         self.partitions.values().map(|s| s.pending.len()).sum()
@@ -118,6 +131,19 @@ impl OffsetTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_not_done_is_the_lowest_pending_or_after_the_highest_taken() {
+        let mut t = OffsetTracker::new();
+        assert_eq!(t.first_not_done("r", 0), None);
+        let a = t.begin("r", 0, 10);
+        let b = t.begin("r", 0, 11);
+        assert_eq!(t.first_not_done("r", 0), Some(10));
+        t.complete(&b);
+        assert_eq!(t.first_not_done("r", 0), Some(10));
+        t.complete(&a);
+        assert_eq!(t.first_not_done("r", 0), Some(12));
+    }
 
     #[test]
     fn in_order_completion_advances_one_by_one() {

@@ -10,6 +10,7 @@ use rdkafka::consumer::Consumer;
 use tokio_util::sync::CancellationToken;
 
 use super::intake::Intake;
+use super::lag::LagMeter;
 use super::metrics::{BackendLabel, WorkerMetrics};
 use crate::backend::stack::Stack;
 use crate::group::GroupStatus;
@@ -38,8 +39,8 @@ pub struct Upkeep {
     pub stack: StackHandles,
     pub intake: Arc<Intake>,
     pub metrics: WorkerMetrics,
-    /// Consumer lag from the consumer's statistics callback.
-    pub lag: Arc<std::sync::atomic::AtomicI64>,
+    /// Measures this worker's lag each tick.
+    pub lag: LagMeter,
     /// The backend's URL, the label of the group figures.
     pub backend: String,
     /// Group pacing's figures, when it is on.
@@ -68,7 +69,7 @@ impl StackHandles {
 }
 
 /// Runs until `shutdown`.
-pub async fn run(upkeep: Upkeep, shutdown: CancellationToken) {
+pub async fn run(mut upkeep: Upkeep, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     let mut refreshed: Option<tokio::time::Instant> = None;
     let mut seen = Seen::default();
@@ -99,7 +100,7 @@ pub async fn run(upkeep: Upkeep, shutdown: CancellationToken) {
                 .rate_share
                 .set_share(assigned, upkeep.total.get());
         }
-        sample(&upkeep, &mut seen);
+        sample(&mut upkeep, &mut seen);
     }
 }
 
@@ -111,7 +112,7 @@ struct Seen {
     wait_seconds: f64,
 }
 
-fn sample(upkeep: &Upkeep, seen: &mut Seen) {
+fn sample(upkeep: &mut Upkeep, seen: &mut Seen) {
     let m = &upkeep.metrics;
     let breaker = &upkeep.stack.breaker;
     m.breaker_state.set(breaker.state().as_gauge());
@@ -150,7 +151,7 @@ fn sample(upkeep: &Upkeep, seen: &mut Seen) {
     m.desired_workers
         .get_or_create(&label)
         .set(desired_workers(estimate, upkeep.max_in_flight) as i64);
-    m.lag.set(upkeep.lag.load(Ordering::Relaxed));
+    m.lag.set(upkeep.lag.measure());
 }
 
 /// Workers the backend can keep busy: `estimate` calls at once over workers of

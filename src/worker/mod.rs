@@ -31,6 +31,7 @@
 pub mod dead_letter;
 pub mod housekeeping;
 pub mod intake;
+pub mod lag;
 pub mod metrics;
 pub mod outbox;
 pub mod output;
@@ -38,7 +39,7 @@ pub mod process;
 pub mod scheduler;
 pub mod transactions;
 
-use std::sync::atomic::AtomicI64;
+use lag::LagMeter;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -140,7 +141,6 @@ impl Worker {
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let ready = Readiness::default();
         let total_partitions = PartitionTotal::default();
-        let lag = Arc::new(AtomicI64::new(0));
         let on_assignment = {
             let (share, total) = (stack.rate_share.clone(), total_partitions.clone());
             Box::new(move |assigned: usize| {
@@ -155,7 +155,6 @@ impl Worker {
                 tracker.clone(),
                 ready.clone(),
                 on_assignment,
-                lag.clone(),
                 config.worker.exactly_once,
             )
             .context("creating the Kafka consumer")?,
@@ -179,7 +178,7 @@ impl Worker {
         let outbox = Arc::new(
             outbox(
                 &config,
-                tracker,
+                tracker.clone(),
                 consumer.clone(),
                 &metrics,
                 &transaction_failed,
@@ -243,12 +242,12 @@ impl Worker {
             tokio::spawn(housekeeping::run(
                 Upkeep {
                     consumer: consumer.clone(),
-                    topics: request_topics,
+                    topics: request_topics.clone(),
                     total: total_partitions,
                     stack: StackHandles::of(&stack),
                     intake: intake.clone(),
                     metrics,
-                    lag,
+                    lag: LagMeter::new(consumer.clone(), request_topics, tracker),
                     backend: config.backend.url.clone(),
                     group,
                     max_in_flight: config.worker.max_in_flight,

@@ -82,8 +82,10 @@ impl Command {
     }
 }
 
-/// How long Tokio may take to stop stray tasks after a role returned.
-const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(5);
+/// How long Tokio may take to stop stray tasks after a role returned. The role has
+/// written, committed and flushed what it must by then; what is left are blocking
+/// broker queries (metadata, watermarks) that would only delay the exit.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -8,6 +8,8 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::kafka::log::KafkaLog;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +32,7 @@ const SILENT: Duration = Duration::from_secs(5);
 
 /// Writes state records to the control topic.
 pub struct KafkaBus {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaLog>,
     topic: String,
 }
 
@@ -46,8 +48,8 @@ impl KafkaBus {
                 ("message.timeout.ms", "2000"),
                 ("queue.buffering.max.kbytes", "1024"),
             ],
-        )
-        .create()?;
+        );
+        let producer = crate::kafka::log::create(producer, &kafka.bootstrap_servers)?;
         Ok(Self {
             producer,
             topic: topic.to_string(),
@@ -97,8 +99,8 @@ pub fn start_reader(
     Ok(receiver)
 }
 
-fn reader(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError> {
-    unjoined_reader_config(
+fn reader(kafka: &KafkaConfig) -> Result<StreamConsumer<KafkaLog>, KafkaError> {
+    let config = unjoined_reader_config(
         kafka,
         "control",
         &[
@@ -107,8 +109,8 @@ fn reader(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError> {
             ("topic.metadata.refresh.interval.ms", "5000"),
         ],
         false,
-    )
-    .create()
+    );
+    crate::kafka::log::create(config, &kafka.bootstrap_servers)
 }
 
 /// Reads until the channel closes. Every live worker writes several records a second, so
@@ -116,7 +118,7 @@ fn reader(kafka: &KafkaConfig) -> Result<StreamConsumer, KafkaError> {
 /// away and came back can leave it so): it is replaced by a fresh one that starts at the
 /// end (the members' next records arrive within a publish interval).
 async fn read(
-    first: StreamConsumer,
+    first: StreamConsumer<KafkaLog>,
     kafka: &KafkaConfig,
     topic: &str,
     sender: mpsc::Sender<StateRecord>,
@@ -190,7 +192,10 @@ async fn read(
 
 /// The topic's partition count from cluster metadata (blocking call, off the async
 /// threads); `None` while the topic cannot be found.
-async fn partition_count(consumer: &std::sync::Arc<StreamConsumer>, topic: &str) -> Option<i32> {
+async fn partition_count(
+    consumer: &std::sync::Arc<StreamConsumer<KafkaLog>>,
+    topic: &str,
+) -> Option<i32> {
     let (consumer, name) = (consumer.clone(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let metadata = consumer

@@ -26,8 +26,10 @@ use routes::IngressState;
 
 /// How often Kafka connectivity is checked for `/readyz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
-/// How long queued writes may take to drain at shutdown.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long queued writes may take to drain at shutdown. Every request has been answered
+/// by then (the server drained first), and a write still queued is one already answered
+/// 503, so there is nothing to wait long for.
+const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// Local producer queue bound (librdkafka `queue.buffering.max.kbytes`): a full queue
 /// answers 503 at once instead of growing memory while Kafka is away.
 const PRODUCER_QUEUE_KBYTES: u32 = 64 * 1024;
@@ -127,9 +129,12 @@ async fn probe_kafka(
             _ = interval.tick() => {}
         }
         let p = producer.clone();
-        let reachable = tokio::task::spawn_blocking(move || p.probe_blocking(PROBE_INTERVAL))
-            .await
-            .unwrap_or(false);
+        let reachable = tokio::select! {
+            _ = shutdown.cancelled() => { ready.set(false); return; }
+            probed = tokio::task::spawn_blocking(move || p.probe_blocking(PROBE_INTERVAL)) => {
+                probed.unwrap_or(false)
+            }
+        };
         let now_ready = reachable && reader_assigned.is_ready();
         if now_ready != ready.is_ready() {
             tracing::info!(

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
+
+use crate::kafka::log::KafkaLog;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -35,23 +37,28 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
     let topic = config.kafka.reply_topic.clone();
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let consumer: Arc<StreamConsumer<KafkaLog>> = Arc::new(crate::kafka::log::create(
         crate::kafka::unjoined_reader_config(
             &config.kafka,
             "ingress",
             &[("fetch.wait.max.ms", "100")],
             false,
-        )
-        .create()?,
-    );
+        ),
+        &config.kafka.bootstrap_servers,
+    )?);
     let since_ms = now_ms().saturating_sub(config.ingress.result_ttl_ms);
     let mut partitions = 0;
+    let mut waiting_said = false;
     let mut refresh = tokio::time::interval(PARTITION_REFRESH);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = refresh.tick() => {
-                match add_new_partitions(&consumer, &topic, partitions, since_ms).await {
+                let added = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    added = add_new_partitions(&consumer, &topic, partitions, since_ms) => added,
+                };
+                match added {
                     Ok(now) if now > 0 => {
                         if now != partitions {
                             tracing::info!(topic = %topic, partitions = now, "reading reply topic");
@@ -60,7 +67,10 @@ pub async fn run(
                         assigned.set(true);
                     }
                     Ok(_) => {
-                        tracing::info!(topic = %topic, "reply topic not there yet; waiting for it");
+                        if !waiting_said {
+                            tracing::info!(topic = %topic, "reply topic not there yet; waiting for it");
+                            waiting_said = true;
+                        }
                         sleep_or_cancel(&shutdown).await;
                         refresh.reset_immediately();
                     }
@@ -91,7 +101,7 @@ async fn sleep_or_cancel(shutdown: &CancellationToken) {
 
 /// Starts reading partitions `known..` of `topic`; returns the partition count.
 async fn add_new_partitions(
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<StreamConsumer<KafkaLog>>,
     topic: &str,
     known: usize,
     since_ms: u64,

@@ -2,7 +2,7 @@
 //! (`GET /v1/requests/{id}`), plus the admin routes.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
@@ -11,6 +11,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use serde_json::{json, Value};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -120,15 +121,23 @@ async fn enqueue(
     let topic = config.request_topic_for(request.lane.as_deref());
     let key = request.ordering_key.as_deref().unwrap_or(&request.id);
     let started = Instant::now();
-    let sent = state
-        .producer
-        .send(Outgoing {
+    // librdkafka times a write out at `message.timeout.ms` (the same figure) but checks
+    // only about once a second, so the bound is kept here; the write may still land
+    // later, as any unacknowledged write may (the 503 says to retry with the same id).
+    let enqueue_timeout = Duration::from_millis(config.ingress.enqueue_timeout_ms);
+    let sent = tokio::time::timeout(
+        enqueue_timeout,
+        state.producer.send(Outgoing {
             topic: &topic,
             key,
             payload: &payload,
             headers: vec![(headers::ID, Some(request.id.as_bytes()))],
-        })
-        .await;
+        }),
+    )
+    .await
+    .unwrap_or(Err(KafkaError::MessageProduction(
+        RDKafkaErrorCode::MessageTimedOut,
+    )));
     state
         .metrics
         .enqueue_seconds
@@ -156,7 +165,8 @@ async fn enqueue(
             tracing::warn!(error = %e, topic = %topic, "Kafka did not acknowledge a submission; answering 503");
             Err(AppError::Unavailable {
                 message: format!(
-                    "the request could not be stored in Kafka within {} ms and was not accepted; retry later",
+                    "Kafka did not acknowledge the request within {} ms, so it was not accepted; \
+                     retry later with the same id",
                     config.ingress.enqueue_timeout_ms
                 ),
                 retry_after_secs: config.ingress.retry_after_secs,

@@ -5,11 +5,14 @@
 
 use std::sync::{Arc, Mutex};
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
 use rdkafka::ClientContext;
+
+use super::log::{KafkaLog, STATS_INTERVAL_MS};
 
 use super::offsets::OffsetTracker;
 use crate::admin::Readiness;
@@ -24,9 +27,23 @@ pub struct WorkerContext {
     /// Told the number of partitions assigned after every rebalance (0 on revoke), e.g.
     /// to recompute this worker's share of group-wide rate limits.
     pub on_assignment: Box<dyn Fn(usize) + Send + Sync>,
+    /// librdkafka's logs, connection failures summarised.
+    pub log: KafkaLog,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.on_log(level, facility, message);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        self.log.on_stats(statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.on_error(error, reason);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -112,11 +129,13 @@ pub fn worker_consumer(
             ("enable.auto.commit", auto_commit),
             ("isolation.level", "read_committed"),
             ("enable.auto.offset.store", "false"),
+            ("statistics.interval.ms", STATS_INTERVAL_MS),
         ],
     )
     .create_with_context(WorkerContext {
         tracker,
         joined,
         on_assignment,
+        log: KafkaLog::new(&kafka.bootstrap_servers),
     })
 }

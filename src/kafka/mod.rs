@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod consumer;
 pub mod embedded;
+pub mod log;
 pub mod offsets;
 pub mod producer;
 

@@ -12,6 +12,7 @@ use rdkafka::util::Timeout;
 use rdkafka::TopicPartitionList;
 use tracing::Instrument;
 
+use super::log::KafkaLog;
 use crate::config::KafkaConfig;
 use crate::telemetry::{propagation, semconv};
 
@@ -59,7 +60,7 @@ pub struct ProducerLimits {
 /// Idempotent acks=all producer that opens a PRODUCER span per message.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    inner: FutureProducer<KafkaLog>,
     limits: ProducerLimits,
 }
 
@@ -102,7 +103,7 @@ impl Producer {
             config.set("transactional.id", id);
         }
         Ok(Self {
-            inner: config.create()?,
+            inner: super::log::create(config, &kafka.bootstrap_servers)?,
             limits,
         })
     }

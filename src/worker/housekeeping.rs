@@ -79,7 +79,11 @@ pub async fn run(mut upkeep: Upkeep, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         if refreshed.is_none_or(|at| at.elapsed() >= METADATA_REFRESH) {
-            if let Some(total) = count_partitions(&upkeep.consumer, &upkeep.topics).await {
+            let counted = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                counted = count_partitions(&upkeep.consumer, &upkeep.topics) => counted,
+            };
+            if let Some(total) = counted {
                 upkeep.total.0.store(total, Ordering::Relaxed);
                 refreshed = Some(tokio::time::Instant::now());
             }

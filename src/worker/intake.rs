@@ -102,8 +102,16 @@ impl Intake {
             match received {
                 Ok(message) => self.push(message.detach()),
                 Err(e) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    tokio::time::sleep(CONSUMER_ERROR_PAUSE).await;
+                    // An unreachable broker is summarised by the consumer's log context.
+                    if crate::kafka::log::is_transport_error(&e) {
+                        tracing::debug!(error = %e, "consumer error");
+                    } else {
+                        tracing::warn!(error = %e, "consumer error");
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(CONSUMER_ERROR_PAUSE) => {}
+                    }
                 }
             }
         }

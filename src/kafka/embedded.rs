@@ -45,6 +45,30 @@ impl EmbeddedBroker {
         })
     }
 
+    /// Makes broker `broker_id` tell clients to connect to `host:port` (something there
+    /// must forward to it: see `dev`'s fixed address).
+    pub fn advertise(&mut self, broker_id: i32, host: &str, port: u16) -> Result<(), KafkaError> {
+        let host_c = std::ffi::CString::new(host)
+            .map_err(|_| KafkaError::ClientCreation("host contains a NUL byte".into()))?;
+        // SAFETY: the handle belongs to `owner`, alive for this call; librdkafka copies
+        // the host string.
+        unsafe {
+            let handle =
+                rdkafka::bindings::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr());
+            if handle.is_null() {
+                return Err(KafkaError::ClientCreation("no mock cluster".into()));
+            }
+            rdkafka::bindings::rd_kafka_mock_broker_set_host_port(
+                handle,
+                broker_id,
+                host_c.as_ptr(),
+                i32::from(port),
+            );
+        }
+        self.bootstrap_servers = format!("{host}:{port}");
+        Ok(())
+    }
+
     /// `host:port` list clients connect to.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap_servers

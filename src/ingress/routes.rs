@@ -62,6 +62,9 @@ async fn submit_request(
         Ok((status, _)) => *status,
         Err(e) => {
             semconv::record_error(&span, e.kind());
+            if e.status().is_client_error() {
+                tracing::debug!(parent: &span, status = e.status().as_u16(), error = %e, "submission refused");
+            }
             e.status()
         }
     };

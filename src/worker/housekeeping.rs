@@ -1,6 +1,7 @@
 //! Periodic upkeep beside the pull loop: keeps this worker's share of the group-wide
 //! rate limits equal to its share of the request topics' partitions, and copies the
-//! backend stack's state (breaker, rate waits, buffers) into the metrics.
+//! backend stack's state (breaker, rate waits, buffers) into the metrics, and writes the
+//! periodic summary line.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::intake::Intake;
 use super::lag::LagMeter;
 use super::metrics::{BackendLabel, WorkerMetrics};
+use super::summary::Summary;
 use crate::backend::stack::Stack;
 use crate::group::GroupStatus;
 use crate::kafka::consumer::WorkerConsumer;
@@ -73,6 +75,7 @@ pub async fn run(mut upkeep: Upkeep, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     let mut refreshed: Option<tokio::time::Instant> = None;
     let mut seen = Seen::default();
+    let mut summary = Summary::new(&upkeep.metrics);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -105,6 +108,7 @@ pub async fn run(mut upkeep: Upkeep, shutdown: CancellationToken) {
                 .set_share(assigned, upkeep.total.get());
         }
         sample(&mut upkeep, &mut seen);
+        summary.tick(&upkeep.metrics);
     }
 }
 

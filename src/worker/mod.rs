@@ -37,6 +37,7 @@ pub mod outbox;
 pub mod output;
 pub mod process;
 pub mod scheduler;
+pub mod summary;
 pub mod transactions;
 
 use lag::LagMeter;

@@ -220,6 +220,12 @@ fn reply_output(
         Ok((body, usage)) => (Some(body), usage, None),
         Err(error) => (None, None, Some(error)),
     };
+    if let Some(e) = &error {
+        // Never the prompt: the id, the outcome and why.
+        // (Not the error's message either: a backend's may quote the request.)
+        tracing::info!(id = %request.id, status = status.as_str(), reason = %e.kind,
+            backend_status = e.status, attempts, "request ended without a result");
+    }
     let span = tracing::Span::current();
     span.set_attribute(semconv::SLUICE_STATUS, status.as_str());
     span.set_attribute(semconv::SLUICE_ATTEMPTS, i64::from(attempts));

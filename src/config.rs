@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 
 use serde::Deserialize;
 
@@ -21,12 +20,19 @@ pub const ENV_SEPARATOR: &str = "__";
 pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
+    #[error("configuration file {}: {source}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        source: config::ConfigError,
+    },
+    #[error("configuration from the environment (SLUICE__*): {0}")]
+    Env(config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
 }
 
 /// The whole configuration of every role. Each role reads the sections it needs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -37,7 +43,7 @@ pub struct Config {
 }
 
 /// `[kafka]`: brokers, topics and pass-through librdkafka properties.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Comma-separated `host:port` list. Default `127.0.0.1:9092`.
@@ -66,7 +72,7 @@ pub struct KafkaConfig {
 }
 
 /// `[ingress]`: the HTTP API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct IngressConfig {
     /// Listen address for the API, /metrics, /healthz and /readyz. Default `0.0.0.0:8080`.
@@ -89,7 +95,7 @@ pub struct IngressConfig {
 }
 
 /// `[worker]`: the consumer-group member that calls the backend.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
     /// Listen address for /metrics, /healthz and /readyz. Default `0.0.0.0:9090`.
@@ -121,7 +127,7 @@ pub struct WorkerConfig {
 }
 
 /// `[backend]`: the OpenAI-compatible LLM server.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
     /// Base URL; `/v1/chat/completions` is appended. Default `http://127.0.0.1:8000`.
@@ -161,7 +167,7 @@ pub struct BackendConfig {
 }
 
 /// `[telemetry]`: traces and logs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// OTLP/HTTP base URL (`/v1/traces` is appended). Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`
@@ -174,7 +180,7 @@ pub struct TelemetryConfig {
 }
 
 /// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -249,39 +255,6 @@ impl Default for BackendConfig {
 }
 
 impl Config {
-    /// Loads defaults, then `file` if given, then the process environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, std::env::vars())
-    }
-
-    /// Like [`Config::load`] with an explicit environment, for tests.
-    pub fn load_from(
-        file: Option<&Path>,
-        env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, ConfigError> {
-        let mut builder = config::Config::builder();
-        if let Some(path) = file {
-            builder = builder.add_source(config::File::from(path).required(true));
-        }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
-            .collect();
-        builder = builder.add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .prefix_separator(ENV_SEPARATOR)
-                .separator(ENV_SEPARATOR)
-                .list_separator(",")
-                .with_list_parse_key("kafka.lanes")
-                .try_parsing(true)
-                .source(Some(env)),
-        );
-        let mut config: Config = builder.build()?.try_deserialize()?;
-        config.kafka.client = normalise_client_keys(std::mem::take(&mut config.kafka.client));
-        config.validate()?;
-        Ok(config)
-    }
-
     /// Checks what types alone cannot: non-empty names, positive limits, parseable URLs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| {
@@ -302,6 +275,12 @@ impl Config {
             if value.trim().is_empty() {
                 return invalid(key, "must not be empty");
             }
+        }
+        if let Err(reason) = crate::kafka::check_client_properties(&k.client) {
+            return Err(ConfigError::Invalid {
+                key: "kafka.client",
+                reason,
+            });
         }
         if let Some(lane) = k.lanes.iter().find(|l| !is_valid_lane(l)) {
             return Err(ConfigError::Invalid {
@@ -449,14 +428,10 @@ pub fn is_valid_lane(lane: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-/// librdkafka property names use dots and never underscores, while environment
-/// variable names cannot hold dots; so `_` in a pass-through key means `.`.
-fn normalise_client_keys(client: BTreeMap<String, String>) -> BTreeMap<String, String> {
-    client
-        .into_iter()
-        .map(|(k, v)| (k.replace('_', "."), v))
-        .collect()
-}
-
+pub mod help;
+mod keys;
+mod load;
 #[cfg(test)]
 mod tests;
+
+pub use keys::{env_names, unknown_env_warnings};

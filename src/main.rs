@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use sluice::config::help::{settings_help, INGRESS_KEYS, WORKER_KEYS};
 use sluice::config::Config;
 use sluice::dev::DevArgs;
 use sluice::loadgen::LoadgenArgs;
 use sluice::mock_llm::MockLlmArgs;
+use sluice::ops::config_cmd::ConfigCommand;
 use sluice::ops::lag::LagArgs;
 use sluice::ops::DlqCommand;
 use sluice::{dev, ingress, loadgen, mock_llm, ops, shutdown, telemetry, worker};
@@ -21,7 +23,8 @@ use sluice::{dev, ingress, loadgen, mock_llm, ops, shutdown, telemetry, worker};
 ///
 /// Configuration is layered: built-in defaults, then the TOML file given with
 /// --config, then environment variables SLUICE__SECTION__KEY
-/// (e.g. SLUICE__KAFKA__BOOTSTRAP_SERVERS=broker:9092). See docs/configuration.md.
+/// (e.g. SLUICE__KAFKA__BOOTSTRAP_SERVERS=broker:9092). Every key and its value:
+/// `sluice config print`; what each does: `sluice config reference`.
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, max_term_width = 100)]
 struct Cli {
@@ -36,9 +39,11 @@ struct Cli {
 enum Command {
     /// HTTP API: accept requests into Kafka (202 once stored, 503 when Kafka cannot take
     /// them) and serve their results. Listens on ingress.listen.
+    #[command(after_help = settings_help(INGRESS_KEYS))]
     Ingress,
     /// Consumer-group member: take requests from Kafka while there is room, call the
     /// backend, write one final reply each, commit. Admin routes on worker.admin_listen.
+    #[command(after_help = settings_help(WORKER_KEYS))]
     Worker,
     /// Everything in one process for a first run: an embedded in-memory Kafka-protocol
     /// broker (about 5 MiB kept per partition, nothing kept after exit), the mock backend,
@@ -67,6 +72,10 @@ enum Command {
     /// offset, lag), its drain rate and the time to drain, from two samples --interval
     /// apart. Never joins the group.
     Lag(LagArgs),
+    /// Configuration tools: the effective configuration (secrets masked), a check of a
+    /// file, the reference of every key.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 impl Command {
@@ -79,6 +88,7 @@ impl Command {
             Command::Loadgen(_) => "loadgen",
             Command::Dlq(_) => "dlq",
             Command::Lag(_) => "lag",
+            Command::Config(_) => "config",
         }
     }
 }
@@ -98,6 +108,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let unread = sluice::config::unknown_env_warnings(
+        std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()),
+    );
+    if let Command::Config(command) = &cli.command {
+        for warning in &unread {
+            eprintln!("warning: {warning}");
+        }
+        return ExitCode::from(ops::config_cmd::run(&config, command));
+    }
     let telemetry = match telemetry::init(&config.telemetry, &format!("sluice-{role}")) {
         Ok(telemetry) => telemetry,
         Err(e) => {
@@ -105,6 +124,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    for warning in unread {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -125,6 +147,7 @@ fn main() -> ExitCode {
             Command::Loadgen(args) => return loadgen::run(config, args, shutdown).await,
             Command::Dlq(command) => ops::run_dlq(config, command, shutdown).await,
             Command::Lag(args) => ops::lag::run(config, args, shutdown).await,
+            Command::Config(_) => unreachable!("answered before the runtime starts"),
         };
         done.map(|()| ExitCode::SUCCESS)
     });

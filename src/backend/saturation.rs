@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::concurrency::Controller;
 
 /// `backend.saturation`: which signal paces the backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SaturationSource {
     /// The server's gauges when `metrics_url` has vLLM's or llama.cpp's, else latency.

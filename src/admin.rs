@@ -9,19 +9,34 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Whether the role can do its job now (connected to Kafka, assigned, ...).
+/// Whether the role can do its job now (connected to Kafka, assigned, ...). Also a
+/// gauge, `<prefix>_ready` (1 or 0), once registered: alerts read it.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    flag: Arc<AtomicBool>,
+    gauge: Gauge,
+}
 
 impl Readiness {
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Relaxed);
+        self.flag.store(ready, Ordering::Relaxed);
+        self.gauge.set(i64::from(ready));
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Exports it as `ready` in `registry` (give it the role's sub-registry).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (the role can do its job), else 0",
+            self.gauge.clone(),
+        );
     }
 }
 

@@ -75,6 +75,7 @@ pub async fn serve(
     let mut registry = Registry::default();
     let state = build_state(config.clone(), &mut registry)?;
     let ready = Readiness::default();
+    ready.register(registry.sub_registry_with_prefix("sluice_ingress"));
     let reader_assigned = Readiness::default();
 
     let reader = tokio::spawn(replies::run(

@@ -141,6 +141,7 @@ impl Worker {
 
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let ready = Readiness::default();
+        ready.register(registry.sub_registry_with_prefix("sluice_worker"));
         let total_partitions = PartitionTotal::default();
         let on_assignment = {
             let (share, total) = (stack.rate_share.clone(), total_partitions.clone());

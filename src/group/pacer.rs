@@ -126,19 +126,22 @@ impl<B: Bus> Pacer<B> {
         let mut last: Option<(Published, Instant)> = None;
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reader_gone = false;
         loop {
             let mut force = false;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                received = self.incoming.recv() => match received {
+                received = self.incoming.recv(), if !reader_gone => match received {
                     Some(record) => {
                         self.observe(&mut view, &mut link, record);
                         while let Ok(record) = self.incoming.try_recv() {
                             self.observe(&mut view, &mut link, record);
                         }
                     }
-                    // The reader is gone (shutting down): keep pacing alone.
-                    None => std::future::pending::<()>().await,
+                    // The reader is gone (it stops with the same signal): stop asking it,
+                    // and keep listening for that signal. (Waiting here for ever hung the
+                    // worker's shutdown whenever the reader ended first.)
+                    None => reader_gone = true,
                 },
                 _ = tick.tick() => {}
                 _ = self.controller.changed() => force = true,

@@ -74,6 +74,8 @@ use process::Shared;
 const REPLY_DELIVERY_TIMEOUT: Duration = Duration::from_secs(30);
 /// After the grace period, how long abandoned tasks get to notice before the commit.
 const HARD_STOP_SETTLE: Duration = Duration::from_millis(200);
+/// How long leaving the consumer group may take at shutdown.
+const LEAVE_GROUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The producer's limits for replies and dead letters.
 const REPLY_LIMITS: ProducerLimits = ProducerLimits {
     delivery_timeout: REPLY_DELIVERY_TIMEOUT,
@@ -347,13 +349,23 @@ impl Worker {
         // The outbox holds the consumer too; the last handle closes it, off the async threads.
         drop(self.outbox);
         let consumer = self.consumer;
+        // Leaving the group waits for its coordinator: not for long when there is none.
+        let leave_within = if consumer.context().log.is_down() {
+            Duration::from_secs(1)
+        } else {
+            LEAVE_GROUP_TIMEOUT
+        };
         let left = tokio::task::spawn_blocking(move || {
             consumer.unsubscribe();
             drop(consumer);
-        })
-        .await;
-        if let Err(e) = left {
-            tracing::warn!(error = %e, "leaving the group failed");
+        });
+        match tokio::time::timeout(leave_within, left).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "leaving the group failed"),
+            Err(_) => tracing::warn!(
+                "leaving the group did not finish within {leave_within:?}; \
+                 the group notices at the session timeout"
+            ),
         }
         self.after_drain.cancel();
         for task in self.companions {

@@ -35,6 +35,8 @@ const WRITE_RETRY_MAX: Duration = Duration::from_secs(5);
 const CLOSE_FLUSH: Duration = Duration::from_secs(5);
 /// How long the transaction committer may take to finish its batch when the worker stops.
 const CLOSE_COMMITTER: Duration = Duration::from_secs(2);
+/// How long flushing the last writes and committing may take when the worker stops.
+const CLOSE_COMMIT: Duration = Duration::from_secs(10);
 
 /// How outputs are written.
 enum Flavour {
@@ -246,16 +248,29 @@ impl Outbox {
     pub async fn close(&self) {
         match &self.flavour {
             Flavour::AtLeastOnce { producer } => {
+                if self.consumer.context().log.is_down() {
+                    // A commit would wait for a coordinator that cannot be reached. What
+                    // it would have committed is re-delivered instead (at least once).
+                    tracing::warn!(
+                        "Kafka unreachable at shutdown: offsets not committed; \
+                        the last finished requests will be re-delivered"
+                    );
+                    return;
+                }
                 let (producer, consumer) = (producer.clone(), self.consumer.clone());
                 let closed = tokio::task::spawn_blocking(move || {
                     if let Err(e) = producer.flush_blocking(CLOSE_FLUSH) {
                         tracing::warn!(error = %e, "flushing the producer failed");
                     }
                     commit_stored(&consumer);
-                })
-                .await;
-                if let Err(e) = closed {
-                    tracing::warn!(error = %e, "closing the outbox failed");
+                });
+                match tokio::time::timeout(CLOSE_COMMIT, closed).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "closing the outbox failed"),
+                    Err(_) => tracing::warn!(
+                        "the last commit did not finish within {CLOSE_COMMIT:?}; \
+                         what it held will be re-delivered"
+                    ),
                 }
             }
             Flavour::Transactional {

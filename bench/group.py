@@ -49,7 +49,10 @@ def sampler(workers, backend, stop, out):
     t0 = time.monotonic()
     while not stop.wait(0.25):
         try:
-            b = h.metrics(backend + "/metrics").get("sluice_mock_in_flight", 0)
+            mock = h.metrics(backend + "/metrics")
+            b = mock.get("sluice_mock_in_flight", 0)
+            rejected = next((v for k, v in mock.items()
+                             if k.startswith("sluice_mock_requests_total") and "rejected" in k), 0)
             parts = []
             for w in workers:
                 m = w.metrics()
@@ -58,7 +61,8 @@ def sampler(workers, backend, stop, out):
                     w.name, group("sluice_worker_group_capacity_estimate"),
                     group("sluice_worker_group_share"),
                     m.get("sluice_worker_in_flight", -1), m.get("sluice_worker_buffered", -1)))
-            out.append("t=%5.2f backend=%2d | %s" % (time.monotonic() - t0, b, " | ".join(parts)))
+            out.append("t=%5.2f backend=%2d refused=%3d | %s" % (time.monotonic() - t0, b, rejected,
+                                                               " | ".join(parts)))
         except Exception as e:  # a process may be gone at the end
             out.append(f"sample failed: {e}")
 

@@ -129,6 +129,8 @@ class Procs:
                 print(f"--- last lines of {name}.log ---", file=sys.stderr)
                 print("\n".join(tail), file=sys.stderr)
             say(f"logs kept in {self.dir}")
+        elif os.environ.get("BENCH_KEEP_LOGS"):
+            say(f"logs kept in {self.dir} (BENCH_KEEP_LOGS)")
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -394,12 +394,20 @@ impl State {
             self.hold_until = self.hold_until.max(now + wait);
         }
         self.window.note_back_pressure();
+        let bound = ticket.level.saturating_sub(1).max(self.settings.min);
         if self.last_cut.is_some_and(|cut| ticket.started < cut) {
             // Sent under a higher limit than the current one: already acted upon (one
-            // cut per round of evidence, as TCP cuts once per window of losses).
+            // cut per round of evidence, as TCP cuts once per window of losses). Except
+            // in the first search: the overshoot's refusals come back together, in any
+            // order, and the lowest level among them is the reading of the capacity. Cut
+            // to it now, or every refusal frees a permit for another call into the same
+            // full backend.
+            if self.tentative && bound < self.limit {
+                self.recover_to = self.recover_to.min(bound);
+                self.set_limit(semaphore, bound, now);
+            }
             return;
         }
-        let bound = ticket.level.saturating_sub(1).max(self.settings.min);
         match self.episode {
             None => {
                 self.episode = Some(now);

@@ -135,7 +135,14 @@ async fn the_workers_of_a_group_share_one_estimate() {
     println!("group after the run: {settled:?}");
 }
 
+// Quarantined: in about one run in five, one worker's reply writes to the first broker
+// time out for over 30 s after the second broker (the control topic's leader) goes
+// down, so "served on their own" stalls. Reproduced on the code before the stop that
+// quarantined it; the cause (librdkafka's producer with requests in flight to the broker
+// that went away, on the mock cluster) is open. Run it with
+// `cargo test --test group -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "flaky: reply writes stall for 30 s+ in ~1 run of 5 after the control topic's broker goes down"]
 async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
     // Two brokers: everything on the first but the control topic, which the second leads,
     // so taking the second down takes the control topic and nothing else.
@@ -216,11 +223,28 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
         if now >= before + 60.0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "served on their own: {} of 60",
-            now - before
-        );
+        if Instant::now() >= deadline {
+            let (a, b) = (first.metrics().await, second.metrics().await);
+            let figures = |m: &Metrics| {
+                [
+                    "sluice_worker_in_flight",
+                    "sluice_worker_buffered",
+                    "sluice_worker_lag",
+                    "sluice_worker_concurrency_limit",
+                    "sluice_worker_breaker_state",
+                ]
+                .map(|name| format!("{name}={}", m.value(name, &[])))
+                .join(" ")
+            };
+            panic!(
+                "served on their own: {} of 60\nfirst: {}\nsecond: {}\n--- first ---\n{}\n--- second ---\n{}",
+                now - before,
+                figures(&a),
+                figures(&b),
+                first.process.logs(),
+                second.process.logs()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     for worker in [&first, &second] {

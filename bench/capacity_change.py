@@ -99,7 +99,7 @@ def one_run(binary):
         back_after = (back[0] + 1.0 - rise) if back else float("inf")
         return {"stops_after": stops_after, "back_after": back_after,
                 "lost": report["lost"],
-                "failed": sum(v for k, v in report["completed"].items() if k != "ok")}
+                "failed": h.failed(report)}
 
 
 def main():

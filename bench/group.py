@@ -94,7 +94,7 @@ def one_run(binary, workers_n, slots, requests, sample, alone=False):
         if sample:
             print("\n".join(samples), file=sys.stderr)
         b = report["backend"]
-        failed = sum(v for k, v in report["completed"].items() if k != "ok")
+        failed = h.failed(report)
         return {
             "utilisation": b["utilisation"],
             "overload": b["overload_per_1000_calls"],

@@ -238,6 +238,11 @@ def loadgen_report(path):
         return json.load(f)
 
 
+def failed(report):
+    """Final replies other than ok, from a loadgen report."""
+    return sum(v for k, v in report["completed"].items() if k != "ok")
+
+
 def spread(values):
     """min / median / max of a list, as a tuple (None for an empty list)."""
     if not values:

@@ -85,7 +85,7 @@ def drain(binary, bootstrap, backend, requests, env, procs, name):
         "deferred_max": max(deferred),
         "processing_mean": statistics.mean(busy),
         "lost": report["lost"],
-        "failed": sum(v for k, v in report["completed"].items() if k != "ok"),
+        "failed": h.failed(report),
     }
 
 

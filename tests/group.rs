@@ -7,13 +7,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
-use serde_json::json;
 use sluice::kafka::embedded::EmbeddedBroker;
 use support::pipeline::{
-    collect_replies, reader_config, request_value, sluice_env, with_env, Metrics, MockLlm, Topics,
-    Worker,
+    collect_replies, produce_requests, reader_config, sluice_env, with_env, Metrics, MockLlm,
+    Topics, Worker,
 };
 use support::{unique_name, Tansu};
 
@@ -61,29 +58,6 @@ async fn wait_for(
     }
 }
 
-/// Writes `n` requests straight to the request topic; returns their ids.
-async fn produce(bootstrap: &str, topic: &str, n: usize) -> Vec<String> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .expect("a producer");
-    let mut ids = Vec::new();
-    for _ in 0..n {
-        let id = unique_name("grp-req");
-        let value = request_value(&id, "hello", json!({}));
-        producer
-            .send(
-                FutureRecord::to(topic).key(&id).payload(&value),
-                Duration::from_secs(10),
-            )
-            .await
-            .expect("the broker takes the request");
-        ids.push(id);
-    }
-    ids
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_workers_of_a_group_share_one_estimate() {
     let tansu = Tansu::start();
@@ -110,7 +84,7 @@ async fn the_workers_of_a_group_share_one_estimate() {
     )
     .await;
 
-    let ids = produce(&tansu.bootstrap(), &topics.request, 300).await;
+    let ids = produce_requests(&tansu.bootstrap(), &topics.request, 300, "grp-req").await;
     let replies = collect_replies(
         reader_config(&tansu.bootstrap()),
         &topics.reply,
@@ -216,7 +190,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
         ok(a) + ok(b)
     };
     let before = served(&first.metrics().await, &second.metrics().await);
-    let during = produce(&first_broker, &topics.request, 60).await;
+    let during = produce_requests(&first_broker, &topics.request, 60, "grp-req").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = served(&first.metrics().await, &second.metrics().await);
@@ -273,7 +247,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
         "rejoined {:?} after the control topic came back",
         up.elapsed()
     );
-    let mut ids = produce(&first_broker, &topics.request, 20).await;
+    let mut ids = produce_requests(&first_broker, &topics.request, 20, "grp-req").await;
     ids.extend(during);
     let replies = collect_replies(
         reader_config(&first_broker),

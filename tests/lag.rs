@@ -6,41 +6,12 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
-use serde_json::json;
 use sluice::kafka::embedded::EmbeddedBroker;
-use support::pipeline::{request_value, sluice_env, with_env, MockLlm, Topics, Worker};
-use support::{unique_name, Tansu};
+use support::pipeline::{produce_requests, sluice_env, with_env, MockLlm, Topics, Worker};
+use support::Tansu;
 
 /// Requests in the burst: 4 slots x 50 ms take about 2.5 s to drain them.
 const BURST: u64 = 200;
-
-/// Writes `n` requests at once (all sends in flight together) and waits for every ack.
-async fn produce(bootstrap: &str, topic: &str, n: u64) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("message.timeout.ms", "10000")
-        .create()
-        .expect("a producer");
-    let mut acks = Vec::new();
-    for _ in 0..n {
-        let id = unique_name("lag-req");
-        let value = request_value(&id, "hello", json!({}));
-        let record = FutureRecord::to(topic).key(&id).payload(&value);
-        acks.push(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .expect("room in the queue"),
-        );
-    }
-    for ack in acks {
-        ack.await
-            .expect("not cancelled")
-            .expect("the broker takes the request");
-    }
-}
 
 /// Runs a burst through one worker on `bootstrap` and checks the gauge against the
 /// backlog the backend sees (requests produced minus those it has answered).
@@ -62,7 +33,7 @@ async fn lag_follows_the_backlog(bootstrap: &str, topics: &Topics) {
     };
     assert_eq!(lag(&worker).await, 0.0, "nothing waits before the burst");
 
-    produce(bootstrap, &topics.request, BURST).await;
+    produce_requests(bootstrap, &topics.request, BURST as usize, "lag-req").await;
     let produced = Instant::now();
     let mut samples = Vec::new();
     let mut most_seen = 0.0_f64;

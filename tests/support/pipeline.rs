@@ -563,6 +563,38 @@ pub fn request_value(id: &str, content: &str, extra: Value) -> Vec<u8> {
     serde_json::to_vec(&request).expect("JSON values serialize")
 }
 
+/// Writes `n` requests (ids `<prefix>-…`) to `topic` straight, all sends in flight
+/// together, and waits for every acknowledgement; returns their ids.
+pub async fn produce_requests(bootstrap: &str, topic: &str, n: usize, prefix: &str) -> Vec<String> {
+    let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("message.timeout.ms", "10000")
+        .create()
+        .expect("a producer");
+    let mut ids = Vec::new();
+    let mut acks = Vec::new();
+    for _ in 0..n {
+        let id = unique_name(prefix);
+        let value = request_value(&id, "hello", json!({}));
+        let record = rdkafka::producer::FutureRecord::to(topic)
+            .key(&id)
+            .payload(&value);
+        acks.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("room in the queue"),
+        );
+        ids.push(id);
+    }
+    for ack in acks {
+        ack.await
+            .expect("not cancelled")
+            .expect("the broker takes the request");
+    }
+    ids
+}
+
 /// A consumer config for [`read_topic`] (which sets a fresh group itself).
 pub fn reader_config(bootstrap: &str) -> ClientConfig {
     consumer_config(bootstrap, "replaced-by-read_topic")

@@ -92,6 +92,13 @@ pub struct IngressConfig {
     pub result_ttl_ms: u64,
     /// Most requests the result cache holds; the oldest are evicted first. Default 100,000.
     pub result_cache_capacity: usize,
+    /// How long `POST /v1/chat/completions` waits for the reply (the header
+    /// `x-sluice-timeout-ms` overrides it per request); also the request's deadline
+    /// unless it has one. Default 120 s.
+    pub sync_timeout_ms: u64,
+    /// How often a streamed answer sends a `: keep-alive` comment while nothing else is
+    /// sent, so that proxies keep the connection open. Default 10 s.
+    pub stream_keepalive_ms: u64,
 }
 
 /// `[worker]`: the consumer-group member that calls the backend.
@@ -124,6 +131,9 @@ pub struct WorkerConfig {
     /// `kafka.control_topic` (one capacity estimate, shares by demand). Off: each worker
     /// finds its own limit. Default true.
     pub group_pacing: bool,
+    /// Streamed answers: how long tokens gather into one chunk record on the reply topic
+    /// after the first (which goes at once). Default 30 ms.
+    pub stream_linger_ms: u64,
 }
 
 /// `[backend]`: the OpenAI-compatible LLM server.
@@ -212,6 +222,8 @@ impl Default for IngressConfig {
             retry_after_secs: 1,
             result_ttl_ms: 10 * 60 * 1000,
             result_cache_capacity: 100_000,
+            sync_timeout_ms: 120_000,
+            stream_keepalive_ms: 10_000,
         }
     }
 }
@@ -228,6 +240,7 @@ impl Default for WorkerConfig {
             exactly_once: false,
             transaction_linger_ms: 100,
             group_pacing: true,
+            stream_linger_ms: 30,
         }
     }
 }
@@ -314,6 +327,12 @@ impl Config {
                     kafka_max.saturating_sub(KAFKA_RECORD_HEADROOM)
                 ),
             );
+        }
+        if self.ingress.sync_timeout_ms == 0 {
+            return invalid("ingress.sync_timeout_ms", "must be at least 1");
+        }
+        if self.ingress.stream_keepalive_ms == 0 {
+            return invalid("ingress.stream_keepalive_ms", "must be at least 1");
         }
         if self.ingress.enqueue_timeout_ms == 0 {
             return invalid("ingress.enqueue_timeout_ms", "must be at least 1");

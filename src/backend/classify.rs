@@ -43,6 +43,8 @@ pub fn classify(result: &Result<ChatResponse, BackendError>) -> Outcome {
         // The backend was not asked: not a sign of its load, but worth another try later.
         Err(BackendError::CircuitOpen { .. }) => Outcome::Retry,
         Err(BackendError::DeadlineExceeded) => Outcome::Fatal,
+        // Its cause was classified when the attempt failed; what is left is final.
+        Err(BackendError::StreamInterrupted { .. }) => Outcome::Fatal,
     }
 }
 

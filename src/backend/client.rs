@@ -2,12 +2,14 @@
 //! pooled reqwest client, one CLIENT span per attempt with `traceparent` forwarded.
 //! Prompts and the API key never reach logs or spans.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::Instrument;
 
+use super::stream::{Assembler, ChunkSink, SseReader};
 use super::{BackendError, ChatRequest, ChatResponse};
 use crate::config::BackendConfig;
 use crate::envelope::Usage;
@@ -124,16 +126,23 @@ impl OpenAiClient {
                 headers.insert(name, value);
             }
         }
+        let body = match &request.stream {
+            Some(_) => Cow::Owned(streaming_body(&request.body)),
+            None => Cow::Borrowed(&request.body),
+        };
         let response = self
             .http
             .post(&self.endpoint)
             .headers(headers)
-            .json(&request.body)
+            .json(&body)
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        if let (Some(sink), true) = (&request.stream, status.is_success()) {
+            return self.read_stream(response, sink).await;
+        }
         let bytes = response
             .bytes()
             .await
@@ -150,6 +159,56 @@ impl OpenAiClient {
         if !body.is_object() {
             return Err(BackendError::InvalidResponse("not a JSON object".into()));
         }
+        let usage = parse_usage(&body);
+        Ok(ChatResponse { body, usage })
+    }
+
+    /// Reads a streamed answer: each chunk goes to `sink` as it arrives, and the whole
+    /// completion is assembled from them. An error event or a stream that ends without
+    /// `[DONE]` is a failure (the sink knows how much was already passed on).
+    async fn read_stream(
+        &self,
+        response: reqwest::Response,
+        sink: &ChunkSink,
+    ) -> Result<ChatResponse, BackendError> {
+        use futures::StreamExt as _;
+        let mut bytes = response.bytes_stream();
+        let mut reader = SseReader::default();
+        let mut assembler = Assembler::default();
+        let mut done = false;
+        while !done {
+            let events = match bytes.next().await {
+                Some(read) => reader.feed(&read.map_err(|e| self.transport_error(e))?),
+                None => {
+                    let last = reader.finish();
+                    if last.is_none() {
+                        return Err(BackendError::Transport(
+                            "the stream ended before [DONE]".into(),
+                        ));
+                    }
+                    last.into_iter().collect()
+                }
+            };
+            for data in events {
+                if data.trim() == "[DONE]" {
+                    done = true;
+                    break;
+                }
+                let chunk: Value = serde_json::from_str(&data).map_err(|e| {
+                    BackendError::InvalidResponse(format!("a stream event is not JSON: {e}"))
+                })?;
+                if let Some(error) = chunk.get("error") {
+                    let message = error["message"].as_str().unwrap_or("no message");
+                    return Err(BackendError::InvalidResponse(format!(
+                        "the stream ended in an error event: {}",
+                        truncate(message)
+                    )));
+                }
+                assembler.add(&chunk);
+                sink.send(&chunk);
+            }
+        }
+        let body = assembler.completion();
         let usage = parse_usage(&body);
         Ok(ChatResponse { body, usage })
     }
@@ -184,6 +243,20 @@ impl tower::Service<ChatRequest> for OpenAiClient {
         let client = self.clone();
         Box::pin(async move { client.send_chat(&request).await })
     }
+}
+
+/// The body of a streamed call: `stream` on, and the usage chunk asked for (the worker
+/// counts tokens; the caller gets that chunk only if it asked).
+fn streaming_body(body: &Map<String, Value>) -> Map<String, Value> {
+    let mut body = body.clone();
+    body.insert("stream".into(), Value::Bool(true));
+    let options = body
+        .entry("stream_options")
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Some(options) = options.as_object_mut() {
+        options.insert("include_usage".into(), Value::Bool(true));
+    }
+    body
 }
 
 /// `usage.prompt_tokens` / `usage.completion_tokens` of a completion or final chunk.

@@ -17,6 +17,7 @@ pub mod rate;
 pub mod retry;
 pub mod saturation;
 pub mod stack;
+pub mod stream;
 pub mod timeout;
 
 use std::time::Duration;
@@ -35,11 +36,30 @@ pub struct ChatRequest {
     pub body: Map<String, Value>,
     /// Unix milliseconds after which no attempt may start.
     pub deadline_ms: Option<u64>,
+    /// Set for a streamed call: the backend is asked to stream, and each chunk goes here
+    /// as it arrives (the response is still the whole completion).
+    pub stream: Option<stream::ChunkSink>,
 }
 
 impl ChatRequest {
     pub fn new(body: Map<String, Value>, deadline_ms: Option<u64>) -> Self {
-        Self { body, deadline_ms }
+        Self {
+            body,
+            deadline_ms,
+            stream: None,
+        }
+    }
+
+    /// The same call, streamed into `sink`.
+    pub fn streaming(mut self, sink: stream::ChunkSink) -> Self {
+        self.stream = Some(sink);
+        self
+    }
+
+    /// Chunks already passed on by a streamed call (0 for others): a retry after any
+    /// would replay tokens.
+    pub fn chunks_relayed(&self) -> u64 {
+        self.stream.as_ref().map_or(0, stream::ChunkSink::relayed)
     }
 
     /// Estimated prompt tokens: about four characters of message text per token.
@@ -119,6 +139,10 @@ pub enum BackendError {
     /// The request's deadline passed before this attempt could start.
     #[error("the request's deadline passed before the backend could be called")]
     DeadlineExceeded,
+    /// A streamed call failed after some of its chunks had been passed on; it is not
+    /// retried, since a new attempt would send its tokens again.
+    #[error("the backend's stream broke after {chunks} chunks were relayed, so it was not retried: {cause}")]
+    StreamInterrupted { chunks: u64, cause: String },
 }
 
 impl BackendError {
@@ -131,6 +155,7 @@ impl BackendError {
             BackendError::InvalidResponse(_) => "invalid_response",
             BackendError::CircuitOpen { .. } => "circuit_open",
             BackendError::DeadlineExceeded => "expired",
+            BackendError::StreamInterrupted { .. } => "stream_interrupted",
         }
     }
 

@@ -194,6 +194,15 @@ where
         attempts += 1;
         let outcome = classify(&result);
         observer(outcome);
+        let relayed = request.chunks_relayed();
+        if outcome.is_retryable() && relayed > 0 {
+            let cause = result.expect_err("a retryable outcome is always an error");
+            let result = Err(BackendError::StreamInterrupted {
+                chunks: relayed,
+                cause: cause.to_string(),
+            });
+            return Ok(Finished::Answered { result, attempts });
+        }
         if !outcome.is_retryable() || attempts >= policy.max_attempts {
             return Ok(Finished::Answered { result, attempts });
         }

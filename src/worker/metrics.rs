@@ -52,6 +52,10 @@ pub struct WorkerMetrics {
     pub completion_tokens: Counter,
     /// Failed writes of replies or dead letters to Kafka (each retried).
     pub produce_failures: Counter,
+    /// Chunk records of streamed answers written to the reply topic.
+    pub stream_chunks: Counter,
+    /// Chunk records Kafka did not take (not retried: a reader sees a gap).
+    pub stream_chunks_lost: Counter,
     /// Messages buffered between Kafka and the backend (bounded per lane).
     pub buffered: Gauge,
     /// Circuit breaker: 0 closed, 1 half-open, 2 open.
@@ -96,6 +100,8 @@ impl WorkerMetrics {
             prompt_tokens: Counter::default(),
             completion_tokens: Counter::default(),
             produce_failures: Counter::default(),
+            stream_chunks: Counter::default(),
+            stream_chunks_lost: Counter::default(),
             buffered: Gauge::default(),
             breaker_state: Gauge::default(),
             breaker_opens: Counter::default(),
@@ -170,6 +176,16 @@ impl WorkerMetrics {
             "produce_failures",
             "Failed writes to Kafka (retried)",
             m.produce_failures.clone(),
+        );
+        r.register(
+            "stream_chunks",
+            "Chunk records of streamed answers written to the reply topic",
+            m.stream_chunks.clone(),
+        );
+        r.register(
+            "stream_chunks_lost",
+            "Chunk records of streamed answers Kafka did not take (a gap in the stream)",
+            m.stream_chunks_lost.clone(),
         );
         r.register(
             "buffered",

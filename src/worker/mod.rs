@@ -28,6 +28,7 @@
 //! Beside the path: [`housekeeping`] (rate share and metrics), group pacing
 //! ([`crate::group`]) and the backend's saturation gauges ([`crate::backend::saturation`]).
 
+pub mod chunks;
 pub mod dead_letter;
 pub mod housekeeping;
 pub mod intake;
@@ -201,6 +202,9 @@ impl Worker {
             worker_id: config.worker_id(),
             metrics: metrics.clone(),
             request_topics: request_topics.clone(),
+            // Its own producer, outside any transaction: a chunk is useful only at once.
+            chunk_producer: Producer::new(&config.kafka, REPLY_LIMITS)
+                .context("creating the Kafka producer for stream chunks")?,
         });
 
         let after_drain = CancellationToken::new();

@@ -4,7 +4,7 @@
 //! makes the message's offset committable.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -12,6 +12,7 @@ use serde_json::Value;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::chunks;
 use super::dead_letter::{DeadLetter, Reason};
 use super::intake::Taken;
 use super::metrics::WorkerMetrics;
@@ -19,9 +20,11 @@ use super::outbox::Outbox;
 use super::output::Output;
 use crate::backend::retry::Finished;
 use crate::backend::stack::BackendStack;
+use crate::backend::stream::ChunkSink;
 use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
 use crate::envelope::{self, now_ms, Reply, ReplyError, Request, Status, Timing};
+use crate::kafka::producer::Producer;
 use crate::telemetry::{propagation, semconv};
 
 /// What every message task shares.
@@ -32,6 +35,8 @@ pub struct Shared {
     pub metrics: WorkerMetrics,
     /// Every request topic this worker reads; `reply_to` may not name one of them.
     pub request_topics: Vec<String>,
+    /// Writes the chunks of streamed answers.
+    pub chunk_producer: Producer,
 }
 
 /// Processes one message inside a `process <topic>` CONSUMER span that continues the
@@ -132,6 +137,19 @@ async fn decide(
     }
 
     let chat = ChatRequest::new(backend_body(&request), request.deadline_ms);
+    let (chat, relay) = if is_streamed(&request) {
+        let (sink, receiver) = ChunkSink::new(asks_for_usage(&request));
+        let relay = tokio::spawn(chunks::relay(
+            shared.chunk_producer.clone(),
+            topic.clone(),
+            request.id.clone(),
+            receiver,
+            Duration::from_millis(shared.config.worker.stream_linger_ms),
+        ));
+        (chat.streaming(sink), Some(relay))
+    } else {
+        (chat, None)
+    };
     let call_started = Instant::now();
     let finished = tower::Service::call(&mut backend, chat)
         .await
@@ -139,6 +157,12 @@ async fn decide(
             result: Err(error),
             attempts: 0,
         });
+    // Every chunk is written before the final reply, so a reader meets them first.
+    if let Some(relay) = relay {
+        let relayed = relay.await.unwrap_or_default();
+        shared.metrics.stream_chunks.inc_by(relayed.records);
+        shared.metrics.stream_chunks_lost.inc_by(relayed.lost);
+    }
     let backend = call_started.elapsed();
     timing.backend_ms = backend.as_millis() as u64;
     shared
@@ -190,8 +214,8 @@ async fn decide(
     reply_output(topic, &request, status, attempts, result, timing)
 }
 
-/// The body sent to the backend. Streaming is relayed by a later version of the worker;
-/// until then the backend is always asked for a whole completion.
+/// The body sent to the backend, without the streaming fields: the client sets them
+/// itself for a streamed call ([`ChatRequest::streaming`]).
 fn backend_body(request: &Request) -> serde_json::Map<String, Value> {
     let mut body = request.body.clone();
     body.remove("stream");
@@ -199,10 +223,30 @@ fn backend_body(request: &Request) -> serde_json::Map<String, Value> {
     body
 }
 
+/// Whether the caller asked for the answer as a stream (`"stream": true`).
+fn is_streamed(request: &Request) -> bool {
+    request.body.get("stream") == Some(&Value::Bool(true))
+}
+
+/// Whether a streamed caller asked for the usage chunk.
+fn asks_for_usage(request: &Request) -> bool {
+    request
+        .body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        == Some(&Value::Bool(true))
+}
+
+/// A failed call as the reply says it. A backend's error answer keeps its own message
+/// (its status is in `status`), so the OpenAI front door can pass it on as it was.
 fn reply_error(e: &BackendError) -> ReplyError {
+    let message = match e {
+        BackendError::Status { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
     ReplyError {
         kind: e.kind().into(),
-        message: e.to_string(),
+        message,
         status: e.status(),
     }
 }

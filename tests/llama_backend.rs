@@ -1,11 +1,13 @@
-//! One request through `sluice ingress` and `sluice worker` (separate processes, tansu
-//! in between) to a real llama.cpp server with SmolLM2-135M.
+//! Requests through `sluice ingress` and `sluice worker` (separate processes, tansu in
+//! between) to a real llama.cpp server with SmolLM2-135M: one through sluice's own API,
+//! and the official `openai` Python SDK through the OpenAI front door, sync and streamed.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::pipeline::{sluice_env, Ingress, Topics, Worker};
 use support::{LlamaServer, SluiceProcess, Tansu};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,5 +137,59 @@ async fn a_request_reaches_llama_cpp_and_its_completion_comes_back() {
     eprintln!(
         "llama test took {:?}; completion {content:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_works_through_the_front_door_as_against_llama_cpp_itself() {
+    let llama = LlamaServer::start(2).await;
+    let tansu = Tansu::start();
+    let topics = Topics::fresh();
+    topics.create_on(&tansu).await;
+    let env = sluice_env(&tansu.bootstrap(), &topics, &llama.base_url());
+    let ingress = Ingress::start(&env).await;
+    let mut worker = Worker::start(&env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/openai_sdk.py");
+    let output = tokio::process::Command::new(support::python())
+        .args([script, &ingress.url, &llama.base_url()])
+        .output()
+        .await
+        .expect("running openai_sdk.py");
+    assert!(
+        output.status.success(),
+        "openai_sdk.py failed:\n{}\n--- worker ---\n{}\n--- ingress ---\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        worker.process.logs(),
+        ingress.process.logs()
+    );
+    let found: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    eprintln!("openai SDK through sluice: {found}");
+    let direct = found["direct_content"]
+        .as_str()
+        .expect("llama.cpp answered");
+    assert!(!direct.trim().is_empty(), "{found}");
+    assert_eq!(
+        found["sync_content"], direct,
+        "sync: the same text as llama.cpp's"
+    );
+    assert!(
+        found["sync_request_id"].is_string(),
+        "x-request-id: {found}"
+    );
+    assert_eq!(found["stream_content"], direct, "streamed: the same text");
+    assert!(
+        found["stream_chunks"].as_u64().unwrap_or(0) >= 2,
+        "the stream came in pieces, not as one: {found}"
+    );
+    assert_eq!(found["bad_request"]["status"], 400, "{found}");
+    assert!(
+        found["bad_request"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Expected 'content' to be a string or an array"),
+        "llama.cpp's own message: {found}"
     );
 }

@@ -82,7 +82,8 @@ impl ReplyCache {
     }
 
     /// Records a final reply; the first one for an id wins.
-    pub fn record_final(&self, reply: Reply) -> Recorded {
+    pub fn record_final(&self, reply: impl Into<Arc<Reply>>) -> Recorded {
+        let reply = reply.into();
         let mut inner = self.lock();
         let recorded = match inner.slots.get_mut(&reply.id) {
             Some(Slot {
@@ -90,12 +91,12 @@ impl ReplyCache {
                 ..
             }) => Recorded::Duplicate,
             Some(slot) => {
-                slot.entry = Entry::Final(Arc::new(reply));
+                slot.entry = Entry::Final(reply);
                 Recorded::First
             }
             None => {
                 let id = reply.id.clone();
-                insert(&mut inner, &id, Entry::Final(Arc::new(reply)), None);
+                insert(&mut inner, &id, Entry::Final(reply), None);
                 Recorded::First
             }
         };

@@ -1,5 +1,6 @@
 //! The one error type of the HTTP API: every failure becomes
-//! `{"error": {"type", "message"}}` with the matching status. Internal detail is logged,
+//! `{"error": {"type", "message", "param", "code"}}` (OpenAI's shape) with the matching
+//! status. Internal detail is logged,
 //! not returned.
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -39,7 +40,10 @@ pub enum AppError {
         shorten(id)
     )]
     NotTracked { id: String, topic: String },
-    #[error("no such route; see POST /v1/requests and GET /v1/requests/{{id}}")]
+    #[error(
+        "no such route; see POST /v1/chat/completions, POST /v1/requests and \
+         GET /v1/requests/{{id}}"
+    )]
     NoRoute,
     #[error("this route does not take that HTTP method")]
     MethodNotAllowed,
@@ -87,7 +91,13 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let body = Json(json!({ "error": { "type": self.kind(), "message": self.to_string() } }));
+        // OpenAI's error shape (SDKs read `message`); `code` repeats the type.
+        let body = Json(json!({ "error": {
+            "type": self.kind(),
+            "message": self.to_string(),
+            "param": null,
+            "code": self.kind(),
+        } }));
         let mut response = (self.status(), body).into_response();
         if let AppError::Unavailable {
             retry_after_secs, ..

@@ -12,6 +12,13 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+/// `POST /v1/chat/completions` answers: the HTTP status and whether it was streamed.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompletionLabel {
+    pub status: String,
+    pub stream: String,
+}
+
 /// Counters and histograms the ingress updates.
 #[derive(Clone)]
 pub struct IngressMetrics {
@@ -27,6 +34,12 @@ pub struct IngressMetrics {
     pub undecodable_replies: Counter,
     /// Ids held in the result cache.
     pub cached: Gauge,
+    /// `POST /v1/chat/completions` answers, by status and streaming.
+    pub completions: Family<CompletionLabel, Counter>,
+    /// Requests a caller is waiting on (sync or streamed).
+    pub waiters: Gauge,
+    /// Streamed requests: from the request to its first chunk sent to the caller.
+    pub first_chunk_seconds: Histogram,
 }
 
 impl IngressMetrics {
@@ -38,6 +51,9 @@ impl IngressMetrics {
             duplicate_replies: Counter::default(),
             undecodable_replies: Counter::default(),
             cached: Gauge::default(),
+            completions: Family::default(),
+            waiters: Gauge::default(),
+            first_chunk_seconds: crate::metrics::latency_histogram(),
         };
         let r = registry.sub_registry_with_prefix("sluice_ingress");
         r.register(
@@ -69,6 +85,21 @@ impl IngressMetrics {
             "cached_results",
             "Request ids held in the result cache",
             m.cached.clone(),
+        );
+        r.register(
+            "completions",
+            "POST /v1/chat/completions answers, by HTTP status and streaming",
+            m.completions.clone(),
+        );
+        r.register(
+            "waiters",
+            "Requests a caller is waiting on (sync or streamed)",
+            m.waiters.clone(),
+        );
+        r.register(
+            "first_chunk_seconds",
+            "Streamed requests: time from the request to its first chunk sent",
+            m.first_chunk_seconds.clone(),
         );
         m
     }

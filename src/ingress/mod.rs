@@ -3,11 +3,14 @@
 //! cannot take them in time; serves results from a cache fed by the reply topic.
 
 pub mod cache;
+pub mod chat;
 pub mod error;
 pub mod metrics;
 pub mod replies;
 pub mod routes;
+pub mod stream;
 pub mod submit;
+pub mod waiters;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,8 +60,10 @@ pub fn build_state(config: Arc<Config>, registry: &mut Registry) -> anyhow::Resu
         Duration::from_millis(config.ingress.result_ttl_ms),
         config.ingress.result_cache_capacity,
     ));
+    let metrics = IngressMetrics::register(registry);
     Ok(IngressState {
-        metrics: IngressMetrics::register(registry),
+        waiters: Arc::new(waiters::Waiters::with_gauge(metrics.waiters.clone())),
+        metrics,
         config,
         producer,
         cache,
@@ -80,8 +85,11 @@ pub async fn serve(
 
     let reader = tokio::spawn(replies::run(
         config.clone(),
-        state.cache.clone(),
-        state.metrics.clone(),
+        replies::ReplySink {
+            cache: state.cache.clone(),
+            waiters: state.waiters.clone(),
+            metrics: state.metrics.clone(),
+        },
         reader_assigned.clone(),
         shutdown.clone(),
     ));

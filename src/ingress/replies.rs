@@ -9,15 +9,17 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 
 use crate::kafka::log::KafkaLog;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{Recorded, ReplyCache};
 use super::metrics::{IngressMetrics, StatusLabel};
+use super::waiters::{ReplyEvent, Waiters};
 use crate::admin::Readiness;
 use crate::config::Config;
-use crate::envelope::{headers, now_ms, Reply};
+use crate::envelope::now_ms;
+use crate::kafka::reply_record::{self, ReplyRecord};
 use crate::telemetry::{propagation, semconv};
 
 /// How often the reader checks whether the reply topic gained partitions.
@@ -27,12 +29,19 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Time limit of one blocking metadata or offset lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads the reply topic into `cache` until `shutdown`; `assigned` turns true once
+/// Where the reader puts what it reads.
+#[derive(Clone)]
+pub struct ReplySink {
+    pub cache: Arc<ReplyCache>,
+    pub waiters: Arc<Waiters>,
+    pub metrics: IngressMetrics,
+}
+
+/// Reads the reply topic into `sink` until `shutdown`; `assigned` turns true once
 /// every partition is being read.
 pub async fn run(
     config: Arc<Config>,
-    cache: Arc<ReplyCache>,
-    metrics: IngressMetrics,
+    sink: ReplySink,
     assigned: Readiness,
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
@@ -41,7 +50,9 @@ pub async fn run(
         crate::kafka::unjoined_reader_config(
             &config.kafka,
             "ingress",
-            &[("fetch.wait.max.ms", "100")],
+            // A sync or streamed caller waits on this reader: an idle fetch is held
+            // at most 10 ms (the cost: an idle fetch every 10 ms per broker).
+            &[("fetch.wait.max.ms", "10")],
             false,
         ),
         &config.kafka.bootstrap_servers,
@@ -82,7 +93,7 @@ pub async fn run(
                 }
             }
             message = consumer.recv(), if partitions > 0 => match message {
-                Ok(message) => handle(&message, &cache, &metrics),
+                Ok(message) => handle(&message, &sink),
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the reply topic failed");
                     sleep_or_cancel(&shutdown).await;
@@ -151,16 +162,18 @@ async fn add_new_partitions(
     .expect("the partition lookup task does not panic")
 }
 
-/// Records one reply-topic message in the cache. Chunks are not final replies.
-fn handle(message: &BorrowedMessage<'_>, cache: &ReplyCache, metrics: &IngressMetrics) {
-    let kind = message.headers().and_then(|h| {
-        h.iter()
-            .find(|header| header.key == headers::KIND)
-            .and_then(|header| header.value)
-    });
-    if kind == Some(headers::KIND_CHUNK.as_bytes()) {
-        return;
-    }
+/// Records one reply-topic message: a final reply goes into the cache, and both finals
+/// and chunks go to whoever waits for their id.
+fn handle(message: &BorrowedMessage<'_>, sink: &ReplySink) {
+    let record = match reply_record::decode(message) {
+        Ok(ReplyRecord::Chunk(chunk)) => {
+            let id = chunk.id.clone();
+            sink.waiters.notify(&id, ReplyEvent::Chunk(Arc::new(chunk)));
+            return;
+        }
+        Ok(ReplyRecord::Final(reply)) => Ok(reply),
+        Err(e) => Err(e),
+    };
     let span = semconv::kafka_process_span(&semconv::Consumed {
         topic: message.topic(),
         partition: message.partition(),
@@ -169,27 +182,27 @@ fn handle(message: &BorrowedMessage<'_>, cache: &ReplyCache, metrics: &IngressMe
     });
     propagation::adopt_remote_parent(&span, propagation::extract_kafka(message.headers()));
     let _entered = span.enter();
-    let reply: Reply = match message.payload().map(serde_json::from_slice) {
-        Some(Ok(reply)) => reply,
-        Some(Err(e)) => {
-            metrics.undecodable_replies.inc();
+    let reply = match record {
+        Ok(reply) => reply,
+        Err(e) => {
+            sink.metrics.undecodable_replies.inc();
             tracing::warn!(error = %e, offset = message.offset(), "skipping an undecodable reply");
-            return;
-        }
-        None => {
-            metrics.undecodable_replies.inc();
             return;
         }
     };
     span.record("request_id", reply.id.as_str());
+    let metrics = &sink.metrics;
     metrics
         .replies
         .get_or_create(&StatusLabel {
             status: reply.status.as_str().into(),
         })
         .inc();
-    if cache.record_final(reply) == Recorded::Duplicate {
+    let id = reply.id.clone();
+    let reply = Arc::new(reply);
+    if sink.cache.record_final(reply.clone()) == Recorded::Duplicate {
         metrics.duplicate_replies.inc();
     }
-    metrics.cached.set(cache.len() as i64);
+    sink.waiters.notify(&id, ReplyEvent::Final(reply));
+    metrics.cached.set(sink.cache.len() as i64);
 }

@@ -17,12 +17,14 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::cache::{Entry, ReplyCache};
+use super::chat;
 use super::error::AppError;
 use super::metrics::{IngressMetrics, StatusLabel};
 use super::submit;
+use super::waiters::Waiters;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::envelope::headers;
+use crate::envelope::{headers, Request};
 use crate::kafka::producer::{is_too_large, Outgoing, Producer};
 use crate::telemetry::{propagation, semconv};
 
@@ -32,6 +34,7 @@ pub struct IngressState {
     pub config: Arc<Config>,
     pub producer: Producer,
     pub cache: Arc<ReplyCache>,
+    pub waiters: Arc<Waiters>,
     pub metrics: IngressMetrics,
 }
 
@@ -41,6 +44,9 @@ pub fn app(state: IngressState, admin: AdminState) -> Router {
     Router::new()
         .route("/v1/requests", post(submit_request))
         .route("/v1/requests/{id}", get(get_request))
+        // Under `/v1` as an SDK's `base_url` of `.../v1` implies, and without it.
+        .route("/v1/chat/completions", post(chat::completions))
+        .route("/chat/completions", post(chat::completions))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .merge(admin::routes(admin))
@@ -88,20 +94,7 @@ async fn enqueue(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<Value>), AppError> {
     let config = &state.config;
-    // No content type is taken as JSON (as sent by many simple clients); any other than
-    // JSON (curl's form default, text/plain) is refused rather than guessed at.
-    if let Some(value) = headers.get(CONTENT_TYPE) {
-        let value = String::from_utf8_lossy(value.as_bytes());
-        if !submit::is_json_content_type(&value) {
-            return Err(AppError::UnsupportedMediaType(value.into_owned()));
-        }
-    }
-    let bytes = body.map_err(|rejection| match rejection.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge {
-            limit: config.ingress.max_body_bytes,
-        },
-        _ => AppError::BadRequest(format!("could not read the request body: {rejection}")),
-    })?;
+    let bytes = json_body(config, headers, body)?;
     let request = submit::parse(&bytes, config, None)?;
     tracing::Span::current().record("request_id", request.id.as_str());
     let payload =
@@ -120,7 +113,51 @@ async fn enqueue(
             Json(accepted_body(&request.id, &entry)),
         ));
     }
+    write_request(state, &request, &payload).await?;
+    let entry = match request.reply_to {
+        Some(other) if other != config.kafka.reply_topic => Entry::Elsewhere(other.into()),
+        _ => Entry::Queued,
+    };
+    state
+        .cache
+        .mark_accepted(&request.id, entry.clone(), fingerprint);
+    state.metrics.cached.set(state.cache.len() as i64);
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(accepted_body(&request.id, &entry)),
+    ))
+}
 
+/// The body of a JSON route: no content type is taken as JSON (as sent by many simple
+/// clients); any other than JSON (curl's form default, text/plain) is refused rather
+/// than guessed at.
+pub(super) fn json_body(
+    config: &Config,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, AppError> {
+    if let Some(value) = headers.get(CONTENT_TYPE) {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        if !submit::is_json_content_type(&value) {
+            return Err(AppError::UnsupportedMediaType(value.into_owned()));
+        }
+    }
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge {
+            limit: config.ingress.max_body_bytes,
+        },
+        _ => AppError::BadRequest(format!("could not read the request body: {rejection}")),
+    })
+}
+
+/// Writes `request` (serialized as `payload`) to its request topic; `Ok` once Kafka
+/// acknowledged it (acks=all), within `ingress.enqueue_timeout_ms`.
+pub(super) async fn write_request(
+    state: &IngressState,
+    request: &Request,
+    payload: &[u8],
+) -> Result<(), AppError> {
+    let config = &state.config;
     let topic = config.request_topic_for(request.lane.as_deref());
     let key = request.ordering_key.as_deref().unwrap_or(&request.id);
     let started = Instant::now();
@@ -133,7 +170,7 @@ async fn enqueue(
         state.producer.send(Outgoing {
             topic: &topic,
             key,
-            payload: &payload,
+            payload,
             headers: vec![(headers::ID, Some(request.id.as_bytes()))],
         }),
     )
@@ -146,20 +183,7 @@ async fn enqueue(
         .enqueue_seconds
         .observe(started.elapsed().as_secs_f64());
     match sent {
-        Ok(_) => {
-            let entry = match request.reply_to {
-                Some(other) if other != config.kafka.reply_topic => Entry::Elsewhere(other.into()),
-                _ => Entry::Queued,
-            };
-            state
-                .cache
-                .mark_accepted(&request.id, entry.clone(), fingerprint);
-            state.metrics.cached.set(state.cache.len() as i64);
-            Ok((
-                StatusCode::ACCEPTED,
-                Json(accepted_body(&request.id, &entry)),
-            ))
-        }
+        Ok(_) => Ok(()),
         // Not a passing condition: a 503 would have the client retry it for ever.
         Err(e) if is_too_large(&e) => Err(AppError::TooLargeForKafka {
             bytes: payload.len(),

@@ -82,7 +82,7 @@ fn top_level_kind(bytes: &[u8]) -> &'static str {
     }
 }
 
-fn into_request(
+pub fn into_request(
     submit: SubmitBody,
     config: &Config,
     tenant: Option<String>,

@@ -7,6 +7,7 @@ pub mod embedded;
 pub mod log;
 pub mod offsets;
 pub mod producer;
+pub mod reply_record;
 
 use std::collections::BTreeMap;
 

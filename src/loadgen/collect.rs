@@ -13,13 +13,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::{Ledger, Outcome};
 use crate::config::KafkaConfig;
-use crate::envelope::{headers, now_ms, Reply, Status};
+use crate::envelope::{now_ms, Reply, Status};
+use crate::kafka::reply_record::{self, ReplyRecord};
 
 /// Time limit of one blocking metadata or offset lookup.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,19 +123,15 @@ fn start_at_now(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<usize>
 /// Records one reply-topic message; chunks and undecodable values are skipped.
 fn record(message: &BorrowedMessage<'_>, ledger: &Ledger) {
     let seen_at = Instant::now();
-    let kind = message.headers().and_then(|h| {
-        h.iter()
-            .find(|header| header.key == headers::KIND)
-            .and_then(|header| header.value)
-    });
-    if kind == Some(headers::KIND_CHUNK.as_bytes()) {
-        return;
+    match reply_record::decode(message) {
+        Ok(ReplyRecord::Final(reply)) => {
+            ledger.finish(&reply.id, outcome(&reply), seen_at);
+        }
+        Ok(ReplyRecord::Chunk(_)) => {}
+        Err(e) => {
+            tracing::debug!(offset = message.offset(), error = %e, "skipping an undecodable reply")
+        }
     }
-    let Some(Ok(reply)) = message.payload().map(serde_json::from_slice::<Reply>) else {
-        tracing::debug!(offset = message.offset(), "skipping an undecodable reply");
-        return;
-    };
-    ledger.finish(&reply.id, outcome(&reply), seen_at);
 }
 
 /// A reply as the ledger keeps it.

@@ -965,7 +965,7 @@ pub fn hex(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------
 
 /// The Python interpreter for helper processes: `$SLUICE_PYTHON`, else `python3`.
-fn python() -> String {
+pub fn python() -> String {
     std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 

@@ -100,6 +100,11 @@ impl MockLlm {
 
     /// On `port` (to replace a stopped one at the same address); waits for `/healthz`.
     pub async fn start_on(port: u16, slots: u32, latency_ms: u32) -> MockLlm {
+        MockLlm::start_paced(port, slots, latency_ms, 0).await
+    }
+
+    /// Like [`MockLlm::start_on`], each token taking `per_token_ms` more.
+    pub async fn start_paced(port: u16, slots: u32, latency_ms: u32, per_token_ms: u32) -> MockLlm {
         let mut process = SluiceProcess::spawn(
             [
                 "mock-llm",
@@ -110,7 +115,7 @@ impl MockLlm {
                 "--latency-ms",
                 &latency_ms.to_string(),
                 "--per-token-ms",
-                "0",
+                &per_token_ms.to_string(),
             ],
             Vec::<(String, String)>::new(),
         );

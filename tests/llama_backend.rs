@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::pipeline::{sluice_env, Ingress, Topics, Worker};
+use support::pipeline::{sluice_env, with_env, Ingress, Topics, Worker};
 use support::{LlamaServer, SluiceProcess, Tansu};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,14 +146,27 @@ async fn the_openai_sdk_works_through_the_front_door_as_against_llama_cpp_itself
     let tansu = Tansu::start();
     let topics = Topics::fresh();
     topics.create_on(&tansu).await;
-    let env = sluice_env(&tansu.bootstrap(), &topics, &llama.base_url());
+    let (key, tight_key) = ("sk-sdk-test", "sk-tight-test");
+    let hash = |key: &str| sluice::config::tenants::hash_key(key);
+    let env = with_env(
+        &sluice_env(&tansu.bootstrap(), &topics, &llama.base_url()),
+        &[
+            ("SLUICE__INGRESS__AUTH", "true"),
+            ("SLUICE__INGRESS__TENANTS__SDK__API_KEY_SHA256", &hash(key)),
+            (
+                "SLUICE__INGRESS__TENANTS__TIGHT__API_KEY_SHA256",
+                &hash(tight_key),
+            ),
+            ("SLUICE__INGRESS__TENANTS__TIGHT__MAX_QUEUED", "1"),
+        ],
+    );
     let ingress = Ingress::start(&env).await;
     let mut worker = Worker::start(&env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/openai_sdk.py");
     let output = tokio::process::Command::new(support::python())
-        .args([script, &ingress.url, &llama.base_url()])
+        .args([script, &ingress.url, &llama.base_url(), key, tight_key])
         .output()
         .await
         .expect("running openai_sdk.py");
@@ -191,5 +204,15 @@ async fn the_openai_sdk_works_through_the_front_door_as_against_llama_cpp_itself
             .unwrap_or("")
             .contains("Expected 'content' to be a string or an array"),
         "llama.cpp's own message: {found}"
+    );
+    assert_eq!(found["bad_key"]["status"], 401, "{found}");
+    let limited = &found["rate_limited"];
+    assert_eq!(limited["status"], 429, "{found}");
+    assert_eq!(limited["retry_after"], "1", "{found}");
+    // Three tries, with the SDK's two waits of about Retry-After's 1 s between them.
+    let took = limited["took_s"].as_f64().unwrap_or(0.0);
+    assert!(
+        (1.8..20.0).contains(&took),
+        "the SDK retried, honouring Retry-After, before giving up: {took} s"
     );
 }

@@ -64,28 +64,14 @@ impl ChatRequest {
 
     /// Estimated prompt tokens: about four characters of message text per token.
     pub fn estimated_prompt_tokens(&self) -> u64 {
-        let chars: usize = self
-            .body
-            .get("messages")
-            .and_then(Value::as_array)
-            .map(|messages| {
-                messages
-                    .iter()
-                    .map(|m| match &m["content"] {
-                        Value::String(text) => text.len(),
-                        other => other.to_string().len(),
-                    })
-                    .sum()
-            })
-            .unwrap_or(0);
-        (chars as u64).div_ceil(4).max(1)
+        estimated_prompt_tokens(&self.body)
     }
 
     /// What the call may cost in tokens: estimated prompt plus `max_tokens`
     /// (or [`DEFAULT_MAX_TOKENS_ESTIMATE`]). Used by the tokens/min budget and to
     /// normalise latency for the concurrency controller.
     pub fn estimated_tokens(&self) -> u64 {
-        self.estimated_prompt_tokens() + self.max_tokens().unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE)
+        estimated_tokens(&self.body)
     }
 
     /// The `model` field, or `unknown` (only used for span names).
@@ -98,11 +84,40 @@ impl ChatRequest {
 
     /// `max_tokens` (or the newer `max_completion_tokens`) when given.
     pub fn max_tokens(&self) -> Option<u64> {
-        self.body
-            .get("max_completion_tokens")
-            .or_else(|| self.body.get("max_tokens"))
-            .and_then(Value::as_u64)
+        max_tokens(&self.body)
     }
+}
+
+/// Estimated prompt tokens of a chat request body: about four characters of message
+/// text per token.
+pub fn estimated_prompt_tokens(body: &Map<String, Value>) -> u64 {
+    let chars: usize = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map(|messages| {
+            messages
+                .iter()
+                .map(|m| match &m["content"] {
+                    Value::String(text) => text.len(),
+                    other => other.to_string().len(),
+                })
+                .sum()
+        })
+        .unwrap_or(0);
+    (chars as u64).div_ceil(4).max(1)
+}
+
+/// Estimated prompt plus `max_tokens` (or [`DEFAULT_MAX_TOKENS_ESTIMATE`]) of a chat
+/// request body.
+pub fn estimated_tokens(body: &Map<String, Value>) -> u64 {
+    estimated_prompt_tokens(body) + max_tokens(body).unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE)
+}
+
+/// `max_tokens` (or the newer `max_completion_tokens`) of a chat request body.
+pub fn max_tokens(body: &Map<String, Value>) -> Option<u64> {
+    body.get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64)
 }
 
 /// A successful backend answer.

@@ -23,7 +23,7 @@ pub fn env_names() -> Vec<String> {
 
 fn collect(value: &Value, prefix: String, names: &mut Vec<String>) {
     match value {
-        Value::Object(fields) if !prefix.ends_with("KAFKA__CLIENT") => {
+        Value::Object(fields) if !is_open_map(&prefix) => {
             for (key, field) in fields {
                 let name = format!("{prefix}{ENV_SEPARATOR}{}", key.to_uppercase());
                 collect(field, name, names);
@@ -32,6 +32,11 @@ fn collect(value: &Value, prefix: String, names: &mut Vec<String>) {
         Value::Object(_) => names.push(format!("{prefix}{ENV_SEPARATOR}")),
         _ => names.push(prefix),
     }
+}
+
+/// Sections whose keys are the operator's own: librdkafka properties, tenant names.
+fn is_open_map(prefix: &str) -> bool {
+    prefix.ends_with("KAFKA__CLIENT") || prefix.ends_with("INGRESS__TENANTS")
 }
 
 /// A warning for each variable of `names` that looks meant for sluice but is not read:
@@ -48,7 +53,9 @@ pub fn unknown_env_warnings(names: impl IntoIterator<Item = String>) -> Vec<Stri
             let squashed = squash(&name);
             let meant = known.iter().find(|k| {
                 let k = squash(k);
-                k == squashed || (k.ends_with("CLIENT") && squashed.starts_with(&k))
+                k == squashed
+                    || ((k.ends_with("CLIENT") || k.ends_with("TENANTS"))
+                        && squashed.starts_with(&k))
             });
             match meant {
                 Some(meant) if meant.ends_with(ENV_SEPARATOR) => format!(

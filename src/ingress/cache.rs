@@ -33,11 +33,22 @@ pub enum Recorded {
 /// the id, as parsed: key order and whitespace do not count).
 pub type Fingerprint = u64;
 
+/// What is known about one id: see [`ReplyCache::lookup`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub entry: Entry,
+    /// Set for ids accepted by this instance; `None` for replies of requests it did not take.
+    pub fingerprint: Option<Fingerprint>,
+    /// The request's tenant, when it had one.
+    pub tenant: Option<Arc<str>>,
+}
+
 #[derive(Debug)]
 struct Slot {
     entry: Entry,
     /// Set for ids accepted by this instance; `None` for replies of requests it did not take.
     fingerprint: Option<Fingerprint>,
+    tenant: Option<Arc<str>>,
     /// Insertion sequence number; matches the `order` record that may evict it.
     seq: u64,
 }
@@ -68,15 +79,21 @@ impl ReplyCache {
         }
     }
 
-    /// Remembers an accepted request (`Queued` or `Elsewhere`) unless its id is already
-    /// known; a final reply that arrived first gains the fingerprint.
-    pub fn mark_accepted(&self, id: &str, entry: Entry, fingerprint: Fingerprint) {
+    /// Remembers an accepted request (`Queued` or `Elsewhere`) of `tenant` unless its
+    /// id is already known; a final reply that arrived first gains the fingerprint.
+    pub fn mark_accepted(
+        &self,
+        id: &str,
+        entry: Entry,
+        fingerprint: Fingerprint,
+        tenant: Option<Arc<str>>,
+    ) {
         let mut inner = self.lock();
         match inner.slots.get_mut(id) {
             Some(slot) => {
                 slot.fingerprint.get_or_insert(fingerprint);
             }
-            None => insert(&mut inner, id, entry, Some(fingerprint)),
+            None => insert(&mut inner, id, entry, Some(fingerprint), tenant),
         }
         self.evict(&mut inner, Instant::now());
     }
@@ -96,7 +113,8 @@ impl ReplyCache {
             }
             None => {
                 let id = reply.id.clone();
-                insert(&mut inner, &id, Entry::Final(reply), None);
+                let tenant = reply.tenant.as_deref().map(Arc::from);
+                insert(&mut inner, &id, Entry::Final(reply), None, tenant);
                 Recorded::First
             }
         };
@@ -106,17 +124,19 @@ impl ReplyCache {
 
     /// What is known about `id`, if it has not been evicted.
     pub fn get(&self, id: &str) -> Option<Entry> {
-        self.lookup(id).map(|(entry, _)| entry)
+        self.lookup(id).map(|known| known.entry)
     }
 
-    /// What is known about `id` and the fingerprint it was accepted with here, if any.
-    pub fn lookup(&self, id: &str) -> Option<(Entry, Option<Fingerprint>)> {
+    /// What is known about `id`: its entry, the fingerprint it was accepted with here
+    /// and its tenant.
+    pub fn lookup(&self, id: &str) -> Option<Known> {
         let mut inner = self.lock();
         self.evict(&mut inner, Instant::now());
-        inner
-            .slots
-            .get(id)
-            .map(|slot| (slot.entry.clone(), slot.fingerprint))
+        inner.slots.get(id).map(|slot| Known {
+            entry: slot.entry.clone(),
+            fingerprint: slot.fingerprint,
+            tenant: slot.tenant.clone(),
+        })
     }
 
     /// Number of ids held.
@@ -150,12 +170,19 @@ impl ReplyCache {
     }
 }
 
-fn insert(inner: &mut Inner, id: &str, entry: Entry, fingerprint: Option<Fingerprint>) {
+fn insert(
+    inner: &mut Inner,
+    id: &str,
+    entry: Entry,
+    fingerprint: Option<Fingerprint>,
+    tenant: Option<Arc<str>>,
+) {
     inner.next_seq += 1;
     let seq = inner.next_seq;
     let slot = Slot {
         entry,
         fingerprint,
+        tenant,
         seq,
     };
     inner.slots.insert(id.to_string(), slot);
@@ -169,6 +196,7 @@ mod tests {
 
     fn reply(id: &str, status: Status) -> Reply {
         Reply {
+            tenant: None,
             v: 1,
             id: id.into(),
             status,
@@ -185,8 +213,11 @@ mod tests {
     fn queued_then_final_then_duplicate() {
         let cache = ReplyCache::new(Duration::from_secs(60), 10);
         assert_eq!(cache.get("a"), None);
-        cache.mark_accepted("a", Entry::Queued, 1);
-        assert_eq!(cache.lookup("a"), Some((Entry::Queued, Some(1))));
+        cache.mark_accepted("a", Entry::Queued, 1, Some("acme".into()));
+        let known = cache.lookup("a").unwrap();
+        assert_eq!(known.entry, Entry::Queued);
+        assert_eq!(known.fingerprint, Some(1));
+        assert_eq!(known.tenant.as_deref(), Some("acme"));
         assert_eq!(cache.record_final(reply("a", Status::Ok)), Recorded::First);
         assert_eq!(
             cache.record_final(reply("a", Status::Error)),
@@ -196,12 +227,13 @@ mod tests {
             Some(Entry::Final(r)) => assert_eq!(r.status, Status::Ok, "first reply wins"),
             other => panic!("expected final, got {other:?}"),
         }
-        cache.mark_accepted("a", Entry::Queued, 2);
+        cache.mark_accepted("a", Entry::Queued, 2, None);
         assert_eq!(
-            cache.lookup("a").unwrap().1,
+            cache.lookup("a").unwrap().fingerprint,
             Some(1),
             "the first fingerprint stays"
         );
+        assert_eq!(cache.lookup("a").unwrap().tenant.as_deref(), Some("acme"));
         assert!(
             matches!(cache.get("a"), Some(Entry::Final(_))),
             "queued never overwrites final"
@@ -215,22 +247,18 @@ mod tests {
             cache.record_final(reply("other-instance", Status::Expired)),
             Recorded::First
         );
-        assert!(matches!(
-            cache.lookup("other-instance"),
-            Some((Entry::Final(_), None))
-        ));
-        cache.mark_accepted("other-instance", Entry::Queued, 7);
-        assert!(matches!(
-            cache.lookup("other-instance"),
-            Some((Entry::Final(_), Some(7)))
-        ));
+        let known = cache.lookup("other-instance").unwrap();
+        assert!(matches!(known.entry, Entry::Final(_)));
+        assert_eq!(known.fingerprint, None);
+        cache.mark_accepted("other-instance", Entry::Queued, 7, None);
+        assert_eq!(cache.lookup("other-instance").unwrap().fingerprint, Some(7));
     }
 
     #[test]
     fn capacity_evicts_oldest_first() {
         let cache = ReplyCache::new(Duration::from_secs(60), 3);
         for id in ["a", "b", "c", "d"] {
-            cache.mark_accepted(id, Entry::Queued, 0);
+            cache.mark_accepted(id, Entry::Queued, 0, None);
         }
         assert_eq!(cache.len(), 3);
         assert_eq!(cache.get("a"), None);
@@ -240,9 +268,9 @@ mod tests {
     #[test]
     fn ttl_evicts_old_entries() {
         let cache = ReplyCache::new(Duration::from_millis(30), 100);
-        cache.mark_accepted("old", Entry::Queued, 0);
+        cache.mark_accepted("old", Entry::Queued, 0, None);
         std::thread::sleep(Duration::from_millis(40));
-        cache.mark_accepted("new", Entry::Queued, 0);
+        cache.mark_accepted("new", Entry::Queued, 0, None);
         assert_eq!(cache.get("old"), None);
         assert_eq!(cache.get("new"), Some(Entry::Queued));
         assert_eq!(cache.len(), 1);

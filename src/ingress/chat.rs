@@ -79,9 +79,18 @@ async fn answer(
     body: Result<Bytes, BytesRejection>,
 ) -> (Option<String>, bool, Result<Response, AppError>) {
     let config = &state.config;
+    let tenant = match state.tenants.identify(headers) {
+        Ok(tenant) => tenant,
+        Err(e) => return (None, false, Err(e)),
+    };
     let parsed = routes::json_body(config, headers, body).and_then(|bytes| {
         let options = CallOptions::from_headers(headers, config.ingress.sync_timeout_ms)?;
-        parse(&bytes, config, options)
+        parse(
+            &bytes,
+            config,
+            options,
+            tenant.as_ref().map(|t| t.name.to_string()),
+        )
     });
     let (request, wait) = match parsed {
         Ok(parsed) => parsed,
@@ -93,23 +102,31 @@ async fn answer(
     let payload =
         serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
 
+    let quota = match routes::admit(state, tenant.as_deref(), &request) {
+        Ok(quota) => quota,
+        Err(e) => return (Some(id), streamed, Err(e)),
+    };
     // Registered before the write, so that not even an instant reply is missed.
     let waiter = state.waiters.register(&id);
     if let Err(e) = routes::write_request(state, &request, &payload).await {
+        routes::release(tenant.as_deref(), &id);
         return (Some(id), streamed, Err(e));
     }
+    let tenant_name = tenant.map(|t| t.name.clone());
+    let fingerprint = submit::fingerprint(&payload);
     state
         .cache
-        .mark_accepted(&id, Entry::Queued, submit::fingerprint(&payload));
+        .mark_accepted(&id, Entry::Queued, fingerprint, tenant_name);
     let wait_until = Instant::now() + wait;
-    let response = if streamed {
+    let mut response = if streamed {
         let keepalive = Duration::from_millis(config.ingress.stream_keepalive_ms);
         let first_chunk = state.metrics.first_chunk_seconds.clone();
-        Ok(super::stream::respond(waiter, wait_until, keepalive, first_chunk).await)
+        super::stream::respond(waiter, wait_until, keepalive, first_chunk).await
     } else {
-        Ok(wait_for_final(waiter, wait_until, wait).await)
+        wait_for_final(waiter, wait_until, wait).await
     };
-    (Some(id), streamed, response)
+    quota.apply(response.headers_mut());
+    (Some(id), streamed, Ok(response))
 }
 
 /// What the headers say about the call.
@@ -161,6 +178,7 @@ pub fn parse(
     bytes: &[u8],
     config: &crate::config::Config,
     options: CallOptions,
+    tenant: Option<String>,
 ) -> Result<(envelope::Request, Duration), AppError> {
     let body: Map<String, Value> = serde_json::from_slice(bytes).map_err(|e| {
         AppError::BadRequest(match e.classify() {
@@ -184,8 +202,9 @@ pub fn parse(
         ordering_key: options.ordering_key,
         reply_to: None,
         metadata: None,
+        tenant: None,
     };
-    Ok((submit::into_request(submit, config, None)?, options.wait))
+    Ok((submit::into_request(submit, config, tenant)?, options.wait))
 }
 
 /// Waits for the final reply (chunks are not asked for) and answers with it.
@@ -263,6 +282,7 @@ mod tests {
 
     fn reply(status: Status, body: Option<Value>, error: Option<ReplyError>) -> Reply {
         Reply {
+            tenant: None,
             v: 1,
             id: "r".into(),
             status,
@@ -338,7 +358,7 @@ mod tests {
             ordering_key: None,
         };
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
-        let (request, wait) = parse(body, &config, options.clone()).unwrap();
+        let (request, wait) = parse(body, &config, options.clone(), None).unwrap();
         let deadline = request.deadline_ms.unwrap();
         let expected = envelope::now_ms() + 30_000;
         assert!(
@@ -357,7 +377,7 @@ mod tests {
                 "stream must be",
             ),
         ] {
-            let e = parse(bad, &config, options.clone())
+            let e = parse(bad, &config, options.clone(), None)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(says), "{e}");

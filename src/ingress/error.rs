@@ -7,6 +7,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use std::time::Duration;
+
+use super::tenants::Quota;
 
 /// An API failure and the status it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,16 @@ pub enum AppError {
     NoRoute,
     #[error("this route does not take that HTTP method")]
     MethodNotAllowed,
+    /// `ingress.auth` is on and the caller's key is missing or unknown.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The caller's tenant is over one of its limits; nothing was accepted.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: Duration,
+        quota: Quota,
+    },
     /// Kafka did not take the write in time; nothing was accepted.
     #[error("{message}")]
     Unavailable {
@@ -69,6 +82,8 @@ impl AppError {
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -85,6 +100,8 @@ impl AppError {
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
             AppError::Conflict(_) => "conflict",
             AppError::Unavailable { .. } => "unavailable",
+            AppError::Unauthorized(_) => "unauthorized",
+            AppError::RateLimited { .. } => "rate_limited",
         }
     }
 }
@@ -99,13 +116,30 @@ impl IntoResponse for AppError {
             "code": self.kind(),
         } }));
         let mut response = (self.status(), body).into_response();
-        if let AppError::Unavailable {
-            retry_after_secs, ..
-        } = self
-        {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        let headers = response.headers_mut();
+        match self {
+            AppError::Unavailable {
+                retry_after_secs, ..
+            } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            }
+            AppError::Unauthorized(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            AppError::RateLimited {
+                retry_after, quota, ..
+            } => {
+                // Whole seconds, rounded up, for every client; OpenAI's SDKs prefer the
+                // milliseconds.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+                headers.insert(
+                    "retry-after-ms",
+                    HeaderValue::from(retry_after.as_millis().max(1) as u64),
+                );
+                quota.apply(headers);
+            }
+            _ => {}
         }
         response
     }

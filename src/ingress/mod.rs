@@ -10,6 +10,7 @@ pub mod replies;
 pub mod routes;
 pub mod stream;
 pub mod submit;
+pub mod tenants;
 pub mod waiters;
 
 use std::sync::Arc;
@@ -63,6 +64,7 @@ pub fn build_state(config: Arc<Config>, registry: &mut Registry) -> anyhow::Resu
     let metrics = IngressMetrics::register(registry);
     Ok(IngressState {
         waiters: Arc::new(waiters::Waiters::with_gauge(metrics.waiters.clone())),
+        tenants: Arc::new(tenants::Tenants::from_config(&config.ingress)),
         metrics,
         config,
         producer,
@@ -88,6 +90,7 @@ pub async fn serve(
         replies::ReplySink {
             cache: state.cache.clone(),
             waiters: state.waiters.clone(),
+            tenants: state.tenants.clone(),
             metrics: state.metrics.clone(),
         },
         reader_assigned.clone(),

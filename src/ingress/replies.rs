@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::{Recorded, ReplyCache};
 use super::metrics::{IngressMetrics, StatusLabel};
+use super::tenants::Tenants;
 use super::waiters::{ReplyEvent, Waiters};
 use crate::admin::Readiness;
 use crate::config::Config;
@@ -34,6 +35,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ReplySink {
     pub cache: Arc<ReplyCache>,
     pub waiters: Arc<Waiters>,
+    pub tenants: Arc<Tenants>,
     pub metrics: IngressMetrics,
 }
 
@@ -199,6 +201,7 @@ fn handle(message: &BorrowedMessage<'_>, sink: &ReplySink) {
         })
         .inc();
     let id = reply.id.clone();
+    sink.tenants.finished(reply.tenant.as_deref(), &id);
     let reply = Arc::new(reply);
     if sink.cache.record_final(reply.clone()) == Recorded::Duplicate {
         metrics.duplicate_replies.inc();

@@ -9,6 +9,7 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -21,6 +22,7 @@ use super::chat;
 use super::error::AppError;
 use super::metrics::{IngressMetrics, StatusLabel};
 use super::submit;
+use super::tenants::{Quota, Tenant, Tenants};
 use super::waiters::Waiters;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
@@ -35,6 +37,7 @@ pub struct IngressState {
     pub producer: Producer,
     pub cache: Arc<ReplyCache>,
     pub waiters: Arc<Waiters>,
+    pub tenants: Arc<Tenants>,
     pub metrics: IngressMetrics,
 }
 
@@ -58,14 +61,14 @@ async fn submit_request(
     State(state): State<IngressState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Response {
     let span = semconv::http_server_span("POST", "/v1/requests");
     propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
     let result = enqueue(&state, &headers, body)
         .instrument(span.clone())
         .await;
     let status = match &result {
-        Ok((status, _)) => *status,
+        Ok(response) => response.status(),
         Err(e) => {
             semconv::record_error(&span, e.kind());
             if e.status().is_client_error() {
@@ -85,47 +88,79 @@ async fn submit_request(
             status: status.as_u16().to_string(),
         })
         .inc();
-    result
+    result.into_response()
 }
 
 async fn enqueue(
     state: &IngressState,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
+) -> Result<Response, AppError> {
     let config = &state.config;
+    let tenant = state.tenants.identify(headers)?;
     let bytes = json_body(config, headers, body)?;
-    let request = submit::parse(&bytes, config, None)?;
+    let request = submit::parse(&bytes, config, tenant.as_ref().map(|t| t.name.to_string()))?;
     tracing::Span::current().record("request_id", request.id.as_str());
     let payload =
         serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
     let fingerprint = submit::fingerprint(&payload);
 
     // An id this instance already accepted is not written again (idempotent retries),
-    // unless it came with a different submission. A final reply from a request another
-    // instance accepted carries no fingerprint: taken as a repeat.
-    if let Some((entry, known)) = state.cache.lookup(&request.id) {
-        if known.is_some_and(|known| known != fingerprint) {
+    // unless it came with a different submission (or from another tenant). A final reply
+    // from a request another instance accepted carries no fingerprint: taken as a repeat.
+    if let Some(known) = state.cache.lookup(&request.id) {
+        let other_tenant = known.tenant.as_deref() != request.tenant.as_deref();
+        if other_tenant || known.fingerprint.is_some_and(|f| f != fingerprint) {
             return Err(AppError::Conflict(request.id));
         }
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(accepted_body(&request.id, &entry)),
-        ));
+        let body = Json(accepted_body(&request.id, &known.entry));
+        return Ok((StatusCode::ACCEPTED, body).into_response());
     }
-    write_request(state, &request, &payload).await?;
-    let entry = match request.reply_to {
-        Some(other) if other != config.kafka.reply_topic => Entry::Elsewhere(other.into()),
+    let quota = admit(state, tenant.as_deref(), &request)?;
+    write_request(state, &request, &payload)
+        .await
+        .inspect_err(|_| release(tenant.as_deref(), &request.id))?;
+    let entry = match &request.reply_to {
+        Some(other) if *other != config.kafka.reply_topic => {
+            Entry::Elsewhere(other.as_str().into())
+        }
         _ => Entry::Queued,
     };
+    let tenant_name = tenant.map(|t| t.name.clone());
     state
         .cache
-        .mark_accepted(&request.id, entry.clone(), fingerprint);
+        .mark_accepted(&request.id, entry.clone(), fingerprint, tenant_name);
     state.metrics.cached.set(state.cache.len() as i64);
-    Ok((
+    let mut response = (
         StatusCode::ACCEPTED,
         Json(accepted_body(&request.id, &entry)),
-    ))
+    )
+        .into_response();
+    quota.apply(response.headers_mut());
+    Ok(response)
+}
+
+/// Takes the request from its tenant's limits (nothing without a tenant).
+pub(super) fn admit(
+    state: &IngressState,
+    tenant: Option<&Tenant>,
+    request: &Request,
+) -> Result<Quota, AppError> {
+    match tenant {
+        Some(tenant) => tenant.admit(
+            &request.id,
+            crate::backend::estimated_tokens(&request.body),
+            state.tenants.queued_ttl(),
+        ),
+        None => Ok(Quota::default()),
+    }
+}
+
+/// Gives back a request's queued place: it was not stored.
+pub(super) fn release(tenant: Option<&Tenant>, id: &str) {
+    if let Some(tenant) = tenant {
+        tenant.release(id);
+    }
 }
 
 /// The body of a JSON route: no content type is taken as JSON (as sent by many simple
@@ -204,11 +239,17 @@ pub(super) async fn write_request(
 
 async fn get_request(
     State(state): State<IngressState>,
+    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, AppError> {
+    let tenant = state.tenants.identify(&headers)?;
     let Path(id) =
         id.map_err(|e| AppError::BadRequest(format!("invalid request id in the path: {e}")))?;
-    match state.cache.get(&id) {
+    let known = state.cache.lookup(&id).filter(|known| {
+        // With auth on, another tenant's request is as unknown as no request.
+        !state.tenants.auth() || known.tenant.as_deref() == tenant.as_ref().map(|t| &*t.name)
+    });
+    match known.map(|known| known.entry) {
         Some(Entry::Elsewhere(topic)) => Err(AppError::NotTracked {
             id,
             topic: topic.to_string(),

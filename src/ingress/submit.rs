@@ -20,6 +20,9 @@ pub struct SubmitBody {
     pub ordering_key: Option<String>,
     pub reply_to: Option<String>,
     pub metadata: Option<Value>,
+    /// Ignored: the ingress stamps the tenant from the caller's API key.
+    #[serde(default)]
+    pub tenant: Option<serde::de::IgnoredAny>,
 }
 
 /// Parses and validates a submission into the envelope written to Kafka.

@@ -130,6 +130,7 @@ mod tests {
 
     fn reply(id: &str) -> Arc<Reply> {
         Arc::new(Reply {
+            tenant: None,
             v: 1,
             id: id.into(),
             status: Status::Ok,

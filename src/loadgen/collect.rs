@@ -158,6 +158,7 @@ mod tests {
 
     fn reply(status: Status, error: Option<ReplyError>) -> Reply {
         Reply {
+            tenant: None,
             v: 1,
             id: "x".into(),
             status,

@@ -1,6 +1,7 @@
 //! `sluice config print` (the effective configuration, as TOML, secrets masked),
-//! `sluice config check FILE` (load a file as a role would, and say what is wrong) and
-//! `sluice config reference` (what every key does).
+//! `sluice config check FILE` (load a file as a role would, and say what is wrong),
+//! `sluice config reference` (what every key does) and `sluice config hash-key` (the
+//! SHA-256 of an API key, as the tenants' settings take it).
 
 use std::path::PathBuf;
 
@@ -24,6 +25,10 @@ pub enum ConfigCommand {
     /// Print the configuration reference: every section and key, its default and what it
     /// does (docs/configuration.md, built into the binary).
     Reference,
+    /// Read an API key from standard input (its first line) and print its SHA-256, as
+    /// `ingress.tenants.<name>.api_key_sha256` takes it: `printf %s "$KEY" | sluice config
+    /// hash-key`. The key itself never needs to be in the configuration.
+    HashKey,
 }
 
 /// The configuration reference, as shipped with this build.
@@ -41,6 +46,15 @@ pub fn run(config: &Config, command: &ConfigCommand) -> u8 {
         }
         ConfigCommand::Reference => {
             print!("{REFERENCE}");
+            0
+        }
+        ConfigCommand::HashKey => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() || line.trim().is_empty() {
+                eprintln!("sluice config hash-key: no key on standard input");
+                return 2;
+            }
+            println!("{}", crate::config::tenants::hash_key(line.trim()));
             0
         }
         ConfigCommand::Check { file } => match Config::load(Some(file)) {

@@ -86,6 +86,7 @@ mod tests {
 
     fn ok_reply() -> Reply {
         Reply {
+            tenant: None,
             v: 1,
             id: "r1".into(),
             status: Status::Ok,

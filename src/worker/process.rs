@@ -283,6 +283,7 @@ fn reply_output(
             id: request.id.clone(),
             status,
             attempts,
+            tenant: request.tenant.clone(),
             body,
             error,
             usage,

@@ -2,7 +2,9 @@
 user would write it, beside the same backend called directly. Prints one JSON object of
 what it saw; tests/llama_backend.rs asserts on it.
 
-usage: openai_sdk.py SLUICE_BASE_URL BACKEND_BASE_URL
+usage: openai_sdk.py SLUICE_BASE_URL BACKEND_BASE_URL API_KEY TIGHT_API_KEY
+
+API_KEY is a tenant without limits; TIGHT_API_KEY a tenant allowed one queued request.
 """
 import json
 import sys
@@ -10,8 +12,8 @@ import time
 
 import openai
 
-sluice_url, backend_url = sys.argv[1], sys.argv[2]
-through_sluice = openai.OpenAI(base_url=f"{sluice_url}/v1", api_key="unused")
+sluice_url, backend_url, api_key, tight_key = sys.argv[1:5]
+through_sluice = openai.OpenAI(base_url=f"{sluice_url}/v1", api_key=api_key)
 direct = openai.OpenAI(base_url=f"{backend_url}/v1", api_key="unused")
 
 request = dict(
@@ -47,5 +49,32 @@ try:
     found["bad_request"] = "no error raised"
 except openai.BadRequestError as e:
     found["bad_request"] = {"status": e.status_code, "message": e.message}
+
+try:
+    openai.OpenAI(base_url=f"{sluice_url}/v1", api_key="sk-not-a-key").chat.completions.create(**request)
+    found["bad_key"] = "no error raised"
+except openai.AuthenticationError as e:
+    found["bad_key"] = {"status": e.status_code, "message": e.message}
+
+# The tight tenant's one queued place, taken by a long answer sent without waiting
+# (sluice's own API; llama.cpp's `ignore_eos` makes it 400 tokens, several seconds);
+# the SDK's call then finds the tenant full on every try.
+tight = openai.OpenAI(base_url=f"{sluice_url}/v1", api_key=tight_key, max_retries=2)
+long_one = tight.post(
+    "/requests",
+    body={"body": {**request, "max_tokens": 400, "ignore_eos": True}},
+    cast_to=object,
+)
+started = time.monotonic()
+try:
+    tight.chat.completions.create(**request)
+    found["rate_limited"] = "no error raised"
+except openai.RateLimitError as e:
+    found["rate_limited"] = {
+        "status": e.status_code,
+        "message": e.message,
+        "retry_after": e.response.headers.get("retry-after"),
+        "took_s": time.monotonic() - started,
+    }
 
 print(json.dumps(found))

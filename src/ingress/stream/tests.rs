@@ -23,6 +23,7 @@ fn chunk(seq: u64, generation: &str, text: &str) -> ReplyEvent {
 
 fn final_reply(status: Status, body: Option<Value>, error: Option<ReplyError>) -> ReplyEvent {
     ReplyEvent::Final(Arc::new(Reply {
+        tenant: None,
         v: 1,
         id: "req".into(),
         status,

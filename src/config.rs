@@ -108,6 +108,8 @@ pub struct IngressConfig {
     pub replicas: u32,
     /// Tenants by name: API key hashes and limits ([`TenantConfig`]). Default none.
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Most requests in one `POST /v1/requests:batch`. Default 100.
+    pub max_batch_items: usize,
 }
 
 /// `[worker]`: the consumer-group member that calls the backend.
@@ -236,6 +238,7 @@ impl Default for IngressConfig {
             auth: false,
             replicas: 1,
             tenants: BTreeMap::new(),
+            max_batch_items: 100,
         }
     }
 }
@@ -339,6 +342,9 @@ impl Config {
                     kafka_max.saturating_sub(KAFKA_RECORD_HEADROOM)
                 ),
             );
+        }
+        if self.ingress.max_batch_items == 0 {
+            return invalid("ingress.max_batch_items", "must be at least 1");
         }
         if self.ingress.replicas == 0 {
             return invalid("ingress.replicas", "must be at least 1");

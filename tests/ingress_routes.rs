@@ -397,3 +397,93 @@ async fn readyz_reflects_readiness_and_healthz_is_live() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_mixed_batch_answers_each_item_and_stores_only_the_good_ones() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("req", 1).unwrap();
+    broker.create_topic("req.batch", 1).unwrap();
+    let app = app_for(config_for(broker.bootstrap_servers()));
+    let batch = format!(
+        r#"{{"requests":[
+            {{"id":"b-1","body":{CHAT}}},
+            {{"id":"b-2","body":{{"messages":[]}}}},
+            "not an object",
+            {{"id":"b-3","body":{CHAT},"lane":"batch"}},
+            {{"id":"b-4","body":{CHAT},"lane":"gold"}},
+            {{"id":"b-1","body":{CHAT}}}
+        ]}}"#
+    );
+    let (status, _, value) = call(&app, "POST", "/v1/requests:batch", batch).await;
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{value}");
+    let results = value["results"].as_array().expect("results");
+    let statuses: Vec<u64> = results
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [202, 400, 400, 202, 400, 400], "{value}");
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result["index"], i, "in order: {value}");
+    }
+    assert_eq!(results[0]["body"], json!({"id": "b-1", "status": "queued"}));
+    assert_eq!(results[3]["id"], "b-3");
+    assert!(results[4]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown lane"));
+    assert!(results[5]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("more than once"));
+
+    // Exactly the accepted two are on their topics.
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", "batch-check")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["req", "req.batch"]).unwrap();
+    let mut stored = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            let envelope: Value = serde_json::from_slice(message.payload().unwrap()).unwrap();
+            stored.push((
+                message.topic().to_string(),
+                envelope["id"].as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    stored.sort();
+    assert_eq!(
+        stored,
+        [
+            ("req".to_string(), "b-1".to_string()),
+            ("req.batch".to_string(), "b-3".to_string())
+        ]
+    );
+    // And GET knows them.
+    let (status, _, value) = call(&app, "GET", "/v1/requests/b-3", Body::empty()).await;
+    assert_eq!(
+        (status, value["status"].as_str()),
+        (StatusCode::OK, Some("queued"))
+    );
+}
+
+#[tokio::test]
+async fn a_batch_kafka_does_not_take_is_never_answered_202() {
+    let mut config = config_for("127.0.0.1:1");
+    config.ingress.enqueue_timeout_ms = 500;
+    let app = app_for(config);
+    let batch = format!(r#"{{"requests":[{{"body":{CHAT}}},{{"body":{CHAT}}},{{"body":{{}}}}]}}"#);
+    let (status, _, value) = call(&app, "POST", "/v1/requests:batch", batch).await;
+    assert_eq!(status, StatusCode::MULTI_STATUS, "{value}");
+    let statuses: Vec<u64> = value["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [503, 503, 400], "{value}");
+}

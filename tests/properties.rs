@@ -17,7 +17,7 @@ use tower::ServiceExt;
 use sluice::admin::{AdminState, Readiness};
 use sluice::config::Config;
 use sluice::envelope::{decode_request, Request, VERSION};
-use sluice::ingress::submit;
+use sluice::ingress::{batch, submit};
 
 /// Arbitrary JSON values of bounded depth.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -111,6 +111,50 @@ proptest! {
 
 /// The ingress app with a broker that does not exist: every bad input must be refused
 /// before Kafka is asked.
+/// A batch item: a valid submission (with a unique id) or something that is not one.
+fn batch_item() -> impl Strategy<Value = (bool, Value)> {
+    prop_oneof![
+        "[a-z0-9]{1,12}".prop_map(|id| (
+            true,
+            json!({"id": id, "body": {"messages": [{"role": "user", "content": "hi"}]}})
+        )),
+        json_value().prop_map(|v| (false, v)),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn batch_parser_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..1024)) {
+        let _ = batch::parse(&bytes, &Config::default(), None);
+    }
+
+    #[test]
+    fn batch_items_answer_one_each_in_order(items in prop::collection::vec(batch_item(), 1..20)) {
+        // Ids unique, so that only the kind of each item decides.
+        let mut seen = std::collections::HashSet::new();
+        let items: Vec<(bool, Value)> = items
+            .into_iter()
+            .filter(|(_, v)| v["id"].as_str().is_none_or(|id| seen.insert(id.to_string())))
+            .collect();
+        prop_assume!(!items.is_empty());
+        let body = json!({"requests": items.iter().map(|(_, v)| v.clone()).collect::<Vec<_>>()});
+        let parsed = batch::parse(body.to_string().as_bytes(), &Config::default(), Some("t"))
+            .expect("a list of items is a batch");
+        prop_assert_eq!(parsed.len(), items.len());
+        for ((valid, item), result) in items.iter().zip(&parsed) {
+            // Arbitrary values may happen to be valid submissions: only the generated
+            // valid ones are required to pass, and they keep their ids and the tenant.
+            if *valid {
+                let request = result.as_ref().expect("a valid item is accepted");
+                prop_assert_eq!(Some(request.id.as_str()), item["id"].as_str());
+                prop_assert_eq!(request.tenant.as_deref(), Some("t"));
+            } else if !item.is_object() {
+                prop_assert!(result.is_err());
+            }
+        }
+    }
+}
+
 fn app() -> axum::Router {
     let mut config = Config::default();
     config.kafka.bootstrap_servers = "127.0.0.1:1".into();
@@ -194,6 +238,13 @@ async fn every_route_answers_bad_input_with_json_4xx() {
         ),
         ("GET", "/v1/nothing-here".into(), vec![], 404),
         ("POST", "/metrics".into(), vec![], 405),
+        ("POST", "/v1/chat/completions".into(), vec![b'{'; 3000], 413),
+        ("POST", "/v1/chat/completions".into(), b"[1]".to_vec(), 400),
+        ("POST", "/v1/chat/completions".into(), br#"{"messages":"hi"}"#.to_vec(), 400),
+        ("GET", "/v1/chat/completions".into(), vec![], 405),
+        ("POST", "/v1/requests:batch".into(), b"{}".to_vec(), 400),
+        ("POST", "/v1/requests:batch".into(), br#"{"requests":[]}"#.to_vec(), 400),
+        ("GET", "/v1/requests:batch".into(), vec![], 405),
     ];
     for (method, uri, body, expected) in cases {
         let (status, answer) = answer(&app, method, &uri, body).await;

@@ -2,6 +2,7 @@
 //! acknowledged them (acks=all, idempotent producer), 503 with Retry-After when Kafka
 //! cannot take them in time; serves results from a cache fed by the reply topic.
 
+pub mod batch;
 pub mod cache;
 pub mod chat;
 pub mod error;

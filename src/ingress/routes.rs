@@ -18,12 +18,12 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::cache::{Entry, ReplyCache};
-use super::chat;
 use super::error::AppError;
 use super::metrics::{IngressMetrics, StatusLabel};
 use super::submit;
 use super::tenants::{Quota, Tenant, Tenants};
 use super::waiters::Waiters;
+use super::{batch, chat};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::envelope::{headers, Request};
@@ -47,6 +47,7 @@ pub fn app(state: IngressState, admin: AdminState) -> Router {
     Router::new()
         .route("/v1/requests", post(submit_request))
         .route("/v1/requests/{id}", get(get_request))
+        .route("/v1/requests:batch", post(batch::submit))
         // Under `/v1` as an SDK's `base_url` of `.../v1` implies, and without it.
         .route("/v1/chat/completions", post(chat::completions))
         .route("/chat/completions", post(chat::completions))
@@ -101,8 +102,21 @@ async fn enqueue(
     let bytes = json_body(config, headers, body)?;
     let request = submit::parse(&bytes, config, tenant.as_ref().map(|t| t.name.to_string()))?;
     tracing::Span::current().record("request_id", request.id.as_str());
+    let (body, quota) = accept(state, tenant.as_deref(), &request).await?;
+    let mut response = (StatusCode::ACCEPTED, Json(body)).into_response();
+    quota.apply(response.headers_mut());
+    Ok(response)
+}
+
+/// Accepts one parsed submission: the body of its 202 once Kafka acknowledged it (or
+/// at once for an idempotent repeat), and what its tenant has left.
+pub(super) async fn accept(
+    state: &IngressState,
+    tenant: Option<&Tenant>,
+    request: &Request,
+) -> Result<(Value, Quota), AppError> {
     let payload =
-        serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
+        serde_json::to_vec(request).expect("a Request always serializes: string keys, no NaN");
     let fingerprint = submit::fingerprint(&payload);
 
     // An id this instance already accepted is not written again (idempotent retries),
@@ -111,17 +125,16 @@ async fn enqueue(
     if let Some(known) = state.cache.lookup(&request.id) {
         let other_tenant = known.tenant.as_deref() != request.tenant.as_deref();
         if other_tenant || known.fingerprint.is_some_and(|f| f != fingerprint) {
-            return Err(AppError::Conflict(request.id));
+            return Err(AppError::Conflict(request.id.clone()));
         }
-        let body = Json(accepted_body(&request.id, &known.entry));
-        return Ok((StatusCode::ACCEPTED, body).into_response());
+        return Ok((accepted_body(&request.id, &known.entry), Quota::default()));
     }
-    let quota = admit(state, tenant.as_deref(), &request)?;
-    write_request(state, &request, &payload)
+    let quota = admit(state, tenant, request)?;
+    write_request(state, request, &payload)
         .await
-        .inspect_err(|_| release(tenant.as_deref(), &request.id))?;
+        .inspect_err(|_| release(tenant, &request.id))?;
     let entry = match &request.reply_to {
-        Some(other) if *other != config.kafka.reply_topic => {
+        Some(other) if *other != state.config.kafka.reply_topic => {
             Entry::Elsewhere(other.as_str().into())
         }
         _ => Entry::Queued,
@@ -131,13 +144,7 @@ async fn enqueue(
         .cache
         .mark_accepted(&request.id, entry.clone(), fingerprint, tenant_name);
     state.metrics.cached.set(state.cache.len() as i64);
-    let mut response = (
-        StatusCode::ACCEPTED,
-        Json(accepted_body(&request.id, &entry)),
-    )
-        .into_response();
-    quota.apply(response.headers_mut());
-    Ok(response)
+    Ok((accepted_body(&request.id, &entry), quota))
 }
 
 /// Takes the request from its tenant's limits (nothing without a tenant).

@@ -1,0 +1,212 @@
+//! `POST /v1/requests:batch`: up to `ingress.max_batch_items` submissions in one call,
+//! `{"requests": [<a /v1/requests body>, ...]}`, answered `207` with one result per item
+//! in order: `{"index", "status", "id", "body"}` for an accepted item (status 202, as
+//! Kafka acknowledged it), `{"index", "status", "id"?, "error"}` for a refused one (its
+//! own 4xx, or 503 when Kafka did not take it). Nothing is answered 202 that was not
+//! stored. A body that is not such a list at all is a plain 400.
+
+use std::collections::HashSet;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::error::AppError;
+use super::metrics::StatusLabel;
+use super::routes::{self, IngressState};
+use super::submit::{self, SubmitBody};
+use crate::config::Config;
+use crate::envelope::Request;
+use crate::telemetry::{propagation, semconv};
+
+/// The route: every valid item is written at once (concurrently), each answered by
+/// its own outcome.
+pub async fn submit(
+    State(state): State<IngressState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let span = semconv::http_server_span("POST", "/v1/requests:batch");
+    propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
+    let answer = async {
+        let tenant = state.tenants.identify(&headers)?;
+        let bytes = routes::json_body(&state.config, &headers, body)?;
+        let items = parse(&bytes, &state.config, tenant.as_ref().map(|t| &*t.name))?;
+        let accepted = items.into_iter().enumerate().map(|(index, item)| {
+            let (state, tenant) = (&state, tenant.as_deref());
+            async move {
+                let id = item.as_ref().ok().map(|r| r.id.clone());
+                let outcome = match item {
+                    Ok(request) => routes::accept(state, tenant, &request)
+                        .await
+                        .map(|(b, _)| b),
+                    Err(e) => Err(e),
+                };
+                let status = outcome
+                    .as_ref()
+                    .map_or_else(|e| e.status(), |_| StatusCode::ACCEPTED);
+                state
+                    .metrics
+                    .submissions
+                    .get_or_create(&StatusLabel {
+                        status: status.as_u16().to_string(),
+                    })
+                    .inc();
+                result(index, id.as_deref(), outcome)
+            }
+        });
+        let results = futures::future::join_all(accepted).await;
+        Ok::<_, AppError>((
+            StatusCode::MULTI_STATUS,
+            Json(json!({ "results": results })),
+        ))
+    }
+    .instrument(span.clone())
+    .await;
+    let response = answer.into_response();
+    span.set_attribute(
+        semconv::HTTP_RESPONSE_STATUS_CODE,
+        i64::from(response.status().as_u16()),
+    );
+    response
+}
+
+/// The items of a batch body: each parsed into a request or refused with its reason.
+pub fn parse(
+    bytes: &[u8],
+    config: &Config,
+    tenant: Option<&str>,
+) -> Result<Vec<Result<Request, AppError>>, AppError> {
+    let max = config.ingress.max_batch_items;
+    let body: Value = serde_json::from_slice(bytes)
+        .map_err(|e| AppError::BadRequest(format!("request body is not valid JSON: {e}")))?;
+    let items = match body.get("requests") {
+        Some(Value::Array(items)) if body.as_object().is_some_and(|o| o.len() == 1) => items,
+        _ => {
+            return Err(AppError::BadRequest(
+                "a batch is a JSON object {\"requests\": [...]} whose items are \
+                 POST /v1/requests bodies, and nothing else"
+                    .into(),
+            ))
+        }
+    };
+    if items.is_empty() {
+        return Err(AppError::BadRequest("requests must not be empty".into()));
+    }
+    if items.len() > max {
+        return Err(AppError::BadRequest(format!(
+            "a batch holds at most {max} requests (ingress.max_batch_items); this one has {}",
+            items.len()
+        )));
+    }
+    let mut seen = HashSet::new();
+    Ok(items
+        .iter()
+        .map(|item| {
+            let request = parse_item(item, config, tenant)?;
+            if !seen.insert(request.id.clone()) {
+                return Err(AppError::BadRequest(format!(
+                    "id {:?} appears more than once in this batch",
+                    request.id
+                )));
+            }
+            Ok(request)
+        })
+        .collect())
+}
+
+fn parse_item(item: &Value, config: &Config, tenant: Option<&str>) -> Result<Request, AppError> {
+    let submit: SubmitBody = serde_json::from_value(item.clone()).map_err(|e| {
+        AppError::BadRequest(if item.is_object() {
+            format!("invalid request: {e}")
+        } else {
+            "each item must be a JSON object such as {\"body\": {\"messages\": [...]}}".into()
+        })
+    })?;
+    submit::into_request(submit, config, tenant.map(str::to_string))
+}
+
+/// One item's entry in the 207 body.
+pub fn result(index: usize, id: Option<&str>, outcome: Result<Value, AppError>) -> Value {
+    match outcome {
+        Ok(body) => json!({ "index": index, "status": 202, "id": id, "body": body }),
+        Err(e) => {
+            let mut entry = json!({
+                "index": index,
+                "status": e.status().as_u16(),
+                "error": { "type": e.kind(), "message": e.to_string(), "param": null, "code": e.kind() },
+            });
+            if let Some(id) = id {
+                entry["id"] = json!(id);
+            }
+            entry
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHAT: &str = r#"{"messages":[{"role":"user","content":"hi"}]}"#;
+
+    fn config(max: usize) -> Config {
+        let mut config = Config::default();
+        config.ingress.max_batch_items = max;
+        config
+    }
+
+    #[test]
+    fn good_and_bad_items_keep_their_places() {
+        let body = format!(
+            r#"{{"requests":[{{"id":"a","body":{CHAT}}},{{"body":{{}}}},7,{{"id":"a","body":{CHAT}}},{{"body":{CHAT},"lane":"x"}}]}}"#
+        );
+        let items = parse(body.as_bytes(), &config(10), Some("acme")).unwrap();
+        assert_eq!(items.len(), 5);
+        let first = items[0].as_ref().unwrap();
+        assert_eq!(
+            (first.id.as_str(), first.tenant.as_deref()),
+            ("a", Some("acme"))
+        );
+        let errors: Vec<String> = items[1..]
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().to_string())
+            .collect();
+        assert!(
+            errors[0].contains("body.messages is required"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains("must be a JSON object"), "{}", errors[1]);
+        assert!(errors[2].contains("more than once"), "{}", errors[2]);
+        assert!(errors[3].contains("unknown lane"), "{}", errors[3]);
+    }
+
+    #[test]
+    fn a_body_that_is_no_batch_is_refused_whole() {
+        for (body, says) in [
+            ("[]", "a batch is a JSON object"),
+            (r#"{"requests":[]}"#, "must not be empty"),
+            (r#"{"requests":{}}"#, "a batch is a JSON object"),
+            (r#"{"requests":[],"extra":1}"#, "a batch is a JSON object"),
+            ("{", "not valid JSON"),
+        ] {
+            let e = parse(body.as_bytes(), &config(10), None)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{body}: {e}");
+        }
+        let three =
+            format!(r#"{{"requests":[{{"body":{CHAT}}},{{"body":{CHAT}}},{{"body":{CHAT}}}]}}"#);
+        let e = parse(three.as_bytes(), &config(2), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at most 2"), "{e}");
+    }
+}

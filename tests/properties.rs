@@ -240,10 +240,20 @@ async fn every_route_answers_bad_input_with_json_4xx() {
         ("POST", "/metrics".into(), vec![], 405),
         ("POST", "/v1/chat/completions".into(), vec![b'{'; 3000], 413),
         ("POST", "/v1/chat/completions".into(), b"[1]".to_vec(), 400),
-        ("POST", "/v1/chat/completions".into(), br#"{"messages":"hi"}"#.to_vec(), 400),
+        (
+            "POST",
+            "/v1/chat/completions".into(),
+            br#"{"messages":"hi"}"#.to_vec(),
+            400,
+        ),
         ("GET", "/v1/chat/completions".into(), vec![], 405),
         ("POST", "/v1/requests:batch".into(), b"{}".to_vec(), 400),
-        ("POST", "/v1/requests:batch".into(), br#"{"requests":[]}"#.to_vec(), 400),
+        (
+            "POST",
+            "/v1/requests:batch".into(),
+            br#"{"requests":[]}"#.to_vec(),
+            400,
+        ),
         ("GET", "/v1/requests:batch".into(), vec![], 405),
     ];
     for (method, uri, body, expected) in cases {

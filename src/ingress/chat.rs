@@ -102,6 +102,10 @@ async fn answer(
     let payload =
         serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
 
+    let topic = config.request_topic_for(request.lane.as_deref());
+    if let Err(e) = state.admission.check(&topic, request.deadline_ms) {
+        return (Some(id), streamed, Err(e));
+    }
     let quota = match routes::admit(state, tenant.as_deref(), &request) {
         Ok(quota) => quota,
         Err(e) => return (Some(id), streamed, Err(e)),

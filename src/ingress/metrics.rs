@@ -12,6 +12,15 @@ pub struct StatusLabel {
     pub status: String,
 }
 
+/// A request topic.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabel {
+    pub topic: String,
+}
+
+/// A gauge of seconds.
+pub type SecondsGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// `POST /v1/chat/completions` answers: the HTTP status and whether it was streamed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CompletionLabel {
@@ -40,6 +49,8 @@ pub struct IngressMetrics {
     pub waiters: Gauge,
     /// Streamed requests: from the request to its first chunk sent to the caller.
     pub first_chunk_seconds: Histogram,
+    /// Admission's expected wait of a new request, per request topic (+Inf: stalled).
+    pub expected_wait_seconds: Family<TopicLabel, SecondsGauge>,
 }
 
 impl IngressMetrics {
@@ -54,6 +65,7 @@ impl IngressMetrics {
             completions: Family::default(),
             waiters: Gauge::default(),
             first_chunk_seconds: crate::metrics::latency_histogram(),
+            expected_wait_seconds: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("sluice_ingress");
         r.register(
@@ -100,6 +112,11 @@ impl IngressMetrics {
             "first_chunk_seconds",
             "Streamed requests: time from the request to its first chunk sent",
             m.first_chunk_seconds.clone(),
+        );
+        r.register(
+            "expected_wait_seconds",
+            "Expected wait of a new request (backlog ahead / drain rate), per request topic",
+            m.expected_wait_seconds.clone(),
         );
         m
     }

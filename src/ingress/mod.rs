@@ -2,6 +2,7 @@
 //! acknowledged them (acks=all, idempotent producer), 503 with Retry-After when Kafka
 //! cannot take them in time; serves results from a cache fed by the reply topic.
 
+pub mod admission;
 pub mod batch;
 pub mod cache;
 pub mod chat;
@@ -66,6 +67,10 @@ pub fn build_state(config: Arc<Config>, registry: &mut Registry) -> anyhow::Resu
     Ok(IngressState {
         waiters: Arc::new(waiters::Waiters::with_gauge(metrics.waiters.clone())),
         tenants: Arc::new(tenants::Tenants::from_config(&config.ingress)),
+        admission: Arc::new(admission::Admission::new(
+            &config,
+            metrics.expected_wait_seconds.clone(),
+        )),
         metrics,
         config,
         producer,
@@ -97,6 +102,12 @@ pub async fn serve(
         reader_assigned.clone(),
         shutdown.clone(),
     ));
+    let admission = {
+        let (admission, config, shutdown) =
+            (state.admission.clone(), config.clone(), shutdown.clone());
+        let interval = Duration::from_millis(config.ingress.admission_interval_ms);
+        tokio::task::spawn_blocking(move || admission.run_blocking(config, interval, shutdown))
+    };
     let probe = tokio::spawn(probe_kafka(
         state.producer.clone(),
         reader_assigned,
@@ -119,6 +130,7 @@ pub async fn serve(
         .context("serving HTTP")?;
 
     probe.await.context("readiness probe task")?;
+    admission.await.context("admission sampler task")?;
     reader.await.context("reply reader task")??;
     tokio::task::spawn_blocking(move || producer.flush_blocking(FLUSH_TIMEOUT))
         .await

@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::admission::Admission;
 use super::cache::{Entry, ReplyCache};
 use super::error::AppError;
 use super::metrics::{IngressMetrics, StatusLabel};
@@ -38,6 +39,7 @@ pub struct IngressState {
     pub cache: Arc<ReplyCache>,
     pub waiters: Arc<Waiters>,
     pub tenants: Arc<Tenants>,
+    pub admission: Arc<Admission>,
     pub metrics: IngressMetrics,
 }
 
@@ -129,6 +131,8 @@ pub(super) async fn accept(
         }
         return Ok((accepted_body(&request.id, &known.entry), Quota::default()));
     }
+    let topic = state.config.request_topic_for(request.lane.as_deref());
+    state.admission.check(&topic, request.deadline_ms)?;
     let quota = admit(state, tenant, request)?;
     write_request(state, request, &payload)
         .await

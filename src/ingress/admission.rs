@@ -1,0 +1,242 @@
+//! Admission control: a request whose deadline ends before its expected turn is refused
+//! at once (503 with Retry-After) rather than accepted to expire in Kafka.
+//!
+//! The expected wait of a request on lane topic T is the backlog ahead of it (the
+//! workers' group's end minus committed offsets, on T and every higher lane) divided by
+//! the group's drain rate. Both come from a background sampler, the same reading as
+//! `sluice lag`, once per `ingress.admission_interval_ms`. The drain rate counts only
+//! intervals that began with a backlog (an idle group drains nothing, which says nothing
+//! of its speed); a backlog that did not move for 5 s of such intervals means the workers
+//! are stalled, and every request with a deadline waits longer than it has. Until a
+//! rate is known, everything is admitted.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use prometheus_client::metrics::family::Family;
+
+use super::error::AppError;
+use super::metrics::{SecondsGauge, TopicLabel};
+use crate::config::Config;
+use crate::envelope::now_ms;
+use crate::ops::watermarks::{PartitionSample, Sampler};
+
+/// How far back the drain rate looks.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Busy time without progress after which the group counts as stalled.
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+/// Pause after a failed sample.
+const RETRY_PAUSE: Duration = Duration::from_secs(2);
+/// Longest Retry-After sent.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The latest view of the request topics' backlog and the group's speed.
+#[derive(Debug, Default)]
+pub struct Admission {
+    enabled: bool,
+    /// Request topics, highest priority first.
+    topics: Vec<String>,
+    state: Mutex<View>,
+    /// The expected wait per topic, for `/metrics`.
+    gauges: Family<TopicLabel, SecondsGauge>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct View {
+    /// Backlog per topic of `topics`, at the last sample.
+    backlog: Vec<u64>,
+    /// Messages per second drained while there was a backlog; `None` until measured.
+    rate: Option<f64>,
+    stalled: bool,
+    sampled: Option<Instant>,
+}
+
+/// One busy interval: when it ended, how long it was, what it drained.
+#[derive(Debug, Clone, Copy)]
+struct Interval {
+    at: Instant,
+    length: Duration,
+    drained: u64,
+}
+
+impl Admission {
+    pub fn new(config: &Config, gauges: Family<TopicLabel, SecondsGauge>) -> Self {
+        Admission {
+            enabled: config.ingress.admission,
+            topics: config.lane_topics(),
+            state: Mutex::default(),
+            gauges,
+        }
+    }
+
+    /// Refuses a request on `topic` whose deadline (unix ms) ends before its expected
+    /// turn. Without a deadline, or without a measured rate, it is admitted.
+    pub fn check(&self, topic: &str, deadline_ms: Option<u64>) -> Result<(), AppError> {
+        let (Some(deadline_ms), true) = (deadline_ms, self.enabled) else {
+            return Ok(());
+        };
+        let Some(wait) = self.expected_wait(topic) else {
+            return Ok(());
+        };
+        let left = Duration::from_millis(deadline_ms.saturating_sub(now_ms()));
+        if wait <= left {
+            return Ok(());
+        }
+        let retry_after = (wait - left).clamp(Duration::from_secs(1), MAX_RETRY_AFTER);
+        let message = if wait == Duration::MAX {
+            "the workers have not drained the request topic for a while, so this request \
+             would expire before its turn; it was not accepted"
+                .to_string()
+        } else {
+            format!(
+                "the expected wait ({:.1} s: the backlog ahead over the workers' drain rate) \
+                 is longer than the {:.1} s left to this request's deadline; it was not \
+                 accepted",
+                wait.as_secs_f64(),
+                left.as_secs_f64()
+            )
+        };
+        Err(AppError::Unavailable {
+            message,
+            retry_after_secs: retry_after.as_secs().max(1),
+        })
+    }
+
+    /// The expected wait on `topic`: `Duration::MAX` when the workers are stalled,
+    /// `None` when not known (no rate measured yet, or an unknown topic).
+    pub fn expected_wait(&self, topic: &str) -> Option<Duration> {
+        let index = self.topics.iter().position(|t| t == topic)?;
+        let view = self.lock().clone();
+        let ahead: u64 = view.backlog.iter().take(index + 1).sum();
+        if ahead == 0 {
+            return Some(Duration::ZERO);
+        }
+        if view.stalled {
+            return Some(Duration::MAX);
+        }
+        let rate = view.rate.filter(|r| *r > 0.0)?;
+        Some(Duration::from_secs_f64(ahead as f64 / rate))
+    }
+
+    /// Samples until `shutdown` (a blocking task: the sampler's calls block).
+    pub fn run_blocking(
+        self: Arc<Self>,
+        config: Arc<Config>,
+        interval: Duration,
+        shutdown: CancellationToken,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        let mut sampler = None;
+        let mut intervals: VecDeque<Interval> = VecDeque::new();
+        let mut last: Option<(Instant, Vec<PartitionSample>)> = None;
+        while !shutdown.is_cancelled() {
+            if sampler.is_none() {
+                match Sampler::new(&config.kafka, &config.kafka.group_id, &self.topics) {
+                    Ok(s) => sampler = Some(s),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "admission: cannot read the request topics yet");
+                        pause(&shutdown, RETRY_PAUSE);
+                        continue;
+                    }
+                }
+            }
+            let s = sampler.as_ref().expect("set above");
+            match s.sample(&shutdown) {
+                Ok((at, samples)) => {
+                    if let Some((before_at, before)) = &last {
+                        let busy = backlog_per_topic(&self.topics, before).iter().sum::<u64>() > 0;
+                        if busy {
+                            intervals.push_back(Interval {
+                                at,
+                                length: at - *before_at,
+                                drained: committed(&samples).saturating_sub(committed(before)),
+                            });
+                        }
+                    }
+                    while intervals.front().is_some_and(|i| at - i.at > RATE_WINDOW) {
+                        intervals.pop_front();
+                    }
+                    self.update(&samples, &intervals, at);
+                    last = Some((at, samples));
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "admission: sampling the backlog failed");
+                    sampler = None;
+                    last = None;
+                    pause(&shutdown, RETRY_PAUSE);
+                    continue;
+                }
+            }
+            s.idle(interval);
+        }
+    }
+
+    fn update(&self, samples: &[PartitionSample], intervals: &VecDeque<Interval>, at: Instant) {
+        let backlog = backlog_per_topic(&self.topics, samples);
+        let busy: Duration = intervals.iter().map(|i| i.length).sum();
+        let drained: u64 = intervals.iter().map(|i| i.drained).sum();
+        let mut view = self.lock();
+        view.backlog = backlog;
+        view.stalled = drained == 0 && busy >= STALLED_AFTER;
+        if drained > 0 && !busy.is_zero() {
+            view.rate = Some(drained as f64 / busy.as_secs_f64());
+        }
+        view.sampled = Some(at);
+        drop(view);
+        for topic in &self.topics {
+            if let Some(wait) = self.expected_wait(topic) {
+                let seconds = match wait {
+                    Duration::MAX => f64::INFINITY,
+                    wait => wait.as_secs_f64(),
+                };
+                let label = TopicLabel {
+                    topic: topic.clone(),
+                };
+                self.gauges.get_or_create(&label).set(seconds);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, View> {
+        self.state
+            .lock()
+            .expect("admission lock is never poisoned: no code panics while holding it")
+    }
+}
+
+/// End minus committed offset (the start, when nothing is committed) per topic.
+fn backlog_per_topic(topics: &[String], samples: &[PartitionSample]) -> Vec<u64> {
+    topics
+        .iter()
+        .map(|topic| {
+            samples
+                .iter()
+                .filter(|s| &s.topic == topic)
+                .map(|s| (s.high - s.committed.unwrap_or(s.low)).max(0) as u64)
+                .sum()
+        })
+        .collect()
+}
+
+/// Committed offsets summed over every partition (the start where none).
+fn committed(samples: &[PartitionSample]) -> u64 {
+    samples
+        .iter()
+        .map(|s| s.committed.unwrap_or(s.low).max(0) as u64)
+        .sum()
+}
+
+fn pause(shutdown: &CancellationToken, duration: Duration) {
+    let until = Instant::now() + duration;
+    while !shutdown.is_cancelled() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod tests;

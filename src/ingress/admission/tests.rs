@@ -1,0 +1,121 @@
+use super::*;
+
+fn admission(topics: &[&str]) -> Admission {
+    Admission {
+        enabled: true,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        state: Mutex::default(),
+        gauges: Family::default(),
+    }
+}
+
+fn sample(topic: &str, partition: i32, committed: i64, high: i64) -> PartitionSample {
+    PartitionSample {
+        topic: topic.into(),
+        partition,
+        committed: Some(committed),
+        low: 0,
+        high,
+    }
+}
+
+fn busy(seconds: u64, drained: u64) -> VecDeque<Interval> {
+    VecDeque::from([Interval {
+        at: Instant::now(),
+        length: Duration::from_secs(seconds),
+        drained,
+    }])
+}
+
+fn in_seconds(s: u64) -> Option<u64> {
+    Some(now_ms() + s * 1000)
+}
+
+#[test]
+fn nothing_is_refused_before_a_rate_is_known_or_without_a_deadline() {
+    let a = admission(&["req"]);
+    a.update(
+        &[sample("req", 0, 0, 10_000)],
+        &VecDeque::new(),
+        Instant::now(),
+    );
+    assert_eq!(a.expected_wait("req"), None);
+    assert!(a.check("req", in_seconds(1)).is_ok());
+    a.update(
+        &[sample("req", 0, 0, 10_000)],
+        &busy(2, 100),
+        Instant::now(),
+    );
+    assert!(a.check("req", None).is_ok(), "no deadline: it may wait");
+}
+
+#[test]
+fn a_deadline_before_the_expected_turn_is_refused_with_when_to_retry() {
+    let a = admission(&["req"]);
+    // 3,000 waiting over two partitions, drained at 100/s: a 30 s wait.
+    let samples = [sample("req", 0, 500, 2000), sample("req", 1, 500, 2000)];
+    a.update(&samples, &busy(4, 400), Instant::now());
+    let gauge = a
+        .gauges
+        .get_or_create(&TopicLabel {
+            topic: "req".into(),
+        })
+        .get();
+    assert!(
+        (29.0..=31.0).contains(&gauge),
+        "the metric shows it: {gauge}"
+    );
+    let wait = a.expected_wait("req").unwrap();
+    assert!((29.0..=31.0).contains(&wait.as_secs_f64()), "{wait:?}");
+    match a.check("req", in_seconds(5)) {
+        Err(AppError::Unavailable {
+            retry_after_secs,
+            message,
+        }) => {
+            assert!((24..=26).contains(&retry_after_secs), "{retry_after_secs}");
+            assert!(message.contains("expected wait"), "{message}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert!(a.check("req", in_seconds(60)).is_ok(), "time enough");
+}
+
+#[test]
+fn only_the_backlog_ahead_counts_by_lane() {
+    // Highest lane first: interactive is ahead of the plain topic.
+    let a = admission(&["req.interactive", "req"]);
+    let samples = [
+        sample("req.interactive", 0, 0, 100),
+        sample("req", 0, 0, 5000),
+    ];
+    a.update(&samples, &busy(5, 500), Instant::now());
+    let first = a.expected_wait("req.interactive").unwrap();
+    let last = a.expected_wait("req").unwrap();
+    assert!((0.9..=1.1).contains(&first.as_secs_f64()), "{first:?}");
+    assert!((50.0..=52.0).contains(&last.as_secs_f64()), "{last:?}");
+    assert!(a.check("req.interactive", in_seconds(5)).is_ok());
+    assert!(a.check("req", in_seconds(5)).is_err());
+}
+
+#[test]
+fn a_stalled_group_refuses_every_deadline_and_an_idle_one_none() {
+    let a = admission(&["req"]);
+    a.update(&[sample("req", 0, 10, 500)], &busy(6, 0), Instant::now());
+    assert_eq!(a.expected_wait("req"), Some(Duration::MAX));
+    let e = a.check("req", in_seconds(3600)).unwrap_err().to_string();
+    assert!(e.contains("have not drained"), "{e}");
+    a.update(&[sample("req", 0, 500, 500)], &busy(6, 0), Instant::now());
+    assert_eq!(
+        a.expected_wait("req"),
+        Some(Duration::ZERO),
+        "no backlog, no wait"
+    );
+}
+
+#[test]
+fn switched_off_it_admits_everything() {
+    let mut a = admission(&["req"]);
+    a.enabled = false;
+    a.update(&[sample("req", 0, 0, 10_000)], &busy(6, 0), Instant::now());
+    assert!(a.check("req", in_seconds(1)).is_ok());
+}

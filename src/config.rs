@@ -104,6 +104,9 @@ pub struct WorkerConfig {
     /// Streamed answers: how long tokens gather into one chunk record on the reply topic
     /// after the first (which goes at once). Default 30 ms.
     pub stream_linger_ms: u64,
+    /// Within a lane, tenants take turns over what is buffered, by these weights (a
+    /// tenant not listed weighs 1). Default: none listed.
+    pub tenant_weights: BTreeMap<String, u32>,
 }
 
 /// `[backend]`: the OpenAI-compatible LLM server.
@@ -196,6 +199,7 @@ impl Default for WorkerConfig {
             transaction_linger_ms: 100,
             group_pacing: true,
             stream_linger_ms: 30,
+            tenant_weights: BTreeMap::new(),
         }
     }
 }

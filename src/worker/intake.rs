@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::Outbox;
+use super::scheduler::fair::Weights;
 use super::scheduler::{Entry, Scheduler};
 use crate::envelope::{self, DecodeError, Request};
 use crate::kafka::consumer::WorkerConsumer;
@@ -73,13 +74,14 @@ impl Intake {
         lane_topics: Vec<String>,
         lane_buffer: usize,
         lane_min_share: f64,
+        tenant_weights: Weights,
     ) -> Self {
         let lanes = lane_topics.len();
         Self {
             consumer,
             outbox,
             state: Mutex::new(State {
-                scheduler: Scheduler::new(lanes, lane_min_share),
+                scheduler: Scheduler::with_weights(lanes, lane_min_share, tenant_weights),
                 paused: vec![false; lanes],
             }),
             changed: Notify::new(),
@@ -148,6 +150,11 @@ impl Intake {
         let ticket = self.outbox.take(&message);
         let request = envelope::decode_request(message.payload().unwrap_or_default());
         let ordering_key = request.as_ref().ok().and_then(|r| r.ordering_key.clone());
+        let tenant = request
+            .as_ref()
+            .ok()
+            .and_then(|r| r.tenant.as_deref())
+            .map(Arc::from);
         let lane = self
             .lane_topics
             .iter()
@@ -158,6 +165,7 @@ impl Intake {
             state.scheduler.push(Entry {
                 lane,
                 ordering_key,
+                tenant,
                 item: Taken {
                     message,
                     request,

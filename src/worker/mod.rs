@@ -196,6 +196,7 @@ impl Worker {
             request_topics.clone(),
             config.worker.lane_buffer,
             config.worker.lane_min_share,
+            Arc::new(config.worker.tenant_weights.clone().into_iter().collect()),
         ));
         let shared = Arc::new(Shared {
             config: config.clone(),

@@ -1,10 +1,15 @@
 //! Which buffered message runs next: priority lanes (higher first, each lower lane keeps
-//! a minimum share so it never starves) and ordering keys (messages sharing a key run
-//! one after another, in arrival order; others run concurrently).
+//! a minimum share so it never starves), tenants in weighted turns within a lane
+//! ([`fair`]), and ordering keys (messages sharing a key run one after another, in
+//! arrival order; others run concurrently).
 //!
 //! Pure data structure: the pull loop pushes what Kafka delivered and pops what may start.
 
+pub mod fair;
+
 use std::collections::{HashMap, HashSet, VecDeque};
+
+use fair::{FairQueue, TenantKey, Weights};
 
 /// One buffered item and what scheduling needs to know about it.
 #[derive(Debug)]
@@ -13,15 +18,17 @@ pub struct Entry<T> {
     pub lane: usize,
     /// Same key => one at a time, in order.
     pub ordering_key: Option<String>,
+    /// Tenants take turns within a lane.
+    pub tenant: TenantKey,
     pub item: T,
 }
 
 /// Priority lanes plus ordering-key gating.
 #[derive(Debug)]
 pub struct Scheduler<T> {
-    /// FIFO per lane of entries that may be dispatchable, each with whether it was
-    /// promoted from `blocked` (it is then the next of its key and may start).
-    lanes: Vec<VecDeque<(Entry<T>, bool)>>,
+    /// Per lane, entries that may be dispatchable (FIFO per tenant), each with whether
+    /// it was promoted from `blocked` (it is then the next of its key and may start).
+    lanes: Vec<FairQueue<(Entry<T>, bool)>>,
     /// Entries waiting for an earlier entry with the same key to finish, per key in order.
     blocked: HashMap<String, VecDeque<Entry<T>>>,
     /// Keys with an entry running now.
@@ -35,11 +42,19 @@ pub struct Scheduler<T> {
 }
 
 impl<T> Scheduler<T> {
-    /// `lanes` lanes, highest priority first; `min_share` in [0, 1].
+    /// `lanes` lanes, highest priority first; `min_share` in [0, 1]; every tenant of
+    /// weight 1.
     pub fn new(lanes: usize, min_share: f64) -> Self {
+        Self::with_weights(lanes, min_share, Weights::default())
+    }
+
+    /// Like [`Scheduler::new`], tenants weighted by `weights`.
+    pub fn with_weights(lanes: usize, min_share: f64, weights: Weights) -> Self {
         let lanes = lanes.max(1);
         Self {
-            lanes: (0..lanes).map(|_| VecDeque::new()).collect(),
+            lanes: (0..lanes)
+                .map(|_| FairQueue::new(weights.clone()))
+                .collect(),
             blocked: HashMap::new(),
             running_keys: HashSet::new(),
             buffered: vec![0; lanes],
@@ -51,7 +66,8 @@ impl<T> Scheduler<T> {
     pub fn push(&mut self, entry: Entry<T>) {
         let lane = entry.lane.min(self.lanes.len() - 1);
         self.buffered[lane] += 1;
-        self.lanes[lane].push_back((Entry { lane, ..entry }, false));
+        let tenant = entry.tenant.clone();
+        self.lanes[lane].push_back(tenant, (Entry { lane, ..entry }, false));
     }
 
     /// Entries buffered in `lane` (waiting to start, blocked ones included).
@@ -94,9 +110,9 @@ impl<T> Scheduler<T> {
         self.running_keys.remove(key);
         if let Some(queue) = self.blocked.get_mut(key) {
             if let Some(next) = queue.pop_front() {
-                let lane = next.lane;
-                // It was behind the finished one, so it goes first in its lane.
-                self.lanes[lane].push_front((next, true));
+                let (lane, tenant) = (next.lane, next.tenant.clone());
+                // It was behind the finished one, so it goes first among its tenant's.
+                self.lanes[lane].push_front(tenant, (next, true));
             }
             if queue.is_empty() {
                 self.blocked.remove(key);
@@ -117,7 +133,7 @@ impl<T> Scheduler<T> {
     fn pop_from(&mut self, lane: usize) -> Option<Entry<T>> {
         let order: Vec<usize> = std::iter::once(lane).chain(0..self.lanes.len()).collect();
         for l in order {
-            while let Some((entry, promoted)) = self.lanes[l].pop_front() {
+            while let Some((entry, promoted)) = self.lanes[l].pop() {
                 let blocked = entry.ordering_key.as_ref().is_some_and(|key| {
                     !promoted && (self.running_keys.contains(key) || self.blocked.contains_key(key))
                 });
@@ -148,8 +164,24 @@ mod tests {
         Entry {
             lane,
             ordering_key: key.map(str::to_string),
+            tenant: None,
             item,
         }
+    }
+
+    #[test]
+    fn tenants_take_turns_within_a_lane_and_lanes_still_rank() {
+        let mut s = Scheduler::new(2, 0.0);
+        let with = |lane, tenant: &str, item| Entry {
+            tenant: Some(tenant.into()),
+            ..entry(lane, None, item)
+        };
+        for i in 0..5 {
+            s.push(with(1, "burst", i));
+        }
+        s.push(with(1, "trickle", 100));
+        s.push(with(0, "burst", 50));
+        assert_eq!(drain(&mut s), vec![50, 0, 100, 1, 2, 3, 4]);
     }
 
     fn drain(s: &mut Scheduler<u32>) -> Vec<u32> {

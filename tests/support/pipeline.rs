@@ -571,6 +571,18 @@ pub fn request_value(id: &str, content: &str, extra: Value) -> Vec<u8> {
 /// Writes `n` requests (ids `<prefix>-…`) to `topic` straight, all sends in flight
 /// together, and waits for every acknowledgement; returns their ids.
 pub async fn produce_requests(bootstrap: &str, topic: &str, n: usize, prefix: &str) -> Vec<String> {
+    produce_requests_with(bootstrap, topic, n, prefix, json!({})).await
+}
+
+/// Like [`produce_requests`], each request with the fields of `extra` added (a tenant,
+/// a deadline, ...).
+pub async fn produce_requests_with(
+    bootstrap: &str,
+    topic: &str,
+    n: usize,
+    prefix: &str,
+    extra: Value,
+) -> Vec<String> {
     let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("message.timeout.ms", "10000")
@@ -580,7 +592,7 @@ pub async fn produce_requests(bootstrap: &str, topic: &str, n: usize, prefix: &s
     let mut acks = Vec::new();
     for _ in 0..n {
         let id = unique_name(prefix);
-        let value = request_value(&id, "hello", json!({}));
+        let value = request_value(&id, "hello", extra.clone());
         let record = rdkafka::producer::FutureRecord::to(topic)
             .key(&id)
             .payload(&value);

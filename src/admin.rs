@@ -50,13 +50,25 @@ pub struct AdminState {
 /// The admin routes, to merge into a role's router.
 pub fn routes(state: AdminState) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", body = String, content_type = "text/plain")))]
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: Kafka answers (and, for the ingress, the reply topic is being read).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses(
+    (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+    (status = 503, description = "Not ready", body = String, content_type = "text/plain"),
+))]
+pub async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if state.ready.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
@@ -64,7 +76,12 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+/// Prometheus metrics, OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses(
+    (status = 200, description = "The metrics", body = String,
+     content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+))]
+pub async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,

@@ -287,6 +287,15 @@ impl Config {
                 ),
             );
         }
+        if let Some(bad) = self.ingress.cors_allowed_origins.iter().find(|o| {
+            !(*o == "*" || o.starts_with("http://") || o.starts_with("https://"))
+                || axum::http::HeaderValue::from_str(o).is_err()
+        }) {
+            return invalid(
+                "ingress.cors_allowed_origins",
+                &format!("{bad:?} is not an origin such as https://app.example.com (or *)"),
+            );
+        }
         if self.ingress.admission_interval_ms < 100 {
             return invalid("ingress.admission_interval_ms", "must be at least 100");
         }

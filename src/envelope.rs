@@ -70,7 +70,7 @@ pub struct Request {
 }
 
 /// How a request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
@@ -91,7 +91,7 @@ impl Status {
 }
 
 /// The one final reply a request ends in.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reply {
     pub v: u32,
     pub id: String,
@@ -111,7 +111,7 @@ pub struct Reply {
 }
 
 /// Why a request did not end `ok`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplyError {
     /// `backend_status`, `timeout`, `transport`, `invalid_request`, `expired`, ...
     #[serde(rename = "type")]
@@ -123,14 +123,14 @@ pub struct ReplyError {
 }
 
 /// Token counts as the backend reported them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
 
 /// Where the time went, unix milliseconds and durations in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Timing {
     /// When the request was written to Kafka (the record's timestamp).
     pub enqueued_ms: u64,

@@ -203,7 +203,7 @@ async fn sync_and_streamed_calls_answer_as_the_backend_would() {
     assert_eq!(stored["reply"]["body"]["object"], "chat.completion");
 
     // A backend 400, sync and streamed: its status and message, OpenAI's error shape.
-    let bad = json!({"messages": ["not an object"], "stream": false});
+    let bad = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1});
     for stream in [false, true] {
         let mut body = bad.clone();
         body["stream"] = json!(stream);
@@ -216,7 +216,7 @@ async fn sync_and_streamed_calls_answer_as_the_backend_would() {
             error["error"]["message"]
                 .as_str()
                 .unwrap()
-                .contains("Invalid type for 'messages[0]'"),
+                .contains("Invalid 'max_tokens': expected a positive integer"),
             "the backend's own message: {error}"
         );
     }
@@ -262,11 +262,12 @@ async fn waiting_streams_are_kept_alive_and_leftover_waits_end() {
     assert_eq!(streamed_text(&sse.data), words(20));
     assert!(started.elapsed() < Duration::from_secs(10));
 
-    // A wait shorter than the backend: 504 at the wait's end, with the id.
+    // A wait shorter than the backend (1.5 s to the first token): 504 at the wait's end,
+    // with the id.
     let started = Instant::now();
     let response = d
         .post(&chat(5, false))
-        .header("x-sluice-timeout-ms", "400")
+        .header("x-sluice-timeout-ms", "1000")
         .send()
         .await
         .unwrap();
@@ -282,7 +283,7 @@ async fn waiting_streams_are_kept_alive_and_leftover_waits_end() {
         "{error}"
     );
     assert!(
-        waited >= Duration::from_millis(400) && waited < Duration::from_millis(1400),
+        waited >= Duration::from_millis(1000) && waited < Duration::from_millis(1450),
         "answered when the wait ran out: {waited:?}"
     );
 

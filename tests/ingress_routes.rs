@@ -408,7 +408,7 @@ async fn a_mixed_batch_answers_each_item_and_stores_only_the_good_ones() {
         r#"{{"requests":[
             {{"id":"b-1","body":{CHAT}}},
             {{"id":"b-2","body":{{"messages":[]}}}},
-            "not an object",
+            {{"id":"b-5","body":{CHAT},"dedline_ms":1}},
             {{"id":"b-3","body":{CHAT},"lane":"batch"}},
             {{"id":"b-4","body":{CHAT},"lane":"gold"}},
             {{"id":"b-1","body":{CHAT}}}
@@ -486,4 +486,70 @@ async fn a_batch_kafka_does_not_take_is_never_answered_202() {
         .map(|r| r["status"].as_u64().unwrap())
         .collect();
     assert_eq!(statuses, [503, 503, 400], "{value}");
+}
+
+#[tokio::test]
+async fn cors_and_gzip_only_when_configured() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    let preflight = || {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/chat/completions")
+            .header("origin", "https://app.example.com")
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let metrics = || {
+        Request::builder()
+            .uri("/metrics")
+            .header("accept-encoding", "gzip")
+            .body(Body::empty())
+            .unwrap()
+    };
+
+    let plain = app_for(config_for(broker.bootstrap_servers()));
+    let response = plain.clone().oneshot(preflight()).await.unwrap();
+    assert!(!response
+        .headers()
+        .contains_key("access-control-allow-origin"));
+    let response = plain.clone().oneshot(metrics()).await.unwrap();
+    assert!(!response.headers().contains_key("content-encoding"));
+
+    let mut config = config_for(broker.bootstrap_servers());
+    config.ingress.cors_allowed_origins = vec!["https://app.example.com".into()];
+    config.ingress.gzip = true;
+    config.validate().unwrap();
+    let open = app_for(config);
+    let response = open.clone().oneshot(preflight()).await.unwrap();
+    assert_eq!(
+        response.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    let methods = response.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let other = Request::builder()
+        .method("OPTIONS")
+        .uri("/v1/chat/completions")
+        .header("origin", "https://evil.example.com")
+        .header("access-control-request-method", "POST")
+        .body(Body::empty())
+        .unwrap();
+    let response = open.clone().oneshot(other).await.unwrap();
+    assert!(!response
+        .headers()
+        .contains_key("access-control-allow-origin"));
+    let response = open.clone().oneshot(metrics()).await.unwrap();
+    assert_eq!(response.headers()["content-encoding"], "gzip");
+
+    let mut bad = config_for(broker.bootstrap_servers());
+    bad.ingress.cors_allowed_origins = vec!["app.example.com".into()];
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("ingress.cors_allowed_origins"), "{e}");
 }

@@ -111,14 +111,15 @@ proptest! {
 
 /// The ingress app with a broker that does not exist: every bad input must be refused
 /// before Kafka is asked.
-/// A batch item: a valid submission (with a unique id) or something that is not one.
+/// A batch item: a valid submission (with a unique id) or an arbitrary JSON object.
 fn batch_item() -> impl Strategy<Value = (bool, Value)> {
     prop_oneof![
         "[a-z0-9]{1,12}".prop_map(|id| (
             true,
             json!({"id": id, "body": {"messages": [{"role": "user", "content": "hi"}]}})
         )),
-        json_value().prop_map(|v| (false, v)),
+        prop::collection::btree_map("[a-z_]{1,12}", json_value(), 0..5)
+            .prop_map(|m| (false, Value::Object(m.into_iter().collect()))),
     ]
 }
 
@@ -148,10 +149,22 @@ proptest! {
                 let request = result.as_ref().expect("a valid item is accepted");
                 prop_assert_eq!(Some(request.id.as_str()), item["id"].as_str());
                 prop_assert_eq!(request.tenant.as_deref(), Some("t"));
-            } else if !item.is_object() {
-                prop_assert!(result.is_err());
+            } else if item.get("body").is_none() {
+                prop_assert!(result.is_err(), "no body, no request: {}", item);
             }
         }
+    }
+
+    #[test]
+    fn a_batch_with_an_item_that_is_no_object_is_refused_whole(
+        items in prop::collection::vec(batch_item(), 0..5),
+        stray in json_value().prop_filter("not an object", |v| !v.is_object()),
+        at in 0usize..6,
+    ) {
+        let mut values: Vec<Value> = items.into_iter().map(|(_, v)| v).collect();
+        values.insert(at.min(values.len()), stray);
+        let body = json!({"requests": values});
+        prop_assert!(batch::parse(body.to_string().as_bytes(), &Config::default(), None).is_err());
     }
 }
 

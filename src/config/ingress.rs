@@ -51,6 +51,11 @@ pub struct IngressConfig {
     pub admission: bool,
     /// How often the backlog and the drain rate are sampled for admission. Default 1 s.
     pub admission_interval_ms: u64,
+    /// Origins a browser may call the API from (CORS), e.g. `https://app.example.com`;
+    /// `*` for any. Default none: no CORS headers.
+    pub cors_allowed_origins: Vec<String>,
+    /// Compress answers with gzip when the client accepts it (never streams). Default false.
+    pub gzip: bool,
 }
 
 impl Default for IngressConfig {
@@ -70,6 +75,8 @@ impl Default for IngressConfig {
             max_batch_items: 100,
             admission: true,
             admission_interval_ms: 1000,
+            cors_allowed_origins: Vec::new(),
+            gzip: false,
         }
     }
 }

@@ -42,6 +42,7 @@ impl Config {
                 .separator(ENV_SEPARATOR)
                 .list_separator(",")
                 .with_list_parse_key("kafka.lanes")
+                .with_list_parse_key("ingress.cors_allowed_origins")
                 .try_parsing(true)
                 .source(Some(env)),
         );

@@ -20,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 
 use super::error::AppError;
 use super::metrics::{SecondsGauge, TopicLabel};
+use crate::admin::Readiness;
 use crate::config::Config;
 use crate::envelope::now_ms;
 use crate::ops::watermarks::{PartitionSample, Sampler};
@@ -121,11 +122,13 @@ impl Admission {
         Some(Duration::from_secs_f64(ahead as f64 / rate))
     }
 
-    /// Samples until `shutdown` (a blocking task: the sampler's calls block).
+    /// Samples until `shutdown` while `ready` (Kafka answers), a blocking task: the
+    /// sampler's calls block. Its clients are dropped while Kafka is away.
     pub fn run_blocking(
         self: Arc<Self>,
         config: Arc<Config>,
         interval: Duration,
+        ready: Readiness,
         shutdown: CancellationToken,
     ) {
         if !self.enabled {
@@ -135,6 +138,12 @@ impl Admission {
         let mut intervals: VecDeque<Interval> = VecDeque::new();
         let mut last: Option<(Instant, Vec<PartitionSample>)> = None;
         while !shutdown.is_cancelled() {
+            if !ready.is_ready() {
+                sampler = None;
+                last = None;
+                pause(&shutdown, interval);
+                continue;
+            }
             if sampler.is_none() {
                 match Sampler::new(&config.kafka, &config.kafka.group_id, &self.topics) {
                     Ok(s) => sampler = Some(s),

@@ -3,7 +3,7 @@
 //! in order: `{"index", "status", "id", "body"}` for an accepted item (status 202, as
 //! Kafka acknowledged it), `{"index", "status", "id"?, "error"}` for a refused one (its
 //! own 4xx, or 503 when Kafka did not take it). Nothing is answered 202 that was not
-//! stored. A body that is not such a list at all is a plain 400.
+//! stored. A body that is not such a list of JSON objects is a plain 400.
 
 use std::collections::HashSet;
 
@@ -13,10 +13,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::api::{Accepted, BatchRequest, BatchResponse, BatchResult, ErrorBody};
 use super::error::AppError;
 use super::metrics::StatusLabel;
 use super::routes::{self, IngressState};
@@ -27,6 +28,14 @@ use crate::telemetry::{propagation, semconv};
 
 /// The route: every valid item is written at once (concurrently), each answered by
 /// its own outcome.
+#[utoipa::path(post, path = "/v1/requests:batch", tag = "requests", request_body = BatchRequest,
+    responses(
+        (status = 207, description = "One result per item, in order", body = BatchResponse),
+        (status = 400, description = "Not a batch", body = ErrorBody),
+        (status = 401, description = "No valid API key (ingress.auth on)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+    ))]
 pub async fn submit(
     State(state): State<IngressState>,
     headers: HeaderMap,
@@ -62,10 +71,7 @@ pub async fn submit(
             }
         });
         let results = futures::future::join_all(accepted).await;
-        Ok::<_, AppError>((
-            StatusCode::MULTI_STATUS,
-            Json(json!({ "results": results })),
-        ))
+        Ok::<_, AppError>((StatusCode::MULTI_STATUS, Json(BatchResponse { results })))
     }
     .instrument(span.clone())
     .await;
@@ -86,16 +92,20 @@ pub fn parse(
     let max = config.ingress.max_batch_items;
     let body: Value = serde_json::from_slice(bytes)
         .map_err(|e| AppError::BadRequest(format!("request body is not valid JSON: {e}")))?;
-    let items = match body.get("requests") {
-        Some(Value::Array(items)) if body.as_object().is_some_and(|o| o.len() == 1) => items,
-        _ => {
-            return Err(AppError::BadRequest(
-                "a batch is a JSON object {\"requests\": [...]} whose items are \
-                 POST /v1/requests bodies, and nothing else"
-                    .into(),
-            ))
-        }
+    let not_a_batch = || {
+        AppError::BadRequest(
+            "a batch is a JSON object {\"requests\": [...]} whose items are \
+             POST /v1/requests bodies (JSON objects), and nothing else"
+                .into(),
+        )
     };
+    let batch: BatchRequest = serde_json::from_value(body).map_err(|_| not_a_batch())?;
+    let items = batch.requests;
+    if let Some(index) = items.iter().position(|item| !item.is_object()) {
+        return Err(AppError::BadRequest(format!(
+            "requests[{index}] is not a JSON object; each item is a POST /v1/requests body"
+        )));
+    }
     if items.is_empty() {
         return Err(AppError::BadRequest("requests must not be empty".into()));
     }
@@ -122,31 +132,26 @@ pub fn parse(
 }
 
 fn parse_item(item: &Value, config: &Config, tenant: Option<&str>) -> Result<Request, AppError> {
-    let submit: SubmitBody = serde_json::from_value(item.clone()).map_err(|e| {
-        AppError::BadRequest(if item.is_object() {
-            format!("invalid request: {e}")
-        } else {
-            "each item must be a JSON object such as {\"body\": {\"messages\": [...]}}".into()
-        })
-    })?;
+    let submit: SubmitBody = serde_json::from_value(item.clone())
+        .map_err(|e| AppError::BadRequest(format!("invalid request: {e}")))?;
     submit::into_request(submit, config, tenant.map(str::to_string))
 }
 
 /// One item's entry in the 207 body.
-pub fn result(index: usize, id: Option<&str>, outcome: Result<Value, AppError>) -> Value {
-    match outcome {
-        Ok(body) => json!({ "index": index, "status": 202, "id": id, "body": body }),
+pub fn result(index: usize, id: Option<&str>, outcome: Result<Accepted, AppError>) -> BatchResult {
+    let (status, body, error) = match outcome {
+        Ok(body) => (StatusCode::ACCEPTED, Some(body), None),
         Err(e) => {
-            let mut entry = json!({
-                "index": index,
-                "status": e.status().as_u16(),
-                "error": { "type": e.kind(), "message": e.to_string(), "param": null, "code": e.kind() },
-            });
-            if let Some(id) = id {
-                entry["id"] = json!(id);
-            }
-            entry
+            let detail = ErrorBody::new(e.kind(), e.to_string(), e.kind()).error;
+            (e.status(), None, Some(detail))
         }
+    };
+    BatchResult {
+        index,
+        status: status.as_u16(),
+        id: id.map(str::to_string),
+        body,
+        error,
     }
 }
 
@@ -165,7 +170,7 @@ mod tests {
     #[test]
     fn good_and_bad_items_keep_their_places() {
         let body = format!(
-            r#"{{"requests":[{{"id":"a","body":{CHAT}}},{{"body":{{}}}},7,{{"id":"a","body":{CHAT}}},{{"body":{CHAT},"lane":"x"}}]}}"#
+            r#"{{"requests":[{{"id":"a","body":{CHAT}}},{{"body":{{}}}},{{"body":{CHAT},"extra":1}},{{"id":"a","body":{CHAT}}},{{"body":{CHAT},"lane":"x"}}]}}"#
         );
         let items = parse(body.as_bytes(), &config(10), Some("acme")).unwrap();
         assert_eq!(items.len(), 5);
@@ -183,7 +188,7 @@ mod tests {
             "{}",
             errors[0]
         );
-        assert!(errors[1].contains("must be a JSON object"), "{}", errors[1]);
+        assert!(errors[1].contains("unknown field `extra`"), "{}", errors[1]);
         assert!(errors[2].contains("more than once"), "{}", errors[2]);
         assert!(errors[3].contains("unknown lane"), "{}", errors[3]);
     }
@@ -196,6 +201,10 @@ mod tests {
             (r#"{"requests":{}}"#, "a batch is a JSON object"),
             (r#"{"requests":[],"extra":1}"#, "a batch is a JSON object"),
             ("{", "not valid JSON"),
+            (
+                r#"{"requests":[{"body":{}},7]}"#,
+                "requests[1] is not a JSON object",
+            ),
         ] {
             let e = parse(body.as_bytes(), &config(10), None)
                 .unwrap_err()

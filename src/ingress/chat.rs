@@ -12,11 +12,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::api::{ChatCompletionRequest, ErrorBody};
 use super::cache::Entry;
 use super::error::AppError;
 use super::metrics::CompletionLabel;
@@ -36,6 +37,29 @@ pub const ORDERING_KEY_HEADER: &str = "x-sluice-ordering-key";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The route. Its span and metric cover the answer's head; a stream goes on after.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
+    request_body = ChatCompletionRequest,
+    params(
+        ("x-sluice-timeout-ms" = Option<u64>, Header, minimum = 1000, maximum = 86_400_000,
+         description = "How long to wait for the reply, 1 s to 1 day (default ingress.sync_timeout_ms); also the request's deadline"),
+        ("x-sluice-lane" = Option<String>, Header, description = "Priority lane"),
+        ("x-sluice-ordering-key" = Option<String>, Header, description = "Requests with the same key are processed in order"),
+    ),
+    responses(
+        (status = 200, description = "The backend's completion, or with `stream: true` its chunks as server-sent events ending in `data: [DONE]`",
+         headers(("x-request-id" = String, description = "The sluice id: GET /v1/requests/{id}")),
+         content((Object = "application/json"), (serde_json::Value = "text/event-stream"))),
+        (status = 400, description = "Malformed request, or the backend's 400", body = ErrorBody),
+        (status = 401, description = "No valid API key (ingress.auth on), or the backend's 401", body = ErrorBody),
+        (status = 404, description = "The backend's 404 (an unknown model)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "The backend's 422", body = ErrorBody),
+        (status = 429, description = "The tenant is over a limit, or the backend's 429 after retries", body = ErrorBody),
+        (status = 502, description = "The backend failed without a status", body = ErrorBody),
+        (status = 503, description = "Kafka did not take it, or its deadline ends before its expected turn", body = ErrorBody),
+        (status = 504, description = "No reply within the wait, or it expired", body = ErrorBody),
+    ))]
 pub async fn completions(
     State(state): State<IngressState>,
     headers: HeaderMap,
@@ -156,11 +180,11 @@ impl CallOptions {
         let wait_ms = match text(TIMEOUT_HEADER)? {
             None => default_wait_ms,
             Some(value) => match value.trim().parse::<u64>() {
-                Ok(ms) if (1..=MAX_WAIT_MS).contains(&ms) => ms,
+                Ok(ms) if (MIN_WAIT_MS..=MAX_WAIT_MS).contains(&ms) => ms,
                 _ => {
                     return Err(AppError::BadRequest(format!(
                         "header {TIMEOUT_HEADER} must be a whole number of milliseconds, \
-                         1 to {MAX_WAIT_MS}; got {value:?}"
+                         {MIN_WAIT_MS} to {MAX_WAIT_MS}; got {value:?}"
                     )))
                 }
             },
@@ -173,6 +197,9 @@ impl CallOptions {
     }
 }
 
+/// The shortest wait a header may ask for: one second (less is no time for a round
+/// trip through Kafka and an LLM).
+const MIN_WAIT_MS: u64 = 1000;
 /// The longest wait a header may ask for: one day.
 const MAX_WAIT_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -193,10 +220,10 @@ pub fn parse(
             _ => format!("request body is not valid JSON: {e}"),
         })
     })?;
-    match body.get("stream") {
-        None | Some(Value::Bool(_)) | Some(Value::Null) => {}
-        Some(_) => return Err(AppError::BadRequest("stream must be true or false".into())),
-    }
+    // The documented shape ([`ChatCompletionRequest`]) first; the envelope keeps the
+    // body as it came.
+    serde_json::from_value::<ChatCompletionRequest>(Value::Object(body.clone()))
+        .map_err(|e| AppError::BadRequest(format!("invalid chat completions request: {e}")))?;
     let deadline_ms = envelope::now_ms() + options.wait.as_millis() as u64;
     let submit = SubmitBody {
         id: None,
@@ -274,15 +301,18 @@ pub fn openai_type(status: StatusCode) -> &'static str {
 
 /// `{"error": {"message", "type", "param", "code"}}` with `status`.
 pub fn openai_error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
-    let body =
-        json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
-    (status, Json(body)).into_response()
+    (
+        status,
+        Json(ErrorBody::new(kind, message.to_string(), code)),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::envelope::Timing;
+    use serde_json::json;
 
     fn reply(status: Status, body: Option<Value>, error: Option<ReplyError>) -> Reply {
         Reply {
@@ -339,14 +369,14 @@ mod tests {
         let defaults = CallOptions::from_headers(&headers, 5000).unwrap();
         assert_eq!(defaults.wait, Duration::from_millis(5000));
         assert_eq!((defaults.lane, defaults.ordering_key), (None, None));
-        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("250"));
+        headers.insert(TIMEOUT_HEADER, HeaderValue::from_static("2500"));
         headers.insert(LANE_HEADER, HeaderValue::from_static("interactive"));
         headers.insert(ORDERING_KEY_HEADER, HeaderValue::from_static("conv-1"));
         let given = CallOptions::from_headers(&headers, 5000).unwrap();
-        assert_eq!(given.wait, Duration::from_millis(250));
+        assert_eq!(given.wait, Duration::from_millis(2500));
         assert_eq!(given.lane.as_deref(), Some("interactive"));
         assert_eq!(given.ordering_key.as_deref(), Some("conv-1"));
-        for bad in ["0", "soon", "-5", "99999999999"] {
+        for bad in ["0", "999", "soon", "-5", "99999999999"] {
             headers.insert(TIMEOUT_HEADER, HeaderValue::from_static(bad));
             let e = CallOptions::from_headers(&headers, 5000).unwrap_err();
             assert!(e.to_string().contains(TIMEOUT_HEADER), "{bad}: {e}");
@@ -374,12 +404,16 @@ mod tests {
         for (bad, says) in [
             (&b"[1]"[..], "must be a JSON object"),
             (b"{", "not valid JSON"),
-            (br#"{"messages":[]}"#, "must not be empty"),
-            (br#"{"model":"m"}"#, "body.messages is required"),
+            (br#"{"model":"m"}"#, "missing field `messages`"),
             (
                 br#"{"messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
-                "stream must be",
+                "invalid type: string \"yes\", expected a boolean",
             ),
+            (
+                br#"{"messages":["hi"]}"#,
+                "invalid type: string \"hi\", expected a map",
+            ),
+            (br#"{"messages":[]}"#, "must not be empty"),
         ] {
             let e = parse(bad, &config, options.clone(), None)
                 .unwrap_err()

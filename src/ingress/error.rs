@@ -6,9 +6,9 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
 use std::time::Duration;
 
+use super::api::ErrorBody;
 use super::tenants::Quota;
 
 /// An API failure and the status it maps to.
@@ -109,12 +109,7 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         // OpenAI's error shape (SDKs read `message`); `code` repeats the type.
-        let body = Json(json!({ "error": {
-            "type": self.kind(),
-            "message": self.to_string(),
-            "param": null,
-            "code": self.kind(),
-        } }));
+        let body = Json(ErrorBody::new(self.kind(), self.to_string(), self.kind()));
         let mut response = (self.status(), body).into_response();
         let headers = response.headers_mut();
         match self {

@@ -3,11 +3,13 @@
 //! cannot take them in time; serves results from a cache fed by the reply topic.
 
 pub mod admission;
+pub mod api;
 pub mod batch;
 pub mod cache;
 pub mod chat;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod replies;
 pub mod routes;
 pub mod stream;
@@ -102,12 +104,20 @@ pub async fn serve(
         reader_assigned.clone(),
         shutdown.clone(),
     ));
-    let admission = {
-        let (admission, config, shutdown) =
-            (state.admission.clone(), config.clone(), shutdown.clone());
+    // Not awaited at shutdown: a sample in progress may block for seconds, and nothing
+    // depends on it.
+    {
+        let (admission, config, ready, shutdown) = (
+            state.admission.clone(),
+            config.clone(),
+            ready.clone(),
+            shutdown.clone(),
+        );
         let interval = Duration::from_millis(config.ingress.admission_interval_ms);
-        tokio::task::spawn_blocking(move || admission.run_blocking(config, interval, shutdown))
-    };
+        tokio::task::spawn_blocking(move || {
+            admission.run_blocking(config, interval, ready, shutdown)
+        });
+    }
     let probe = tokio::spawn(probe_kafka(
         state.producer.clone(),
         reader_assigned,
@@ -130,7 +140,6 @@ pub async fn serve(
         .context("serving HTTP")?;
 
     probe.await.context("readiness probe task")?;
-    admission.await.context("admission sampler task")?;
     reader.await.context("reply reader task")??;
     tokio::task::spawn_blocking(move || producer.flush_blocking(FLUSH_TIMEOUT))
         .await

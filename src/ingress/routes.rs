@@ -8,16 +8,18 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header::CONTENT_TYPE;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use serde_json::{json, Value};
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer, ExposeHeaders};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::admission::Admission;
+use super::api::{Accepted, ErrorBody, RequestStatus, Submission};
 use super::cache::{Entry, ReplyCache};
 use super::error::AppError;
 use super::metrics::{IngressMetrics, StatusLabel};
@@ -43,13 +45,16 @@ pub struct IngressState {
     pub metrics: IngressMetrics,
 }
 
-/// The ingress router: API routes plus `/healthz`, `/readyz`, `/metrics`.
+/// The ingress router: API routes plus `/healthz`, `/readyz`, `/metrics`, with CORS and
+/// gzip when configured.
 pub fn app(state: IngressState, admin: AdminState) -> Router {
-    let limit = state.config.ingress.max_body_bytes;
-    Router::new()
+    let config = state.config.clone();
+    let limit = config.ingress.max_body_bytes;
+    let mut router = Router::new()
         .route("/v1/requests", post(submit_request))
         .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests:batch", post(batch::submit))
+        .route("/openapi.json", get(super::openapi::serve))
         // Under `/v1` as an SDK's `base_url` of `.../v1` implies, and without it.
         .route("/v1/chat/completions", post(chat::completions))
         .route("/chat/completions", post(chat::completions))
@@ -57,10 +62,50 @@ pub fn app(state: IngressState, admin: AdminState) -> Router {
         .with_state(state)
         .merge(admin::routes(admin))
         .fallback(|| async { AppError::NoRoute })
-        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed })
+        .method_not_allowed_fallback(|| async { AppError::MethodNotAllowed });
+    if let Some(cors) = cors(&config.ingress.cors_allowed_origins) {
+        router = router.layer(cors);
+    }
+    if config.ingress.gzip {
+        // tower-http's default predicate leaves server-sent events and tiny bodies alone.
+        router = router.layer(CompressionLayer::new().gzip(true));
+    }
+    router
 }
 
-async fn submit_request(
+/// CORS for `origins` (`*`: any); `None` when there are none.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers(ExposeHeaders::any())
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Enqueue a request: `202` once Kafka acknowledged it (acks=all).
+#[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body = Submission,
+    responses(
+        (status = 202, description = "In Kafka; its result will be at GET /v1/requests/{id}", body = Accepted),
+        (status = 400, description = "Malformed request", body = ErrorBody),
+        (status = 401, description = "No valid API key (ingress.auth on)", body = ErrorBody),
+        (status = 409, description = "The id was used for another request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 429, description = "The tenant is over a limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Kafka did not take it, or its deadline ends before its expected turn; see Retry-After", body = ErrorBody),
+    ))]
+pub async fn submit_request(
     State(state): State<IngressState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -116,7 +161,7 @@ pub(super) async fn accept(
     state: &IngressState,
     tenant: Option<&Tenant>,
     request: &Request,
-) -> Result<(Value, Quota), AppError> {
+) -> Result<(Accepted, Quota), AppError> {
     let payload =
         serde_json::to_vec(request).expect("a Request always serializes: string keys, no NaN");
     let fingerprint = submit::fingerprint(&payload);
@@ -248,11 +293,20 @@ pub(super) async fn write_request(
     }
 }
 
-async fn get_request(
+/// A request's status, and its reply once finished.
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests",
+    params(("id" = String, Path, description = "The request id")),
+    responses(
+        (status = 200, description = "Queued, or finished with its reply", body = RequestStatus),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "No valid API key (ingress.auth on)", body = ErrorBody),
+        (status = 404, description = "Not known here (or another tenant's), or its reply goes to another topic", body = ErrorBody),
+    ))]
+pub async fn get_request(
     State(state): State<IngressState>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-) -> Result<Json<Value>, AppError> {
+) -> Result<Json<RequestStatus>, AppError> {
     let tenant = state.tenants.identify(&headers)?;
     let Path(id) =
         id.map_err(|e| AppError::BadRequest(format!("invalid request id in the path: {e}")))?;
@@ -272,21 +326,31 @@ async fn get_request(
 
 /// The 202 body: `{id, status}`, plus `reply_to` and `tracked: false` when the reply goes
 /// to a topic this ingress does not read (GET will not know its outcome).
-fn accepted_body(id: &str, entry: &Entry) -> Value {
-    match entry {
-        Entry::Elsewhere(topic) => {
-            json!({ "id": id, "status": "queued", "reply_to": topic.as_ref(), "tracked": false })
-        }
-        _ => status_body(id, entry),
+pub(super) fn accepted_body(id: &str, entry: &Entry) -> Accepted {
+    let elsewhere = match entry {
+        Entry::Elsewhere(topic) => Some(topic.to_string()),
+        _ => None,
+    };
+    Accepted {
+        id: id.to_string(),
+        status: "queued".into(),
+        tracked: elsewhere.as_ref().map(|_| false),
+        reply_to: elsewhere,
     }
 }
 
 /// `{id, status}` for a queued request, `{id, status, reply}` for a finished one.
-fn status_body(id: &str, entry: &Entry) -> Value {
-    match entry {
-        Entry::Queued | Entry::Elsewhere(_) => json!({ "id": id, "status": "queued" }),
-        Entry::Final(reply) => {
-            json!({ "id": id, "status": reply.status.as_str(), "reply": reply.as_ref() })
-        }
+fn status_body(id: &str, entry: &Entry) -> RequestStatus {
+    let reply = match entry {
+        Entry::Queued | Entry::Elsewhere(_) => None,
+        Entry::Final(reply) => Some(reply.as_ref().clone()),
+    };
+    RequestStatus {
+        id: id.to_string(),
+        status: reply
+            .as_ref()
+            .map_or("queued", |r| r.status.as_str())
+            .to_string(),
+        reply,
     }
 }

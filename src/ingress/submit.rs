@@ -1,29 +1,15 @@
 //! Turning a `POST /v1/requests` body into a version-1 request envelope, with a clear
 //! 400 message for every way the body can be wrong.
 
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::error::AppError;
 use crate::config::Config;
 use crate::envelope::{self, Request};
 
-/// The body of `POST /v1/requests`. Unknown fields are rejected so a misspelt
-/// `deadline_ms` fails loudly instead of being ignored.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmitBody {
-    pub id: Option<String>,
-    pub body: Map<String, Value>,
-    pub deadline_ms: Option<u64>,
-    pub lane: Option<String>,
-    pub ordering_key: Option<String>,
-    pub reply_to: Option<String>,
-    pub metadata: Option<Value>,
-    /// Ignored: the ingress stamps the tenant from the caller's API key.
-    #[serde(default)]
-    pub tenant: Option<serde::de::IgnoredAny>,
-}
+/// The body of `POST /v1/requests` ([`super::api::Submission`]). Unknown fields are
+/// rejected so a misspelt `deadline_ms` fails loudly instead of being ignored.
+pub use super::api::Submission as SubmitBody;
 
 /// Parses and validates a submission into the envelope written to Kafka.
 pub fn parse(bytes: &[u8], config: &Config, tenant: Option<String>) -> Result<Request, AppError> {

@@ -26,7 +26,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::dlq_read::{partition_ids, unjoined_group_id};
 use crate::config::KafkaConfig;
+use crate::kafka::log::KafkaLog;
 use crate::kafka::{client_config, ClientKind};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
 
 /// How long one sample may wait for a Fetch answer from every partition.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -54,14 +57,26 @@ struct Marks {
     marks: HashMap<(String, i32), (i64, i64)>,
 }
 
-/// Probe context: keeps the watermarks of the latest statistics emission.
-#[derive(Default)]
-struct StatsContext(Mutex<Marks>);
+/// Probe context: keeps the watermarks of the latest statistics emission, and logs as
+/// every other client does ([`KafkaLog`]: an outage is summarised, not an error a line).
+struct StatsContext {
+    marks: Mutex<Marks>,
+    log: KafkaLog,
+}
 
 impl ClientContext for StatsContext {
     /// Parsed by hand, field by field: a statistics layout the typed parser does not
     /// know would otherwise drop every emission.
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.log.on_log(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.on_error(error, reason);
+    }
+
     fn stats_raw(&self, raw: &[u8]) {
+        self.log.on_stats(raw);
         let Ok(stats) = serde_json::from_slice::<serde_json::Value>(raw) else {
             return;
         };
@@ -83,7 +98,7 @@ impl ClientContext for StatsContext {
             }
         }
         let mut latest = self
-            .0
+            .marks
             .lock()
             .expect("marks lock is never poisoned: no panics while held");
         latest.seq += 1;
@@ -96,7 +111,7 @@ impl ConsumerContext for StatsContext {}
 /// Samples committed and end offsets of every partition of some topics.
 pub struct Sampler {
     /// Carries the group id; only ever asked for committed offsets.
-    group: BaseConsumer,
+    group: BaseConsumer<KafkaLog>,
     /// Assigned at the end of every partition, never commits; feeds [`StatsContext`].
     probe: BaseConsumer<StatsContext>,
     partitions: TopicPartitionList,
@@ -111,9 +126,11 @@ impl Sampler {
         ];
         let mut with_group = no_commits.to_vec();
         with_group.push(("group.id", group));
-        let group: BaseConsumer = client_config(kafka, ClientKind::Consumer, &[], &with_group)
-            .create()
-            .context("creating the committed-offsets client")?;
+        let group: BaseConsumer<KafkaLog> = crate::kafka::log::create(
+            client_config(kafka, ClientKind::Consumer, &[], &with_group),
+            &kafka.bootstrap_servers,
+        )
+        .context("creating the committed-offsets client")?;
         let probe_group = unjoined_group_id();
         let mut probe_enforced = no_commits.to_vec();
         probe_enforced.push(("statistics.interval.ms", "100"));
@@ -128,7 +145,10 @@ impl Sampler {
             ],
             &probe_enforced,
         )
-        .create_with_context(StatsContext::default())
+        .create_with_context(StatsContext {
+            marks: Mutex::default(),
+            log: KafkaLog::new(&kafka.bootstrap_servers),
+        })
         .context("creating the end-offset probe")?;
         let mut partitions = TopicPartitionList::new();
         let mut at_end = TopicPartitionList::new();
@@ -218,7 +238,7 @@ impl Sampler {
         f(&self
             .probe
             .context()
-            .0
+            .marks
             .lock()
             .expect("marks lock is never poisoned: no panics while held"))
     }

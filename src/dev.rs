@@ -249,13 +249,17 @@ fn print_ready(ingress_url: &str, kafka: &str, backend: &str) {
     println!(
         "sluice dev ready: ingress {ingress_url} | Kafka: {kafka} | backend: {backend}\n\
          \n\
-         Send a request (answers 202 with its id once Kafka has it):\n  \
+         Ask as an OpenAI client would (through Kafka; the answer comes back here):\n  \
+         curl -s {ingress_url}/v1/chat/completions -H 'content-type: application/json' \\\n    \
+         -d '{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":16}}'\n\
+         or point an OpenAI SDK at base_url {ingress_url}/v1 (add \"stream\": true to stream).\n\
+         \n\
+         Or enqueue and come back later (202 with its id once Kafka has it):\n  \
          curl -s -X POST {ingress_url}/v1/requests -H 'content-type: application/json' \\\n    \
-         -d '{{\"body\":{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":16}}}}'\n\
-         Read its result (queued until the worker has answered):\n  \
+         -d '{{\"body\":{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":16}}}}'\n  \
          curl -s {ingress_url}/v1/requests/<id>\n\
          \n\
-         Ctrl-C stops everything (in-memory: nothing is kept)."
+         The API: {ingress_url}/openapi.json. Ctrl-C stops everything (in-memory: nothing is kept)."
     );
 }
 

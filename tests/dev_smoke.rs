@@ -89,6 +89,25 @@ async fn dev_serves_a_request_end_to_end_and_stops_on_sigterm() {
         assert_eq!(response.status(), 200, "{url} after the ready line");
     }
 
+    // The OpenAI-style call the ready line prints first: the completion itself.
+    assert!(
+        logs.contains(&format!("curl -s http://{listen}/v1/chat/completions")),
+        "the first example is the OpenAI route:\n{logs}"
+    );
+    let completion: Value = client
+        .post(format!("http://{listen}/v1/chat/completions"))
+        .json(&json!({"model": "mock", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        completion["choices"][0]["message"]["content"], "the quick brown fox",
+        "{completion}"
+    );
+
     // The request the printed curl example sends.
     let response = client
         .post(format!("http://{listen}/v1/requests"))

@@ -14,8 +14,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::Value;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::api::{Accepted, BatchRequest, BatchResponse, BatchResult, ErrorBody};
 use super::error::AppError;
@@ -24,7 +22,6 @@ use super::routes::{self, IngressState};
 use super::submit::{self, SubmitBody};
 use crate::config::Config;
 use crate::envelope::Request;
-use crate::telemetry::{propagation, semconv};
 
 /// The route: every valid item is written at once (concurrently), each answered by
 /// its own outcome.
@@ -41,8 +38,6 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = semconv::http_server_span("POST", "/v1/requests:batch");
-    propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
     let answer = async {
         let tenant = state.tenants.identify(&headers)?;
         let bytes = routes::json_body(&state.config, &headers, body)?;
@@ -73,14 +68,8 @@ pub async fn submit(
         let results = futures::future::join_all(accepted).await;
         Ok::<_, AppError>((StatusCode::MULTI_STATUS, Json(BatchResponse { results })))
     }
-    .instrument(span.clone())
     .await;
-    let response = answer.into_response();
-    span.set_attribute(
-        semconv::HTTP_RESPONSE_STATUS_CODE,
-        i64::from(response.status().as_u16()),
-    );
-    response
+    answer.into_response()
 }
 
 /// The items of a batch body: each parsed into a request or refused with its reason.

@@ -14,8 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::api::{ChatCompletionRequest, ErrorBody};
 use super::cache::Entry;
@@ -25,7 +23,7 @@ use super::routes::{self, IngressState};
 use super::submit::{self, SubmitBody};
 use super::waiters::{ReplyEvent, Waiter};
 use crate::envelope::{self, Reply, ReplyError, Status};
-use crate::telemetry::{propagation, semconv};
+use crate::telemetry::semconv;
 
 /// Per-request wait, in milliseconds (overrides `ingress.sync_timeout_ms`).
 pub const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
@@ -36,7 +34,8 @@ pub const ORDERING_KEY_HEADER: &str = "x-sluice-ordering-key";
 /// The sluice id of the request, on every answer.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// The route. Its span and metric cover the answer's head; a stream goes on after.
+/// The route. Its span ([`super::traced`]) and metric cover the answer's head; a stream
+/// goes on after.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "openai",
     request_body = ChatCompletionRequest,
     params(
@@ -65,31 +64,22 @@ pub async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = semconv::http_server_span("POST", "/v1/chat/completions");
-    propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
-    let (id, streamed, result) = answer(&state, &headers, body)
-        .instrument(span.clone())
-        .await;
+    let (id, streamed, result) = answer(&state, &headers, body).await;
     let mut response = match result {
         Ok(response) => response,
         Err(e) => {
-            semconv::record_error(&span, e.kind());
+            semconv::record_error(&tracing::Span::current(), e.kind());
             e.into_response()
         }
     };
     if let Some(value) = id.and_then(|id| HeaderValue::from_str(&id).ok()) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
-    let status = response.status();
-    span.set_attribute(
-        semconv::HTTP_RESPONSE_STATUS_CODE,
-        i64::from(status.as_u16()),
-    );
     state
         .metrics
         .completions
         .get_or_create(&CompletionLabel {
-            status: status.as_u16().to_string(),
+            status: response.status().as_u16().to_string(),
             stream: streamed.to_string(),
         })
         .inc();

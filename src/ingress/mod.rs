@@ -15,6 +15,7 @@ pub mod routes;
 pub mod stream;
 pub mod submit;
 pub mod tenants;
+pub mod traced;
 pub mod waiters;
 
 use std::sync::Arc;

@@ -15,8 +15,6 @@ use axum::{Json, Router};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer, ExposeHeaders};
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::admission::Admission;
 use super::api::{Accepted, ErrorBody, RequestStatus, Submission};
@@ -31,7 +29,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::envelope::{headers, Request};
 use crate::kafka::producer::{is_too_large, Outgoing, Producer};
-use crate::telemetry::{propagation, semconv};
+use crate::telemetry::semconv;
 
 /// Everything a route needs; cheap to clone.
 #[derive(Clone)]
@@ -52,12 +50,14 @@ pub fn app(state: IngressState, admin: AdminState) -> Router {
     let limit = config.ingress.max_body_bytes;
     let mut router = Router::new()
         .route("/v1/requests", post(submit_request))
-        .route("/v1/requests/{id}", get(get_request))
         .route("/v1/requests:batch", post(batch::submit))
-        .route("/openapi.json", get(super::openapi::serve))
         // Under `/v1` as an SDK's `base_url` of `.../v1` implies, and without it.
         .route("/v1/chat/completions", post(chat::completions))
         .route("/chat/completions", post(chat::completions))
+        // A trace per request, not per poll of its status: only the routes above.
+        .route_layer(axum::middleware::from_fn(super::traced::span))
+        .route("/v1/requests/{id}", get(get_request))
+        .route("/openapi.json", get(super::openapi::serve))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .merge(admin::routes(admin))
@@ -110,25 +110,17 @@ pub async fn submit_request(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let span = semconv::http_server_span("POST", "/v1/requests");
-    propagation::adopt_remote_parent(&span, propagation::extract_http(&headers));
-    let result = enqueue(&state, &headers, body)
-        .instrument(span.clone())
-        .await;
+    let result = enqueue(&state, &headers, body).await;
     let status = match &result {
         Ok(response) => response.status(),
         Err(e) => {
-            semconv::record_error(&span, e.kind());
+            semconv::record_error(&tracing::Span::current(), e.kind());
             if e.status().is_client_error() {
-                tracing::debug!(parent: &span, status = e.status().as_u16(), error = %e, "submission refused");
+                tracing::debug!(status = e.status().as_u16(), error = %e, "submission refused");
             }
             e.status()
         }
     };
-    span.set_attribute(
-        semconv::HTTP_RESPONSE_STATUS_CODE,
-        i64::from(status.as_u16()),
-    );
     state
         .metrics
         .submissions

@@ -39,7 +39,7 @@ pub const SLUICE_ATTEMPTS: &str = "sluice.attempts";
 const KAFKA: &str = "kafka";
 
 /// SERVER span for an HTTP route, e.g. `POST /v1/requests`.
-pub fn http_server_span(method: &str, route: &'static str) -> Span {
+pub fn http_server_span(method: &str, route: &str) -> Span {
     let span = tracing::info_span!(
         "http",
         otel.name = %format_args!("{method} {route}"),
@@ -50,7 +50,7 @@ pub fn http_server_span(method: &str, route: &'static str) -> Span {
         request_id = tracing::field::Empty,
     );
     span.set_attribute(HTTP_REQUEST_METHOD, method.to_string());
-    span.set_attribute(HTTP_ROUTE, route);
+    span.set_attribute(HTTP_ROUTE, route.to_string());
     span
 }
 

@@ -11,7 +11,8 @@
 #     at install time), and the KEDA and Prometheus Operator CRD models
 #     (cloudcoil-models-*) the ScaledObject and ServiceMonitor schemas are made from
 #   - the OpenAPI document's checkers: openapi-spec-validator and schemathesis
-# and, from Debian (when run as root), prometheus and promtool for the alert-rule tests.
+# and, from Debian (when run as root), prometheus and promtool for the alert-rule tests
+# and chromium for the status page's test.
 # SLUICE_CI_VENV overrides the virtualenv's place.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,16 +57,22 @@ PY
     "${pip[@]}" $api_checkers
 fi
 
-# Prometheus and promtool, from Debian's package: the alert rules' tests.
+# From Debian's packages: Prometheus and promtool (the alert rules' tests), Chromium
+# (the status page's test, headless).
+missing=()
 if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+    missing+=(prometheus)
+fi
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if ((${#missing[@]})); then
     if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "installing Debian's prometheus package" >&2
+        echo "installing Debian's ${missing[*]}" >&2
         apt_install() {
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
         }
         apt_install || { apt-get update -q >/dev/null && apt_install; }
     else
-        echo "warning: the alert-rule tests need promtool and prometheus (apt-get install prometheus)" >&2
+        echo "warning: the tests need ${missing[*]} (apt-get install ${missing[*]})" >&2
     fi
 fi
 

@@ -259,6 +259,7 @@ fn print_ready(ingress_url: &str, kafka: &str, backend: &str) {
          -d '{{\"body\":{{\"model\":\"mock\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}],\"max_tokens\":16}}}}'\n  \
          curl -s {ingress_url}/v1/requests/<id>\n\
          \n\
+         Watch a burst turn into lag and drain: {ingress_url}/status\n\
          The API: {ingress_url}/openapi.json. Ctrl-C stops everything (in-memory: nothing is kept)."
     );
 }

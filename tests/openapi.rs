@@ -19,6 +19,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("get", "/readyz"),
     ("get", "/metrics"),
     ("get", "/openapi.json"),
+    ("get", "/status"),
+    ("get", "/status.json"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

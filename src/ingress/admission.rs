@@ -8,7 +8,8 @@
 //! intervals that began with a backlog (an idle group drains nothing, which says nothing
 //! of its speed); a backlog that did not move for 5 s of such intervals means the workers
 //! are stalled, and every request with a deadline waits longer than it has. Until a
-//! rate is known, everything is admitted.
+//! rate is known, everything is admitted. The same samples feed the status page
+//! ([`Admission::snapshot`]), also with admission off.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,8 @@ pub struct Admission {
     enabled: bool,
     /// Request topics, highest priority first.
     topics: Vec<String>,
+    /// The dead-letter topic, sampled for the status page.
+    dlq_topic: String,
     state: Mutex<View>,
     /// The expected wait per topic, for `/metrics`.
     gauges: Family<TopicLabel, SecondsGauge>,
@@ -53,6 +56,22 @@ struct View {
     rate: Option<f64>,
     stalled: bool,
     sampled: Option<Instant>,
+    /// Records held on the dead-letter topic.
+    dead_letters: Option<u64>,
+}
+
+/// What the sampler saw last, for the status page.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Snapshot {
+    /// Backlog per request topic, highest priority first.
+    pub backlog: Vec<(String, u64)>,
+    /// Messages per second the workers drained while busy.
+    pub drain_rate: Option<f64>,
+    pub stalled: bool,
+    /// Records on the dead-letter topic (retained).
+    pub dead_letters: Option<u64>,
+    /// How long ago the last sample was taken.
+    pub age_ms: Option<u64>,
 }
 
 /// One busy interval: when it ended, how long it was, what it drained.
@@ -68,6 +87,7 @@ impl Admission {
         Admission {
             enabled: config.ingress.admission,
             topics: config.lane_topics(),
+            dlq_topic: config.kafka.dlq_topic.clone(),
             state: Mutex::default(),
             gauges,
         }
@@ -131,10 +151,9 @@ impl Admission {
         ready: Readiness,
         shutdown: CancellationToken,
     ) {
-        if !self.enabled {
-            return;
-        }
         let mut sampler = None;
+        let mut sampled_topics = self.topics.clone();
+        sampled_topics.push(self.dlq_topic.clone());
         let mut intervals: VecDeque<Interval> = VecDeque::new();
         let mut last: Option<(Instant, Vec<PartitionSample>)> = None;
         while !shutdown.is_cancelled() {
@@ -145,7 +164,7 @@ impl Admission {
                 continue;
             }
             if sampler.is_none() {
-                match Sampler::new(&config.kafka, &config.kafka.group_id, &self.topics) {
+                match Sampler::new(&config.kafka, &config.kafka.group_id, &sampled_topics) {
                     Ok(s) => sampler = Some(s),
                     Err(e) => {
                         tracing::debug!(error = %e, "admission: cannot read the request topics yet");
@@ -189,8 +208,14 @@ impl Admission {
         let backlog = backlog_per_topic(&self.topics, samples);
         let busy: Duration = intervals.iter().map(|i| i.length).sum();
         let drained: u64 = intervals.iter().map(|i| i.drained).sum();
+        let dead_letters = samples
+            .iter()
+            .filter(|s| s.topic == self.dlq_topic)
+            .map(|s| (s.high - s.low).max(0) as u64)
+            .sum();
         let mut view = self.lock();
         view.backlog = backlog;
+        view.dead_letters = Some(dead_letters);
         view.stalled = drained == 0 && busy >= STALLED_AFTER;
         if drained > 0 && !busy.is_zero() {
             view.rate = Some(drained as f64 / busy.as_secs_f64());
@@ -208,6 +233,23 @@ impl Admission {
                 };
                 self.gauges.get_or_create(&label).set(seconds);
             }
+        }
+    }
+
+    /// The last sample's figures.
+    pub fn snapshot(&self) -> Snapshot {
+        let view = self.lock().clone();
+        Snapshot {
+            backlog: self
+                .topics
+                .iter()
+                .cloned()
+                .zip(view.backlog.iter().copied().chain(std::iter::repeat(0)))
+                .collect(),
+            drain_rate: view.rate,
+            stalled: view.stalled,
+            dead_letters: view.dead_letters,
+            age_ms: view.sampled.map(|at| at.elapsed().as_millis() as u64),
         }
     }
 

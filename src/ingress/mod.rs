@@ -8,10 +8,12 @@ pub mod batch;
 pub mod cache;
 pub mod chat;
 pub mod error;
+pub mod group_watch;
 pub mod metrics;
 pub mod openapi;
 pub mod replies;
 pub mod routes;
+pub mod status;
 pub mod stream;
 pub mod submit;
 pub mod tenants;
@@ -70,6 +72,7 @@ pub fn build_state(config: Arc<Config>, registry: &mut Registry) -> anyhow::Resu
     Ok(IngressState {
         waiters: Arc::new(waiters::Waiters::with_gauge(metrics.waiters.clone())),
         tenants: Arc::new(tenants::Tenants::from_config(&config.ingress)),
+        group: Arc::new(group_watch::GroupWatch::default()),
         admission: Arc::new(admission::Admission::new(
             &config,
             metrics.expected_wait_seconds.clone(),
@@ -105,6 +108,9 @@ pub async fn serve(
         reader_assigned.clone(),
         shutdown.clone(),
     ));
+    state
+        .group
+        .start(&config.kafka, &config.kafka.control_topic, shutdown.clone());
     // Not awaited at shutdown: a sample in progress may block for seconds, and nothing
     // depends on it.
     {

@@ -23,6 +23,8 @@ use crate::envelope;
         crate::admin::healthz,
         crate::admin::readyz,
         crate::admin::metrics,
+        super::status::page,
+        super::status::json,
         serve,
     ),
     components(schemas(
@@ -40,6 +42,8 @@ use crate::envelope;
         envelope::Usage,
         envelope::Timing,
         envelope::Status,
+        super::status::StatusBody,
+        super::status::TopicQueued,
     )),
     modifiers(&BearerKeys),
     security((), ("api_key" = [])),

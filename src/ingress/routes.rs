@@ -20,6 +20,7 @@ use super::admission::Admission;
 use super::api::{Accepted, ErrorBody, RequestStatus, Submission};
 use super::cache::{Entry, ReplyCache};
 use super::error::AppError;
+use super::group_watch::GroupWatch;
 use super::metrics::{IngressMetrics, StatusLabel};
 use super::submit;
 use super::tenants::{Quota, Tenant, Tenants};
@@ -40,6 +41,8 @@ pub struct IngressState {
     pub waiters: Arc<Waiters>,
     pub tenants: Arc<Tenants>,
     pub admission: Arc<Admission>,
+    /// The workers' view of each backend, from the control topic (status page).
+    pub group: Arc<GroupWatch>,
     pub metrics: IngressMetrics,
 }
 
@@ -58,6 +61,8 @@ pub fn app(state: IngressState, admin: AdminState) -> Router {
         .route_layer(axum::middleware::from_fn(super::traced::span))
         .route("/v1/requests/{id}", get(get_request))
         .route("/openapi.json", get(super::openapi::serve))
+        .route("/status", get(super::status::page))
+        .route("/status.json", get(super::status::json))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
         .merge(admin::routes(admin))

@@ -4,6 +4,7 @@ fn admission(topics: &[&str]) -> Admission {
     Admission {
         enabled: true,
         topics: topics.iter().map(|t| t.to_string()).collect(),
+        dlq_topic: "dlq".into(),
         state: Mutex::default(),
         gauges: Family::default(),
     }
@@ -110,6 +111,31 @@ fn a_stalled_group_refuses_every_deadline_and_an_idle_one_none() {
         Some(Duration::ZERO),
         "no backlog, no wait"
     );
+}
+
+#[test]
+fn the_snapshot_shows_backlog_rate_and_dead_letters() {
+    let a = admission(&["req.hi", "req"]);
+    let dead = PartitionSample {
+        topic: "dlq".into(),
+        partition: 0,
+        committed: None,
+        low: 2,
+        high: 9,
+    };
+    a.update(
+        &[sample("req.hi", 0, 0, 10), sample("req", 0, 5, 25), dead],
+        &busy(4, 40),
+        Instant::now(),
+    );
+    let snapshot = a.snapshot();
+    assert_eq!(
+        snapshot.backlog,
+        [("req.hi".to_string(), 10), ("req".to_string(), 20)]
+    );
+    assert_eq!(snapshot.drain_rate, Some(10.0));
+    assert_eq!(snapshot.dead_letters, Some(7));
+    assert!(snapshot.age_ms.is_some());
 }
 
 #[test]

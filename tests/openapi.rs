@@ -4,10 +4,9 @@
 
 mod support;
 
-use std::time::Duration;
 
 use serde_json::Value;
-use support::{free_port, SluiceProcess};
+use support::pipeline::Dev;
 
 /// Every route of the ingress router, as the document names it.
 const ROUTES: &[(&str, &str)] = &[
@@ -25,24 +24,10 @@ const ROUTES: &[(&str, &str)] = &[
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_document_is_valid_covers_every_route_and_survives_fuzzing() {
-    let (port, kafka_port, admin_port) = (free_port(), free_port(), free_port());
-    let base = format!("http://127.0.0.1:{port}");
-    let mut dev = SluiceProcess::spawn(
-        [
-            "dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--kafka-listen",
-            &format!("127.0.0.1:{kafka_port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-        ],
-        // Admission's 503s are right under a fuzzer's backlog, and tested on their own
-        // (tests/admission.rs); here every 5xx would be a defect.
-        [("SLUICE__INGRESS__ADMISSION", "false")],
-    );
-    dev.wait_for_http_ok(&format!("{base}/readyz"), Duration::from_secs(60))
-        .await;
+    // Admission's 503s are right under a fuzzer's backlog, and tested on their own
+    // (tests/admission.rs); here every 5xx would be a defect.
+    let dev = Dev::start(&[("SLUICE__INGRESS__ADMISSION", "false")]).await;
+    let base = dev.url.clone();
 
     let document: Value = reqwest::get(format!("{base}/openapi.json"))
         .await
@@ -128,6 +113,6 @@ async fn the_document_is_valid_covers_every_route_and_survives_fuzzing() {
         fuzz.status.success(),
         "schemathesis found problems:\n{report}\n{}\n--- sluice dev ---\n{}",
         String::from_utf8_lossy(&fuzz.stderr),
-        dev.logs()
+        dev.process.logs()
     );
 }

@@ -8,8 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::pipeline::scrape;
-use support::{free_port, SluiceProcess};
+use support::pipeline::{scrape, Dev};
 
 fn chromium() -> String {
     for name in ["chromium", "chromium-browser", "google-chrome"] {
@@ -45,22 +44,8 @@ fn shown(dom: &str) -> HashMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_burst_the_page_shows_what_the_metrics_say() {
     let browser = chromium();
-    let (port, kafka_port, admin_port) = (free_port(), free_port(), free_port());
-    let base = format!("http://127.0.0.1:{port}");
-    let mut dev = SluiceProcess::spawn(
-        [
-            "dev",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--kafka-listen",
-            &format!("127.0.0.1:{kafka_port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin_port}"),
-        ],
-        Vec::<(String, String)>::new(),
-    );
-    dev.wait_for_http_ok(&format!("{base}/readyz"), Duration::from_secs(60))
-        .await;
+    let dev = Dev::start(&[]).await;
+    let base = dev.url.clone();
 
     let http = reqwest::Client::new();
     let burst = 150;
@@ -93,7 +78,7 @@ async fn after_a_burst_the_page_shows_what_the_metrics_say() {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "not settled: {status}\n{}",
-            dev.logs()
+            dev.process.logs()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

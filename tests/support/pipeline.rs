@@ -177,6 +177,42 @@ impl Worker {
     }
 }
 
+/// `sluice dev` (embedded broker, mock backend, ingress, worker) on free ports, killed
+/// on drop; ready once both roles answer `/readyz`.
+pub struct Dev {
+    pub process: SluiceProcess,
+    /// `http://127.0.0.1:<ingress port>`.
+    pub url: String,
+}
+
+impl Dev {
+    pub async fn start(env: &[(&str, &str)]) -> Dev {
+        let (port, kafka_port, admin_port) = (free_port(), free_port(), free_port());
+        let mut process = SluiceProcess::spawn(
+            [
+                "dev",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--kafka-listen",
+                &format!("127.0.0.1:{kafka_port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
+            ],
+            env.iter().copied(),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        for ready in [
+            format!("{url}/readyz"),
+            format!("http://127.0.0.1:{admin_port}/readyz"),
+        ] {
+            process
+                .wait_for_http_ok(&ready, Duration::from_secs(60))
+                .await;
+        }
+        Dev { process, url }
+    }
+}
+
 /// `sluice ingress` on a free port, killed on drop.
 pub struct Ingress {
     pub process: SluiceProcess,

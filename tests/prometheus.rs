@@ -1,7 +1,9 @@
-//! The alert rules in deploy/prometheus/ against real Prometheus tools (Debian's
-//! `prometheus` package): promtool checks them and runs their unit tests, and a real
-//! Prometheus server scraping a running ingress and worker loads them and finds every
-//! series they read, so a renamed metric fails here rather than in an operator's pager.
+//! The alert rules in deploy/prometheus/ and the Grafana dashboard in deploy/grafana/
+//! against real Prometheus tools (Debian's `prometheus` package): promtool checks the rules
+//! and runs their unit tests, and a real Prometheus server scraping a running ingress and
+//! worker loads the rules, finds every series the rules and the dashboard read, and runs
+//! every query of the dashboard, so a renamed metric fails here rather than in an
+//! operator's pager or on a blank panel.
 
 mod support;
 
@@ -14,6 +16,7 @@ use support::{free_port, SluiceProcess};
 
 const RULES: &str = "deploy/prometheus/alerts.yml";
 const RULE_TESTS: &str = "deploy/prometheus/alerts.test.yml";
+const DASHBOARD: &str = "deploy/grafana/sluice.json";
 
 fn tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH")
@@ -48,10 +51,10 @@ fn the_alert_rules_are_valid_and_their_unit_tests_pass() {
     promtool(&["test", "rules", RULE_TESTS]);
 }
 
-/// Every metric name the rules read or their runbooks name (histograms by their base
-/// name).
-fn metric_names(rules: &str) -> Vec<String> {
-    let mut names: Vec<String> = rules
+/// Every metric name a rules or dashboard file reads or its text names (histograms by
+/// their base name).
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|word| word.starts_with("sluice_") || *word == "up")
         .map(str::to_string)
@@ -59,6 +62,121 @@ fn metric_names(rules: &str) -> Vec<String> {
     names.sort();
     names.dedup();
     names
+}
+
+/// What a dashboard variable stands for in the queries the test runs: a custom
+/// variable all its options (as Grafana writes a multi-value in a regex), a query
+/// variable "All" (`.*`), Grafana's intervals one minute.
+fn variable_values(dashboard: &Value) -> Vec<(String, String)> {
+    let mut values: Vec<(String, String)> = ["__rate_interval", "__interval", "__range"]
+        .iter()
+        .map(|name| (name.to_string(), "1m".to_string()))
+        .collect();
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let name = variable["name"].as_str().expect("a variable has a name");
+        let value = match variable["type"].as_str() {
+            Some("datasource") => continue,
+            Some("custom") => {
+                let options: Vec<&str> = variable["query"]
+                    .as_str()
+                    .expect("a custom variable lists its options in query")
+                    .split(',')
+                    .map(str::trim)
+                    .collect();
+                format!("({})", options.join("|"))
+            }
+            Some("query") => ".*".to_string(),
+            other => panic!("variable {name}: type {other:?} has no stand-in here; add one"),
+        };
+        values.push((name.to_string(), value));
+    }
+    values
+}
+
+/// `query` with every `$name` and `${name}` replaced by its stand-in; a variable
+/// without one fails the test (it would reach Prometheus as text).
+fn substitute(query: &str, values: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = query;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        let (name, tail) = match after.strip_prefix('{') {
+            Some(braced) => {
+                let end = braced.find('}').expect("a closing brace after ${");
+                (&braced[..end], &braced[end + 1..])
+            }
+            None => {
+                let end = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..end], &after[end..])
+            }
+        };
+        let value = values
+            .iter()
+            .find(|(known, _)| known == name)
+            .map(|(_, value)| value)
+            .unwrap_or_else(|| panic!("${name} in {query:?} is no variable of the dashboard"));
+        out.push_str(value);
+        rest = tail;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every PromQL query of the dashboard, variables substituted, each with where it is:
+/// the panels' targets (rows' nested panels too) and the query variables, whose
+/// `label_values(selector, label)` becomes `count by (label) (selector)`.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let values = variable_values(dashboard);
+    let mut queries = Vec::new();
+    let mut panels: Vec<&Value> = dashboard["panels"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    while let Some(panel) = panels.pop() {
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"]
+                .as_str()
+                .expect("a Prometheus target has an expr");
+            let place = format!("panel {} target {}", panel["title"], target["refId"]);
+            queries.push((place, substitute(expr, &values)));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let Some(definition) = variable["definition"].as_str() else {
+            continue;
+        };
+        let inner = definition
+            .strip_prefix("label_values(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| {
+                panic!(
+                    "variable {}: only label_values(selector, label)",
+                    variable["name"]
+                )
+            });
+        let (selector, label) = inner
+            .rsplit_once(',')
+            .expect("label_values(selector, label)");
+        let query = format!("count by ({}) ({})", label.trim(), selector.trim());
+        queries.push((
+            format!("variable {}", variable["name"]),
+            substitute(&query, &values),
+        ));
+    }
+    queries
 }
 
 /// Prometheus killed on drop.
@@ -110,23 +228,38 @@ impl Prometheus {
         }
     }
 
-    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Option<Value> {
-        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.url), query).ok()?;
-        let response = reqwest::Client::new().get(url).send().await.ok()?;
-        let body: Value = response.json().await.ok()?;
-        (body["status"] == "success").then(|| body["data"].clone())
+    /// The answer's data; its error, or its warnings, as text.
+    async fn api(&self, path: &str, query: &[(&str, &str)]) -> Result<Value, String> {
+        let url = reqwest::Url::parse_with_params(&format!("{}{path}", self.url), query)
+            .map_err(|e| e.to_string())?;
+        let response = reqwest::Client::new()
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let body: Value = response.json().await.map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("{}: {}", body["errorType"], body["error"]));
+        }
+        if let Some(warnings) = body["warnings"].as_array().filter(|w| !w.is_empty()) {
+            return Err(format!("warnings: {warnings:?}"));
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// An instant query's result vector.
+    async fn query(&self, query: &str) -> Result<Vec<Value>, String> {
+        let data = self.api("/api/v1/query", &[("query", query)]).await?;
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
     }
 
     async fn instant(&self, query: &str) -> Vec<Value> {
-        self.api("/api/v1/query", &[("query", query)])
-            .await
-            .and_then(|data| data["result"].as_array().cloned())
-            .unwrap_or_default()
+        self.query(query).await.unwrap_or_default()
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_real_prometheus_finds_every_series_the_rules_read() {
+async fn a_real_prometheus_finds_every_series_the_rules_and_the_dashboard_read() {
     let (ingress, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
@@ -182,14 +315,35 @@ async fn a_real_prometheus_finds_every_series_the_rules_read() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // And one chat completion, so the completions counter has a series.
+    let completion = client
+        .post(format!("http://{ingress}/v1/chat/completions"))
+        .json(
+            &serde_json::json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}),
+        )
+        .send()
+        .await
+        .expect("the ingress answers");
+    assert!(completion.status().is_success(), "{completion:?}");
+
     let prometheus = Prometheus::start(&ingress, &admin);
     let rules = std::fs::read_to_string(RULES).expect("the rules file");
-    let names = metric_names(&rules);
-    assert!(names.len() >= 8, "the rules read {names:?}");
+    let dashboard_text = std::fs::read_to_string(DASHBOARD).expect("the dashboard file");
+    let dashboard: Value = serde_json::from_str(&dashboard_text).expect("the dashboard is JSON");
+    let rule_names = metric_names(&rules);
+    assert!(rule_names.len() >= 8, "the rules read {rule_names:?}");
+    let dashboard_names = metric_names(&dashboard_text);
+    assert!(
+        dashboard_names.len() >= 30,
+        "the dashboard reads {dashboard_names:?}"
+    );
+    let wanted: Vec<(&str, &String)> = (rule_names.iter().map(|name| (RULES, name)))
+        .chain(dashboard_names.iter().map(|name| (DASHBOARD, name)))
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let missing = loop {
         let mut missing = Vec::new();
-        for name in &names {
+        for &(file, name) in &wanted {
             if prometheus
                 .instant(&format!(
                     "count({{__name__=~\"{name}(_bucket|_count|_sum)?\"}})"
@@ -197,7 +351,7 @@ async fn a_real_prometheus_finds_every_series_the_rules_read() {
                 .await
                 .is_empty()
             {
-                missing.push(name.clone());
+                missing.push(format!("{name} ({file})"));
             }
         }
         let up = prometheus.instant("up == 1").await.len();
@@ -208,8 +362,34 @@ async fn a_real_prometheus_finds_every_series_the_rules_read() {
     };
     assert!(
         missing.is_empty(),
-        "series the alert rules read that a running ingress and worker do not export: {missing:?}"
+        "series the alert rules or the dashboard read that a running ingress and worker \
+         do not export: {missing:?}"
     );
+
+    // Every query of the dashboard runs without error or warning and, once the rates
+    // have two samples, returns something: an empty panel is as broken as a failing one.
+    let queries = dashboard_queries(&dashboard);
+    assert!(queries.len() >= 30, "the dashboard's queries: {queries:#?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut empty = Vec::new();
+        for (place, query) in &queries {
+            match prometheus.query(query).await {
+                Ok(result) if result.is_empty() => empty.push(format!("{place}: {query}")),
+                Ok(_) => {}
+                Err(error) => panic!("{DASHBOARD}, {place}: {query}\n{error}"),
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{DASHBOARD}: queries with no result on a running pipeline:\n{}",
+            empty.join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // The server loaded every rule and evaluates each without error.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -217,6 +397,7 @@ async fn a_real_prometheus_finds_every_series_the_rules_read() {
         let groups = prometheus
             .api("/api/v1/rules", &[])
             .await
+            .ok()
             .and_then(|data| data["groups"].as_array().cloned())
             .unwrap_or_default();
         let rules: Vec<Value> = groups

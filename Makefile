@@ -104,3 +104,17 @@ bench-memory:
 # Two workers under one group-wide requests/s limit: served requests per 10 s window.
 bench-rate:
 	$(PEERS) && bash bench/rate-limit.sh
+
+# The OpenAI front door at idle on tansu, beside the mock backend called directly: sync
+# end to end and streamed (time to first token, gaps between lines), with default and
+# latency-tuned Kafka clients and their idle CPU; Kafka records per 1,000 tokens; and a
+# stream that waits 30 s for its first token (keep-alives). About 4 minutes.
+FACADE_RUNS ?= 3
+bench-facade:
+	$(PEERS) && python3 bench/facade.py --runs $(FACADE_RUNS)
+
+# What reading the whole reply topic costs one ingress: 100,000 final replies, then
+# 100,000 chunk records, read per second and CPU per 1,000 (every instance reads all).
+bench-reply-read:
+	$(PEERS) && python3 bench/reply_read.py --runs 3
+

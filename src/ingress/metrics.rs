@@ -41,6 +41,8 @@ pub struct IngressMetrics {
     pub duplicate_replies: Counter,
     /// Reply-topic messages that could not be decoded (skipped).
     pub undecodable_replies: Counter,
+    /// Stream chunk records read from the reply topic (every instance reads them all).
+    pub chunks_read: Counter,
     /// Ids held in the result cache.
     pub cached: Gauge,
     /// `POST /v1/chat/completions` answers, by status and streaming.
@@ -61,6 +63,7 @@ impl IngressMetrics {
             replies: Family::default(),
             duplicate_replies: Counter::default(),
             undecodable_replies: Counter::default(),
+            chunks_read: Counter::default(),
             cached: Gauge::default(),
             completions: Family::default(),
             waiters: Gauge::default(),
@@ -92,6 +95,11 @@ impl IngressMetrics {
             "undecodable_replies",
             "Reply-topic messages that could not be decoded",
             m.undecodable_replies.clone(),
+        );
+        r.register(
+            "chunks_read",
+            "Stream chunk records read from the reply topic",
+            m.chunks_read.clone(),
         );
         r.register(
             "cached_results",

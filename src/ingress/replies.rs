@@ -169,6 +169,7 @@ async fn add_new_partitions(
 fn handle(message: &BorrowedMessage<'_>, sink: &ReplySink) {
     let record = match reply_record::decode(message) {
         Ok(ReplyRecord::Chunk(chunk)) => {
+            sink.metrics.chunks_read.inc();
             let id = chunk.id.clone();
             sink.waiters.notify(&id, ReplyEvent::Chunk(Arc::new(chunk)));
             return;

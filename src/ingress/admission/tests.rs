@@ -1,3 +1,4 @@
+//! Admission's estimate and decisions from synthetic samples.
 use super::*;
 
 fn admission(topics: &[&str]) -> Admission {

@@ -1,3 +1,4 @@
+//! The SSE relay's ordering and endings: seq order, repeats, gaps, restarts, failures.
 use super::*;
 use crate::envelope::{ReplyError, Timing};
 use crate::ingress::waiters::Waiters;

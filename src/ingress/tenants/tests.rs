@@ -1,3 +1,4 @@
+//! Tenants: keys to tenants, each limit, replicas sharing one, the rate-limit headers.
 use super::*;
 use std::collections::BTreeMap;
 

@@ -13,17 +13,23 @@
 //! - [`shutdown`]: signals -> one cancellation token.
 //! - [`metrics`]: the Prometheus registry and its `/metrics` text endpoint.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` routes shared by every role.
-//! - [`kafka`]: producer, worker consumer, contiguous-prefix offset tracker, embedded broker.
+//! - [`kafka`]: producer, worker consumer, contiguous-prefix offset tracker, embedded
+//!   broker, the one decoder of reply-topic records (`reply_record`).
 //! - [`backend`]: the call path to the backend, a stack of tower layers (outer to inner):
 //!   `retry` -> `rate` (token buckets) -> `concurrency` (the adaptive limit and its group
 //!   share) -> `breaker` -> `timeout` -> `client` (OpenAI-compatible HTTP), with one
 //!   outcome classifier (`classify`) that every layer reads; `saturation` reads the
-//!   backend's own gauges (vLLM, llama.cpp) for the concurrency controller.
+//!   backend's own gauges (vLLM, llama.cpp) for the concurrency controller; `stream`
+//!   reads a streamed answer and assembles it.
 //! - [`group`]: group pacing: the workers share one view of each backend through the
 //!   control topic.
-//! - [`ingress`]: the HTTP API (`sluice ingress`): enqueue, results, reply cache.
-//! - [`worker`]: the pull loop (`sluice worker`): intake -> dispatch -> process (decide
-//!   the output) -> outbox (write it, make the offset committable).
+//! - [`ingress`]: the HTTP API (`sluice ingress`): the OpenAI front door (`chat`, SSE
+//!   relay in `stream`, waiters woken by the reply reader), enqueue and batch, results
+//!   (reply cache), tenants and their limits, admission, the status page, `/openapi.json`
+//!   generated from `api`.
+//! - [`worker`]: the pull loop (`sluice worker`): intake -> scheduler (lanes, tenants in
+//!   turn, ordering keys) -> process (decide the output; `chunks` relays a stream) ->
+//!   outbox (write it, make the offset committable).
 //! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
 //! - [`dev`]: everything in one process for a first run (`sluice dev`).
 //! - [`loadgen`]: bursts through sluice or straight to a backend; loss, duplicates,

@@ -119,20 +119,22 @@ impl Relay {
         }
         match event {
             ReplyEvent::Chunk(chunk) => {
+                // Any chunk of another generation, even one whose seq was relayed
+                // already, means the answer was restarted.
+                if !self.same_generation(&chunk.chunk) {
+                    self.fail(
+                        "api_error",
+                        "stream_restarted",
+                        "the answer was restarted after part of it was sent (a worker \
+                         stopped mid-stream); its final reply is at GET /v1/requests/{id}"
+                            .replace("{id}", self.waiter.id()),
+                    );
+                    return;
+                }
                 if chunk.seq >= self.next_seq {
                     self.held.entry(chunk.seq).or_insert(chunk);
                 }
                 while let Some(chunk) = self.held.remove(&self.next_seq) {
-                    if !self.same_generation(&chunk.chunk) {
-                        self.fail(
-                            "api_error",
-                            "stream_restarted",
-                            "the answer was restarted after part of it was sent (a worker \
-                             stopped mid-stream); its final reply is at GET /v1/requests/{id}"
-                                .replace("{id}", self.waiter.id()),
-                        );
-                        return;
-                    }
                     self.send(&chunk.chunk);
                     self.next_seq += 1;
                 }

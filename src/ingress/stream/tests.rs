@@ -92,6 +92,18 @@ fn a_restarted_answer_is_not_replayed() {
 }
 
 #[test]
+fn a_restarted_answer_that_never_passes_the_relayed_seq_is_not_taken_as_complete() {
+    let mut r = relay();
+    for seq in 0..4 {
+        r.take(chunk(seq, "first", "a"));
+    }
+    r.take(chunk(0, "second", "x"));
+    r.take(chunk(1, "second", "y"));
+    r.take(final_reply(Status::Ok, Some(json!({"choices": []})), None));
+    assert_eq!(sent(&r), ["a", "a", "a", "a", "error:\"stream_restarted\""]);
+}
+
+#[test]
 fn a_failure_after_chunks_is_an_error_event() {
     let mut r = relay();
     r.take(chunk(0, "g", "a"));

@@ -70,24 +70,17 @@ async fn a_tenants_burst_does_not_hold_back_anothers_trickle() {
     b.sort_unstable();
     let mut a: Vec<u64> = burst.iter().map(wait).collect();
     a.sort_unstable();
-    let last_b_done = trickle
-        .iter()
-        .map(|id| {
-            replies.by_id[id][0]["timing"]["finished_ms"]
-                .as_u64()
-                .unwrap()
-        })
-        .max()
-        .unwrap();
-    let last_a_done = burst
-        .iter()
-        .map(|id| {
-            replies.by_id[id][0]["timing"]["finished_ms"]
-                .as_u64()
-                .unwrap()
-        })
-        .max()
-        .unwrap();
+    let last_done = |ids: &[String]| {
+        ids.iter()
+            .map(|id| {
+                replies.by_id[id][0]["timing"]["finished_ms"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .max()
+            .unwrap()
+    };
+    let (last_b_done, last_a_done) = (last_done(&trickle), last_done(&burst));
     eprintln!(
         "fairness (lane_buffer {lane_buffer}): B's queue waits (ms) {b:?}, p99 {}; A's p50 {} \
          and max {} ms; A's burst drained {} ms after B's last answer",

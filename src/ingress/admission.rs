@@ -130,7 +130,8 @@ impl Admission {
     /// `None` when not known (no rate measured yet, or an unknown topic).
     pub fn expected_wait(&self, topic: &str) -> Option<Duration> {
         let index = self.topics.iter().position(|t| t == topic)?;
-        let view = self.lock().clone();
+        // Read under the lock, not copied: this runs for every request with a deadline.
+        let view = self.lock();
         let ahead: u64 = view.backlog.iter().take(index + 1).sum();
         if ahead == 0 {
             return Some(Duration::ZERO);

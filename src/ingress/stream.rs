@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use super::api::ErrorBody;
 use super::chat::reply_response;
 use super::waiters::{ReplyEvent, Waiter};
 use crate::envelope::{Chunk, Reply, Status};
@@ -199,9 +200,9 @@ impl Relay {
     }
 
     fn fail(&mut self, kind: &str, code: &str, message: String) {
-        let error =
-            json!({ "error": { "message": message, "type": kind, "param": null, "code": code } });
-        self.out.push_back(error.to_string());
+        let error = ErrorBody::new(kind, message, code);
+        let data = serde_json::to_string(&error).expect("an error body always serializes");
+        self.out.push_back(data);
         self.finished = true;
     }
 }

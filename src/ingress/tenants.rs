@@ -40,7 +40,8 @@ struct Limits {
     requests: Option<Bucket>,
     tokens: Option<Bucket>,
     max_queued: Option<u64>,
-    /// Accepted ids without a final reply, and when they were accepted.
+    /// Accepted ids without a final reply, and when they were accepted (kept only with
+    /// `max_queued`).
     queued: HashMap<String, Instant>,
 }
 
@@ -143,11 +144,15 @@ impl Tenant {
     pub fn admit(&self, id: &str, tokens: u64, queued_ttl: Duration) -> Result<Quota, AppError> {
         let mut limits = self.lock();
         let now = Instant::now();
-        limits
-            .queued
-            .retain(|_, accepted| now.duration_since(*accepted) < queued_ttl);
         let mut waits = Vec::new();
         if let Some(max) = limits.max_queued {
+            // Places whose reply this instance never read expire; looked for only when
+            // the tenant is full, not on every request.
+            if limits.queued.len() as u64 >= max {
+                limits
+                    .queued
+                    .retain(|_, accepted| now.duration_since(*accepted) < queued_ttl);
+            }
             if limits.queued.len() as u64 >= max {
                 let message = format!(
                     "tenant {} has {max} requests queued, its most at once on this ingress; \
@@ -192,7 +197,10 @@ impl Tenant {
             let tokens = (tokens as f64).min(bucket.capacity);
             bucket.take(tokens);
         }
-        limits.queued.insert(id.to_string(), now);
+        // Counted only for a tenant with a most-queued limit.
+        if limits.max_queued.is_some() {
+            limits.queued.insert(id.to_string(), now);
+        }
         Ok(limits.quota(now))
     }
 

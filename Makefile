@@ -60,8 +60,9 @@ sim-open:
 
 # A burst at 10x an undisclosed backend capacity for 30 s, through sluice (tansu, ingress,
 # 2 workers, mock-llm) and straight to the backend, side by side. Release build; 2-7
-# minutes on 2 cores (longer the more sluice serves rather than fails). BURST_SECONDS,
-# BURST_RATE and more: see bench/burst.sh.
+# minutes on 2 cores (longer the more sluice serves rather than fails). Draws the sluice
+# run to target/bench-burst.svg (sluice loadgen --plot). BURST_SECONDS, BURST_RATE and
+# more: see bench/burst.sh.
 bench-burst:
 	$(PEERS) && bash bench/burst.sh
 

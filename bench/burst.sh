@@ -16,7 +16,9 @@
 #   BENCH_PARTITIONS (8), BENCH_WORKERS (2), BENCH_DIRECT_RETRIES (0),
 #   BENCH_TIMEOUT_S (after the last send; default from the expected drain),
 #   SLUICE_BIN (skip the release build and use this binary), SLUICE_TANSU_BIN,
-#   BENCH_KEEP_LOGS=1 (keep the log directory on success too).
+#   BENCH_KEEP_LOGS=1 (keep the log directory on success too),
+#   BENCH_PLOT (where the sluice run's picture goes: target/bench-burst.svg; see
+#   `sluice loadgen --plot`).
 # Everything listens on 127.0.0.1 only. Every process started here is stopped on exit.
 set -euo pipefail
 
@@ -39,6 +41,7 @@ if ((quick)); then burst_seconds=${BURST_SECONDS:-3}; else burst_seconds=${BURST
 requests=$(python3 -c "print(round($burst_rate * $burst_seconds))")
 drain_s=$(python3 -c "print(round($requests / ($slots * 1000 / $service_ms)))")
 timeout_s=${BENCH_TIMEOUT_S:-$((2 * drain_s + 60))}
+plot=${BENCH_PLOT:-target/bench-burst.svg}
 
 say() { printf '[bench %4ds] %s\n' $((SECONDS - started)) "$*" >&2; }
 die() { say "FAILED: $*"; exit 1; }
@@ -191,7 +194,8 @@ say "sluice: sending the burst through the ingress"
 set +e
 "$bin" loadgen --ingress "http://127.0.0.1:$ingress_port" --rate "$burst_rate" \
     --duration "${burst_seconds}s" --max-tokens "$max_tokens" --timeout "${timeout_s}s" \
-    --backend-metrics "http://127.0.0.1:$mock_port/metrics" --json-file "$logs/sluice.json"
+    --backend-metrics "http://127.0.0.1:$mock_port/metrics" --json-file "$logs/sluice.json" \
+    --plot "$plot"
 sluice_status=$?
 set -e
 [[ -s "$logs/sluice.json" ]] || die "loadgen (sluice path) wrote no report (exit $sluice_status)"
@@ -248,4 +252,5 @@ for label, r in (("sluice", s), ("direct", d)):
         print(f"{label} failures by cause: {causes}")
 EOF
 echo
+say "the sluice run over time: $plot"
 say "done in $((SECONDS - started)) s (sluice loadgen exit $sluice_status, direct exit $direct_status)"

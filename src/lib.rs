@@ -33,7 +33,7 @@
 //! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
 //! - [`dev`]: everything in one process for a first run (`sluice dev`).
 //! - [`loadgen`]: bursts through sluice or straight to a backend; loss, duplicates,
-//!   latency and backend-utilisation report (`sluice loadgen`).
+//!   latency and backend-utilisation report, and the run drawn over time (`sluice loadgen`).
 //! - [`ops`]: operator tools (`sluice dlq inspect`, `sluice dlq replay`, `sluice lag`).
 
 pub mod admin;

@@ -1,5 +1,6 @@
 //! `sluice loadgen --json` as a process against the whole pipeline (tansu, mock-llm,
-//! ingress, worker as processes): every request answered once, utilisation measured;
+//! ingress, worker as processes): every request answered once, utilisation measured, the
+//! run drawn with `--plot`;
 //! the `--kafka` mode, a second run on the same reply topic ignoring the first run's
 //! replies; and the non-zero exit status when replies are lost.
 
@@ -163,8 +164,12 @@ fn assert_clean(report: &Value, sent: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_the_ingress_every_request_completes_once() {
     let stack = Stack::start(true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("run.svg");
     let (code, report) = stack
         .loadgen(&[
+            "--plot",
+            plot.to_str().unwrap(),
             "--ingress",
             &stack.ingress_url,
             "--requests",
@@ -185,6 +190,17 @@ async fn through_the_ingress_every_request_completes_once() {
     );
     assert_clean(&report, 200);
     assert!(report["direct"].is_null());
+    // The picture has all six lines, each with points (the legend marks are the others).
+    let svg = std::fs::read_to_string(&plot).expect("--plot wrote its file");
+    assert!(svg.starts_with("<svg"), "{svg:.80}");
+    for label in [
+        "requests arriving /s",
+        "backend calls /s",
+        "backlog in Kafka",
+    ] {
+        assert!(svg.contains(label), "no {label:?} in the plot");
+    }
+    assert_eq!(svg.matches(r#"stroke-width="2""#).count(), 12, "{svg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,14 +9,18 @@
 //! - [`ledger`]: per-id books; the first final reply wins, later ones are duplicates.
 //! - [`scrape`]: the mock backend's `/metrics`, before and after.
 //! - [`report`]: percentiles and the text / JSON report.
+//! - [`timeline`]: the run sampled every 250 ms, for `--plot`.
+//! - [`plot`]: the peak-shaving picture drawn from the timeline, as SVG.
 
 pub mod collect;
 pub mod direct;
 pub mod ledger;
 pub mod plan;
+pub mod plot;
 pub mod report;
 pub mod scrape;
 pub mod send;
+pub mod timeline;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -104,6 +108,12 @@ pub struct LoadgenArgs {
     /// the text and keep the figures.
     #[arg(long, value_name = "FILE")]
     pub json_file: Option<std::path::PathBuf>,
+    /// Draw the run over time as an SVG picture in FILE: requests arriving and backend
+    /// calls per second against the backend's capacity, the backlog in Kafka, and the
+    /// backend's in-flight against its slots (sampled every 250 ms). The backend lines
+    /// need --backend-metrics.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<std::path::PathBuf>,
 }
 
 /// Runs the load, prints the report, and returns 0, or [`EXIT_LOST`] if anything was lost.
@@ -151,6 +161,15 @@ pub async fn run(
         }
     };
 
+    let sampling = CancellationToken::new();
+    let timeline = args.plot.as_ref().map(|_| {
+        tokio::spawn(timeline::record(
+            ledger.clone(),
+            http.clone(),
+            args.backend_metrics.clone(),
+            sampling.clone(),
+        ))
+    });
     let target = Arc::new(target);
     let sending = tokio::spawn(send::send_all(
         plan,
@@ -177,6 +196,11 @@ pub async fn run(
         Target::Direct(direct) => Some(direct.calls()),
         _ => None,
     };
+    sampling.cancel();
+    if let (Some(path), Some(timeline)) = (&args.plot, timeline) {
+        let points = timeline.await.context("the timeline sampler failed")?;
+        draw(path, &points, &target, &plan)?;
+    }
     let backend = before.zip(after);
     let report = Report::new(target.mode(), described, &books, backend, direct);
     let json = serde_json::to_string(&report).expect("a Report always serializes");
@@ -233,6 +257,31 @@ async fn wait(
             }
         }
     }
+}
+
+/// Writes the peak-shaving picture of `points` to `path`.
+fn draw(
+    path: &std::path::Path,
+    points: &[timeline::Point],
+    target: &Target,
+    plan: &Plan,
+) -> anyhow::Result<()> {
+    let queued = !matches!(target, Target::Direct(_));
+    let series = plot::Series::from_points(points, queued);
+    let rate = plan.rate.map_or_else(
+        || format!("concurrency {}", plan.concurrency),
+        |r| format!("{r:.0}/s"),
+    );
+    let title = format!(
+        "sluice loadgen --{}: {} requests at {rate}",
+        target.mode(),
+        plan.requests
+    );
+    let svg =
+        plot::render(&series, &title).map_err(|e| anyhow::anyhow!("drawing the plot: {e}"))?;
+    std::fs::write(path, svg).with_context(|| format!("writing the plot to {}", path.display()))?;
+    tracing::info!(path = %path.display(), points = points.len(), "plot written");
+    Ok(())
 }
 
 /// A progress bar on stderr when it is a terminal and the output is for people.

@@ -23,6 +23,8 @@ pub struct BackendSample {
     pub ok_calls: f64,
     /// `sluice_mock_peak_in_flight`: most slots ever held at once (not a delta).
     pub peak_in_flight: f64,
+    /// `sluice_mock_in_flight`: slots held at this instant.
+    pub in_flight: f64,
 }
 
 impl BackendSample {
@@ -52,6 +54,7 @@ impl BackendSample {
                 "sluice_mock_busy_seconds_total" => sample.busy_seconds = value,
                 "sluice_mock_overload_rejections_total" => sample.overload_rejections = value,
                 "sluice_mock_peak_in_flight" => sample.peak_in_flight = value,
+                "sluice_mock_in_flight" => sample.in_flight = value,
                 "sluice_mock_requests_total" => {
                     sample.calls += value;
                     if labels.contains("outcome=\"ok\"") {
@@ -103,6 +106,7 @@ sluice_mock_completion_tokens_total 3840
 # TYPE sluice_mock_slots gauge
 sluice_mock_slots 32
 sluice_mock_peak_in_flight 32
+sluice_mock_in_flight 17
 sluice_mock_overload_rejections_total 30
 sluice_mock_busy_seconds_total 19.68
 # EOF
@@ -120,6 +124,7 @@ sluice_mock_busy_seconds_total 19.68
                 calls: 151.0,
                 ok_calls: 120.0,
                 peak_in_flight: 32.0,
+                in_flight: 17.0,
             }
         );
     }

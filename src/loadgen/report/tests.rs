@@ -30,6 +30,7 @@ fn backend_deltas_give_utilisation_and_overload_rate() {
         calls: 100.0,
         ok_calls: 95.0,
         peak_in_flight: 32.0,
+        in_flight: 0.0,
     };
     let after = BackendSample {
         busy_seconds: 10.0 + 32.0 * 9.0,

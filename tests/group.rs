@@ -109,17 +109,15 @@ async fn the_workers_of_a_group_share_one_estimate() {
     println!("group after the run: {settled:?}");
 }
 
-// Quarantined: in about one run in five, one worker's reply writes to the first broker
-// time out for over 30 s after the second broker (the control topic's leader) goes
-// down, so "served on their own" stalls. Reproduced on the code before the stop that
-// quarantined it; the cause (librdkafka's producer with requests in flight to the broker
-// that went away, on the mock cluster) is open. Run it with
-// `cargo test --test group -- --ignored`.
+// The control topic becomes unreachable by its broker (which leads nothing else) answering
+// everything 10 s late: nothing written is read back in time. (Taking that broker down
+// instead stalled one worker's reply writes, to the other broker, for 30 s+ in about one
+// run in five on librdkafka's mock cluster; taking the partition's leader away crashes the
+// mock on the next Fetch.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky: reply writes stall for 30 s+ in ~1 run of 5 after the control topic's broker goes down"]
 async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
     // Two brokers: everything on the first but the control topic, which the second leads,
-    // so taking the second down takes the control topic and nothing else.
+    // so the test's own clients never depend on what the fault touches.
     let broker = EmbeddedBroker::start(2).expect("starting the mock cluster");
     let topics = Topics::fresh();
     for (topic, partitions) in [(&topics.request, 4), (&topics.reply, 4), (&topics.dlq, 1)] {
@@ -164,7 +162,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
     .await;
 
     broker
-        .set_broker_up(2, false)
+        .set_broker_delay(2, Duration::from_secs(10))
         .expect("the mock takes the fault");
     let down = Instant::now();
     wait_for(
@@ -180,8 +178,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
         down.elapsed()
     );
     // Served on their own: the workers count a message finished once its reply is
-    // written. (Replies are read back after the outage: a reader's group coordinator may
-    // be the broker that is down.)
+    // written. (Replies are read back after the outage, all at once.)
     let served = |a: &Metrics, b: &Metrics| {
         let ok = |m: &Metrics| {
             m.get("sluice_worker_messages_total", &[("outcome", "ok")])
@@ -232,7 +229,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
     }
 
     broker
-        .set_broker_up(2, true)
+        .set_broker_delay(2, Duration::ZERO)
         .expect("the mock takes the fault away");
     let up = Instant::now();
     wait_for(

@@ -96,6 +96,16 @@ impl EmbeddedBroker {
             .partition_leader(topic, partition, Some(broker_id))
     }
 
+    /// For fault injection in tests: broker `broker_id` (1-based) answers every request
+    /// `delay` late (zero: at once again). Connections stay up.
+    pub fn set_broker_delay(
+        &self,
+        broker_id: i32,
+        delay: std::time::Duration,
+    ) -> Result<(), KafkaError> {
+        self.mock().broker_round_trip_time(broker_id, delay)
+    }
+
     /// For fault injection in tests: `group`'s coordinator on broker `broker_id` (1-based).
     pub fn set_group_coordinator(&self, group: &str, broker_id: i32) -> Result<(), KafkaError> {
         self.mock().coordinator(

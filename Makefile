@@ -63,8 +63,9 @@ sim-open:
 # the lane scheduler's pick, the adaptive controller's update, the ingress body parse) in
 # instruction counts under valgrind (benches/hot_paths, gungraun), against the committed
 # baseline bench/baseline/hot-paths.json; fails on any more than 5% above it. Installs
-# valgrind (Debian) and gungraun-runner first (scripts/bench-tools.sh). About 20 s once
-# built; the bench build itself is a release build.
+# valgrind (Debian) and gungraun-runner first, and builds in ~/.cache/sluice/bench-target
+# unless CARGO_TARGET_DIR is set (scripts/bench-tools.sh). About 2 minutes: the crate's
+# release build, then 5 s of runs (12 minutes once on a new machine: runner, dependencies).
 BENCH_TOOLS = bash scripts/bench-tools.sh && set -a && . target/bench-tools.env && set +a
 bench-check:
 	$(BENCH_TOOLS) && python3 scripts/bench_check.py check --cargo $(CARGO)

@@ -9,7 +9,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test validate-deploy test-chaos lint fmt fuzz sim-open bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance
+.PHONY: build dev test validate-deploy test-chaos lint fmt fuzz sim-open bench-check bench-baseline bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance
 .DEFAULT_GOAL := build
 
 build:
@@ -40,9 +40,10 @@ validate-deploy:
 test-chaos:
 	$(PEERS) && $(CARGO) test --test chaos -- --include-ignored --nocapture
 
+# `--features bench` so the hot-path benchmarks (benches/hot_paths) are linted too.
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features bench -- -D warnings
 
 fmt:
 	$(CARGO) fmt
@@ -57,6 +58,22 @@ fuzz:
 # it should reach; they fail today and print by how much).
 sim-open:
 	$(CARGO) test --lib -- --ignored open_problems --nocapture
+
+# The CI performance gate: the hot paths (envelope decode and encode, the offset tracker,
+# the lane scheduler's pick, the adaptive controller's update, the ingress body parse) in
+# instruction counts under valgrind (benches/hot_paths, gungraun), against the committed
+# baseline bench/baseline/hot-paths.json; fails on any more than 5% above it. Installs
+# valgrind (Debian) and gungraun-runner first, and builds in ~/.cache/sluice/bench-target
+# unless CARGO_TARGET_DIR is set (scripts/bench-tools.sh). About 2 minutes: the crate's
+# release build, then 5 s of runs (12 minutes once on a new machine: runner, dependencies).
+BENCH_TOOLS = bash scripts/bench-tools.sh && set -a && . target/bench-tools.env && set +a
+bench-check:
+	$(BENCH_TOOLS) && python3 scripts/bench_check.py check --cargo $(CARGO)
+
+# Rewrites bench/baseline/hot-paths.json from a run on this machine (after a deliberate
+# change of cost or of toolchain; commit it with the change).
+bench-baseline:
+	$(BENCH_TOOLS) && python3 scripts/bench_check.py baseline --cargo $(CARGO)
 
 # A burst at 10x an undisclosed backend capacity for 30 s, through sluice (tansu, ingress,
 # 2 workers, mock-llm) and straight to the backend, side by side. Release build; 2-7

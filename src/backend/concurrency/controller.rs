@@ -85,9 +85,10 @@ pub struct ControllerStats {
 }
 
 /// What the controller keeps about one call between [`Controller::start`] and
-/// [`Controller::finish`].
+/// [`Controller::finish`]. Public only for the hot-path benchmarks (`benches/hot_paths`).
+#[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
-pub(super) struct CallTicket {
+pub struct CallTicket {
     /// Calls in flight once this one was sent, itself included (in a group, the whole
     /// group's, as far as this worker can tell).
     level: usize,
@@ -195,8 +196,10 @@ impl Controller {
         }
     }
 
-    /// A call is being sent.
-    pub(super) fn start(&self, request: &ChatRequest) -> CallTicket {
+    /// A call is being sent. Public only for the hot-path benchmarks; callers go through
+    /// the service, which holds a permit for the call.
+    #[doc(hidden)]
+    pub fn start(&self, request: &ChatRequest) -> CallTicket {
         let now = Instant::now();
         let (level, own, epoch) = self.lock().start(&self.semaphore, now);
         CallTicket {
@@ -208,12 +211,10 @@ impl Controller {
         }
     }
 
-    /// A call ended with `result`, or was dropped unfinished (`None`).
-    pub(super) fn finish(
-        &self,
-        ticket: CallTicket,
-        result: Option<&Result<ChatResponse, BackendError>>,
-    ) {
+    /// A call ended with `result`, or was dropped unfinished (`None`). Public only for the
+    /// hot-path benchmarks, like [`Controller::start`].
+    #[doc(hidden)]
+    pub fn finish(&self, ticket: CallTicket, result: Option<&Result<ChatResponse, BackendError>>) {
         let now = Instant::now();
         let mut state = self.lock();
         let version = state.estimate().version;

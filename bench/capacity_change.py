@@ -13,7 +13,8 @@ are read every 100 ms and cut into 1 s buckets:
                          32 slots busy
 
 Usage: bench/capacity_change.py [--runs 3]
-Environment: SLUICE_BIN, SLUICE_TANSU_BIN.
+Environment: SLUICE_BIN, SLUICE_TANSU_BIN; BENCH_BUCKETS=1 prints every bucket after a run
+(seconds since the change: share of calls refused / slots busy on average).
 """
 
 import argparse
@@ -97,6 +98,11 @@ def one_run(binary):
         high = buckets(samples, rise, rise + PHASE_S)
         back = [t for t, _, busy, span in high if busy / (SLOTS * span) >= 0.9]
         back_after = (back[0] + 1.0 - rise) if back else float("inf")
+        if os.environ.get("BENCH_BUCKETS") == "1":
+            for name, rows, origin in (("low", low, drop), ("high", high, rise)):
+                print(f"{name}: " + "  ".join(
+                    f"{t - origin:.0f}s:{100 * o:.1f}%/{busy / span:.1f}" for t, o, busy, span in rows),
+                    file=sys.stderr)
         return {"stops_after": stops_after, "back_after": back_after,
                 "lost": report["lost"],
                 "failed": h.failed(report)}

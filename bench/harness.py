@@ -178,7 +178,7 @@ def start_mock(procs, binary, slots, latency_ms, per_token_ms, overflow="reject"
 GROUP_ENV = {
     "SLUICE__KAFKA__CLIENT__SESSION_TIMEOUT_MS": "6000",
     "SLUICE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS": "500",
-    "RUST_LOG": "info,rdkafka=warn",
+    "RUST_LOG": os.environ.get("BENCH_RUST_LOG", "info,rdkafka=warn"),
 }
 
 

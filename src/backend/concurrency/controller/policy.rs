@@ -22,10 +22,6 @@ use crate::backend::BackendError;
 
 /// A failed probe's penalty halves after this long without another failed probe.
 pub(super) const PROBE_BACKOFF_DECAY: Duration = Duration::from_secs(10);
-/// Below the level the capacity fell from, a probe is due at least this often.
-pub(super) const FORMER_PROBE_EVERY: Duration = Duration::from_secs(2);
-/// How long that level is remembered.
-pub(super) const FORMER_KEPT: Duration = Duration::from_secs(120);
 
 /// Weight of a new round trip in the smoothed RTT (TCP's 1/8).
 const SRTT_GAIN: f64 = 0.125;
@@ -74,8 +70,8 @@ pub(super) struct State {
     /// a failed one (capacity freed by another worker is then found again).
     probe_backoff: u32,
     /// The good level before the capacity last fell, and when it fell: while the limit is
-    /// below it, probes come at least every [`FORMER_PROBE_EVERY`], so capacity given back
-    /// is found in seconds. Forgotten after [`FORMER_KEPT`] or once reached.
+    /// below it, probes come at least every `judge::FORMER_PROBE_EVERY`, so capacity given
+    /// back is found in seconds. Forgotten after `judge::FORMER_KEPT` or once reached.
     former: Option<(usize, Instant)>,
     /// When the limit last changed.
     changed_at: Instant,
@@ -197,17 +193,19 @@ impl State {
         let (limit, recover_to) = if remote.version > self.version {
             (remote.limit, remote.recover_to)
         } else if remote.version == self.version {
-            // Two members changed the estimate concurrently: keep the more cautious of
-            // each figure.
-            (
-                remote.limit.min(self.limit),
-                remote.recover_to.min(self.recover_to),
-            )
+            // Changed concurrently by two members: the more cautious of each figure.
+            let limit = remote.limit.min(self.limit);
+            (limit, remote.recover_to.min(self.recover_to))
         } else {
             return false;
         };
         let recover_to = recover_to.clamp(self.settings.min, self.settings.max);
         if limit == self.limit && recover_to == self.recover_to {
+            // A member moved it and back (a failed probe): the group's counts start again,
+            // so the group probes no more often than one worker would.
+            if remote.version > self.version {
+                (self.version, self.changed_at, self.calls_since_change) = (remote.version, now, 0);
+            }
             return false;
         }
         self.set_limit(semaphore, limit, now);

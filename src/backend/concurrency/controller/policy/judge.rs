@@ -1,10 +1,19 @@
 //! Judging a window of evidence: cut on queueing (unless it is noise), recover fast
 //! below the level known to be good, probe above it when due.
 
+use std::time::Duration;
+
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{State, FORMER_KEPT, FORMER_PROBE_EVERY};
+use super::State;
+
+/// Below the level the capacity fell from, a probe is due at least this often.
+const FORMER_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// For this long after the fall, probes below that level climb only as fast as others.
+const FORMER_SETTLES: Duration = Duration::from_secs(3);
+/// How long that level is remembered.
+const FORMER_KEPT: Duration = Duration::from_secs(120);
 
 /// Queueing that survives cuts down to this fraction of the limit is noise: a real queue
 /// would have shrunk to a third of its share by then, unless it was over 60% of the RTT.
@@ -19,6 +28,8 @@ pub(super) struct Window {
     rtt: f64,
     queueing: f64,
     level: f64,
+    /// The highest level a success was sent at.
+    top_level: usize,
     /// Sum of this worker's own calls in flight at each send (in a group, fewer than the
     /// level): how many completions a window needs.
     own: f64,
@@ -35,6 +46,7 @@ impl Window {
             rtt: 0.0,
             queueing: 0.0,
             level: 0.0,
+            top_level: 0,
             own: 0.0,
             reached_limit: false,
             back_pressure: false,
@@ -47,6 +59,7 @@ impl Window {
         self.rtt += rtt;
         self.queueing += queueing;
         self.level += level as f64;
+        self.top_level = self.top_level.max(level);
         self.own += own as f64;
     }
 
@@ -123,7 +136,7 @@ impl State {
             // The server says itself what waits inside it (`on_saturation`): latency,
             // which also grows as a batching server's batch fills, decides nothing.
             if window.reached_limit && now >= self.hold_until && !self.saturated() {
-                self.on_clean(semaphore, now);
+                self.on_clean(semaphore, window.top_level, now);
             }
             return;
         }
@@ -139,7 +152,7 @@ impl State {
                 self.queue_cuts = None;
             }
             if window.reached_limit && now >= self.hold_until {
-                self.on_clean(semaphore, now);
+                self.on_clean(semaphore, window.top_level, now);
             }
         }
     }
@@ -187,9 +200,10 @@ impl State {
         }
     }
 
-    /// A clean window in which demand reached the limit: recover fast below the level
-    /// known to be good, else probe above it when due.
-    fn on_clean(&mut self, semaphore: &Semaphore, now: Instant) {
+    /// A clean window in which demand reached the limit (`top_level`: the highest level a
+    /// success in it was sent at): recover fast below the level known to be good, else
+    /// probe above it when due.
+    fn on_clean(&mut self, semaphore: &Semaphore, top_level: usize, now: Instant) {
         self.decay_probe_backoff(now);
         // A level is good once it has carried as many calls as a probe must wait for: a
         // rate limiter's bucket can hide an excess for a window or two.
@@ -197,17 +211,33 @@ impl State {
         // count again: the group probes no more often than one worker would.
         // Probes that keep holding come faster and climb further (capacity given back by
         // another tenant is found in a few round trips, not one call at a time).
-        let streak = 1u64 << self.probe_streak.min(4);
-        let quick = if self.tentative { 4 } else { 1 } * streak;
-        let due = (u64::from(self.settings.probe_after_calls) * u64::from(self.probe_backoff))
-            .div_ceil(quick);
-        let held =
-            self.calls_since_change >= u64::from(self.settings.probe_after_calls).div_ceil(quick);
+        let quick = |streak: u32| if self.tentative { 4 } else { 1 } * (1u64 << streak.min(4));
+        // Below the level the capacity fell from, a probe whose own level was answered
+        // for a clean window is taken as capacity coming back, and the climb goes on at the
+        // next one: one window of proof instead of a hundred calls. (One that fails costs a
+        // refusal, ends the streak and waits FORMER_PROBE_EVERY.) A window whose calls never
+        // reached the probe's level proves nothing (in a group, a share can sit idle), nor
+        // does one while the fall settles, when a group's view of its calls is noisiest.
+        let below_former = self
+            .former
+            .is_some_and(|(level, since)| self.limit < level && now >= since + FORMER_SETTLES);
+        let proof = if below_former && top_level >= self.limit {
+            16
+        } else {
+            quick(self.probe_streak)
+        };
+        let probe_after_calls = u64::from(self.settings.probe_after_calls);
+        let mut due =
+            (probe_after_calls * u64::from(self.probe_backoff)).div_ceil(quick(self.probe_streak));
+        let held = self.calls_since_change >= probe_after_calls.div_ceil(proof);
         if self.limit > self.recover_to && held {
             // The probe held: the next one need not wait out earlier failures.
             self.recover_to = self.limit;
             self.probe_backoff = 1;
             self.probe_streak += 1;
+        }
+        if below_former && self.probe_streak > 0 {
+            due = probe_after_calls.div_ceil(16);
         }
         if self.limit >= self.recover_to && held {
             self.suspect = false;
@@ -221,8 +251,8 @@ impl State {
         // Below the level the capacity fell from, probing waits at most FORMER_PROBE_EVERY:
         // a probe that fails costs one overload answer, one that holds finds the capacity
         // given back (and the streak climbs the rest in a few round trips).
-        let below_former = self.former.map(|(level, _)| level);
-        let due_now = below_former.is_some()
+        let former_level = self.former.map(|(level, _)| level);
+        let due_now = former_level.is_some()
             && now >= self.changed_at + FORMER_PROBE_EVERY
             && self.calls_since_change >= u64::from(self.settings.probe_after_calls).div_ceil(16);
         if self.limit < self.recover_to {
@@ -240,7 +270,7 @@ impl State {
         {
             self.probes += 1;
             let mut step = 1usize << self.probe_streak.min(4);
-            if let Some(level) = below_former {
+            if let Some(level) = former_level {
                 step = step.min(level - self.limit);
             }
             tracing::debug!(

@@ -52,12 +52,6 @@ impl Series {
             }
             _ => None,
         };
-        let in_flight_at = |t: f64| {
-            with_backend
-                .iter()
-                .find(|(bt, _)| *bt == t)
-                .map_or(0.0, |(_, b)| b.in_flight)
-        };
         Series {
             arrivals: rate(points.iter().map(|p| (p.t, p.sent as f64))),
             calls: rate(with_backend.iter().map(|(t, b)| (*t, b.calls))),
@@ -73,7 +67,8 @@ impl Series {
                     .iter()
                     .map(|p| {
                         let open = p.accepted.saturating_sub(p.finished) as f64;
-                        (p.t, (open - in_flight_at(p.t)).max(0.0))
+                        let at_backend = p.backend.map_or(0.0, |b| b.in_flight);
+                        (p.t, (open - at_backend).max(0.0))
                     })
                     .collect()
             } else {

@@ -90,6 +90,17 @@ impl State {
         {
             return;
         }
+        // Released but not yet taken up (the calls it was raised for are a moment from
+        // starting): closed now, the window would prove nothing and cost a round trip
+        // before the next step. It stays open up to a second round trip.
+        let just_raised = self.window.opened == self.changed_at;
+        if just_raised
+            && !self.window.reached_limit
+            && !self.window.back_pressure
+            && elapsed < 2.0 * srtt
+        {
+            return;
+        }
         let window = std::mem::replace(&mut self.window, Window::new(now));
         tracing::trace!(
             t = now.duration_since(self.created).as_secs_f64(),

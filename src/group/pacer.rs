@@ -50,6 +50,18 @@ pub struct Load {
     pub demand: usize,
 }
 
+impl Load {
+    /// A worker's load: its calls in flight, plus its buffered messages unless it is
+    /// draining (those go back to the group through Kafka, not to the backend from here,
+    /// so holding a share for them would idle it until this worker has left).
+    pub fn of(in_flight: usize, buffered: usize, draining: bool) -> Self {
+        let buffered = if draining { 0 } else { buffered };
+        Self {
+            demand: in_flight + buffered,
+        }
+    }
+}
+
 /// Read by the worker's metrics. Updated by the task on every tick.
 #[derive(Debug, Default)]
 pub struct GroupStatus {
@@ -275,5 +287,17 @@ impl<B: Bus> Pacer<B> {
             link.unechoed.push_back((link.seq, now));
         }
         *last = Some((summary, now));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Load;
+
+    #[test]
+    fn a_draining_worker_wants_only_its_calls_in_flight() {
+        assert_eq!(Load::of(8, 40, false).demand, 48);
+        assert_eq!(Load::of(8, 40, true).demand, 8);
+        assert_eq!(Load::of(0, 40, true).demand, 0);
     }
 }

@@ -224,8 +224,14 @@ impl Worker {
                 let kafka = config.kafka.clone();
                 async move { crate::kafka::admin::ensure_control_topic(&kafka).await }
             });
-            let (status, task) =
-                start_group_pacing(&config, &stack, &intake, &metrics, after_drain.clone())?;
+            let (status, task) = start_group_pacing(
+                &config,
+                &stack,
+                &intake,
+                &metrics,
+                &stop,
+                after_drain.clone(),
+            )?;
             companions.push(task);
             Some(status)
         } else {
@@ -445,12 +451,14 @@ async fn outbox(
 }
 
 /// Starts group pacing: the control topic's reader and writer, and the pacer that
-/// steers the concurrency controller with the group's view.
+/// steers the concurrency controller with the group's view, until `stop`. From
+/// `draining` on, only the calls in flight are demand ([`Load::of`]).
 fn start_group_pacing(
     config: &Config,
     stack: &Stack,
     intake: &Arc<Intake>,
     metrics: &WorkerMetrics,
+    draining: &CancellationToken,
     stop: CancellationToken,
 ) -> anyhow::Result<(Arc<GroupStatus>, JoinHandle<()>)> {
     let topic = &config.kafka.control_topic;
@@ -458,9 +466,10 @@ fn start_group_pacing(
     let incoming = control_topic::start_reader(&config.kafka, topic, stop.clone())
         .context("creating the control-topic reader")?;
     let load = {
-        let (intake, metrics) = (intake.clone(), metrics.clone());
-        Arc::new(move || Load {
-            demand: metrics.in_flight.get().max(0) as usize + intake.buffered(),
+        let (intake, metrics, draining) = (intake.clone(), metrics.clone(), draining.clone());
+        Arc::new(move || {
+            let in_flight = metrics.in_flight.get().max(0) as usize;
+            Load::of(in_flight, intake.buffered(), draining.is_cancelled())
         })
     };
     let status = Arc::new(GroupStatus::default());

@@ -28,22 +28,6 @@ pub struct GroupShare {
 }
 
 impl GroupShare {
-    /// Whether this worker raises the group's limit: the first member by key among those
-    /// with work (or among all, when none has). One member probing for the group keeps a
-    /// group's probes as rare as one worker's, and increases made concurrently by several
-    /// members would collide.
-    pub fn leads(&self) -> bool {
-        let busy = |demand: usize| demand > 0;
-        let any_busy = busy(self.demand) || self.others.iter().any(|m| busy(m.demand));
-        if any_busy && !busy(self.demand) {
-            return false;
-        }
-        self.others
-            .iter()
-            .filter(|m| !any_busy || busy(m.demand))
-            .all(|m| m.key.as_str() > self.key.as_str())
-    }
-
     /// Permits of the others, in use or not.
     pub fn others_held(&self) -> usize {
         self.others.iter().map(|m| m.held).sum()
@@ -201,18 +185,6 @@ mod tests {
         // The others hold more than the limit (it was just cut): nothing for now.
         let share = group(100, &[("other", 100, 20)]);
         assert_eq!(share.permits(16), 0);
-    }
-
-    #[test]
-    fn the_first_busy_member_leads() {
-        assert!(group(5, &[("other", 5, 0)]).leads(), "me < other");
-        let mut share = group(5, &[("alpha", 5, 0)]);
-        assert!(!share.leads(), "alpha < me, both busy");
-        share.others[0].demand = 0;
-        assert!(share.leads(), "alpha is idle");
-        share.demand = 0;
-        assert!(!share.leads(), "nobody busy: the first key");
-        assert!(group(0, &[]).leads(), "alone");
     }
 
     #[test]

@@ -54,8 +54,12 @@ def sampler(workers, backend, stop, out):
             rejected = next((v for k, v in mock.items()
                              if k.startswith("sluice_mock_requests_total") and "rejected" in k), 0)
             parts = []
-            for w in workers:
-                m = w.metrics()
+            for w in list(workers):
+                try:
+                    m = w.metrics()
+                except Exception:  # not serving yet, or gone
+                    parts.append(f"{w.name} -")
+                    continue
                 group = lambda name: next((v for k, v in m.items() if k.startswith(name + "{")), -1)
                 parts.append("%s est=%d share=%d in_flight=%d buffered=%d" % (
                     w.name, group("sluice_worker_group_capacity_estimate"),

@@ -7,7 +7,8 @@ is stopped (SIGTERM: it drains its calls and leaves). Figures per run, min / med
 over RUNS: backend utilisation over the drain (first accepted request to last outcome),
 overload responses per 1,000 calls, lost, failed.
 
-Usage: bench/rebalance.py [--runs 3]
+Usage: bench/rebalance.py [--runs 3] [--sample] (print each worker's share and in-flight
+                                                 every 250 ms)
 Environment: SLUICE_BIN, SLUICE_TANSU_BIN.
 """
 
@@ -16,10 +17,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
+from group import sampler  # noqa: E402
 
 SLOTS = 16
 SERVICE_S = 0.132
@@ -27,7 +30,7 @@ REQUESTS = 2400
 JOIN_AT, LEAVE_AT = 5.0, 12.0
 
 
-def one_run(binary):
+def one_run(binary, sample):
     with h.Procs("rebalance") as procs:
         bootstrap = h.start_tansu(procs, {"sluice.requests": 8, "sluice.replies": 8,
                                           "sluice.dlq": 1, "sluice.control": 1})
@@ -47,11 +50,18 @@ def one_run(binary):
                                 env={**os.environ, **env}, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         started = time.monotonic()
+        stop, samples = threading.Event(), []
+        if sample:
+            threading.Thread(target=sampler, args=(workers, backend, stop, samples),
+                             daemon=True).start()
         time.sleep(JOIN_AT)
         joining = h.Worker(procs, binary, "worker-3", env)
+        workers.append(joining)
         time.sleep(max(0.0, started + LEAVE_AT - time.monotonic()))
         workers[0].proc.send_signal(signal.SIGTERM)
         load.wait(timeout=600)
+        stop.set()
+        print("\n".join(samples))
         report = h.loadgen_report(report_file)
         assert joining.assigned(), "the third worker got partitions"
         b = report["backend"]
@@ -63,11 +73,12 @@ def one_run(binary):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sample", action="store_true")
     args = parser.parse_args()
     binary = h.sluice_bin()
     runs = []
     for i in range(args.runs):
-        r = one_run(binary)
+        r = one_run(binary, args.sample)
         h.say(f"run {i + 1}: utilisation {r['utilisation']:.3f}, overload/1000 {r['overload']:.1f}, "
               f"lost {r['lost']}, failed {r['failed']}")
         runs.append(r)

@@ -321,3 +321,43 @@ async fn permits_always_match_the_limit() {
     }
     assert!(limits.len() >= 3, "the limit should have moved: {limits:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_increase_taken_up_a_moment_late_is_still_judged_within_two_round_trips() {
+    let controller = Controller::new(ConcurrencySettings {
+        initial: 2,
+        max: 64,
+        ..ConcurrencySettings::default()
+    });
+    let round_trip = Duration::from_millis(100);
+    let calls = |n: usize| {
+        (0..n)
+            .map(|_| controller.start(&request()))
+            .collect::<Vec<_>>()
+    };
+    let answer = |tickets: Vec<_>| {
+        for ticket in tickets {
+            controller.finish(ticket, Some(&Ok(ok())));
+        }
+    };
+    // A clean round trip at the limit: 2 -> 4.
+    let first = calls(2);
+    tokio::time::advance(round_trip).await;
+    answer(first);
+    assert_eq!(controller.limit(), 4);
+    // Only two calls come at first (the rest of the demand is a moment late): a window
+    // a round trip long has not reached the new limit and proves nothing.
+    let early = calls(2);
+    tokio::time::advance(round_trip).await;
+    answer(early);
+    assert_eq!(controller.limit(), 4);
+    // Then the demand fills it, and a clean answer half a round trip later proves it.
+    let full = calls(4);
+    tokio::time::advance(round_trip / 2).await;
+    answer(full);
+    assert_eq!(
+        controller.limit(),
+        8,
+        "the next doubling waits no further round trip"
+    );
+}

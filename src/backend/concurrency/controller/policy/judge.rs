@@ -14,6 +14,9 @@ const FORMER_PROBE_EVERY: Duration = Duration::from_secs(2);
 const FORMER_SETTLES: Duration = Duration::from_secs(3);
 /// How long that level is remembered.
 const FORMER_KEPT: Duration = Duration::from_secs(120);
+/// Below that level, a probe proves itself, and the next comes, after this fraction of
+/// `probe_after_calls`.
+const FORMER_QUICK: u64 = 16;
 
 /// Queueing that survives cuts down to this fraction of the limit is noise: a real queue
 /// would have shrunk to a third of its share by then, unless it was over 60% of the RTT.
@@ -233,11 +236,12 @@ impl State {
             .former
             .is_some_and(|(level, since)| self.limit < level && now >= since + FORMER_SETTLES);
         let proof = if below_former && top_level >= self.limit {
-            16
+            FORMER_QUICK
         } else {
             quick(self.probe_streak)
         };
         let probe_after_calls = u64::from(self.settings.probe_after_calls);
+        let quick_due = probe_after_calls.div_ceil(FORMER_QUICK);
         let mut due =
             (probe_after_calls * u64::from(self.probe_backoff)).div_ceil(quick(self.probe_streak));
         let held = self.calls_since_change >= probe_after_calls.div_ceil(proof);
@@ -248,7 +252,7 @@ impl State {
             self.probe_streak += 1;
         }
         if below_former && self.probe_streak > 0 {
-            due = probe_after_calls.div_ceil(16);
+            due = quick_due;
         }
         if self.limit >= self.recover_to && held {
             self.suspect = false;
@@ -265,7 +269,7 @@ impl State {
         let former_level = self.former.map(|(level, _)| level);
         let due_now = former_level.is_some()
             && now >= self.changed_at + FORMER_PROBE_EVERY
-            && self.calls_since_change >= u64::from(self.settings.probe_after_calls).div_ceil(16);
+            && self.calls_since_change >= quick_due;
         if self.limit < self.recover_to {
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);
             tracing::debug!(

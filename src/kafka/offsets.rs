@@ -6,6 +6,7 @@
 //! committable position is "the lowest offset still pending", never "last + 1".
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 
 /// Identifies one message taken from a partition during one assignment of it.
 /// A ticket from before a rebalance cannot complete work of the next assignment.
@@ -128,6 +129,26 @@ impl OffsetTracker {
     }
 }
 
+/// Completes `ticket` in the shared `tracker` and, when its partition's committable
+/// position advanced, hands the position to `store` before the lock is released.
+///
+/// Message tasks finish concurrently. Were the position stored after the lock is
+/// released, one computed earlier could be stored after a later one and move the
+/// partition's next commit back: the messages in between, answered already, would be
+/// re-delivered after a graceful stop.
+pub fn complete_and_store(
+    tracker: &Mutex<OffsetTracker>,
+    ticket: &Ticket,
+    store: impl FnOnce(i64),
+) {
+    let mut tracker = tracker
+        .lock()
+        .expect("offset tracker lock is never poisoned");
+    if let Some(position) = tracker.complete(ticket) {
+        store(position);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +243,40 @@ mod tests {
         t.revoke_all();
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.complete(&a), None);
+    }
+
+    #[test]
+    fn positions_are_stored_in_the_order_they_advance_when_tasks_finish_at_once() {
+        // Four tasks finish a partition's messages concurrently; a store of uneven length
+        // widens the window between computing a position and storing it.
+        let tracker = Mutex::new(OffsetTracker::new());
+        let tickets: Vec<Ticket> = {
+            let mut t = tracker.lock().unwrap();
+            (0..800).map(|o| t.begin("r", 0, o)).collect()
+        };
+        let stored = Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for task in 0..4 {
+                let (tracker, tickets, stored) = (&tracker, &tickets, &stored);
+                scope.spawn(move || {
+                    for ticket in tickets.iter().skip(task).step_by(4) {
+                        complete_and_store(tracker, ticket, |position| {
+                            std::thread::sleep(std::time::Duration::from_micros(
+                                10 + 30 * (position % 3) as u64,
+                            ));
+                            stored.lock().unwrap().push(position);
+                        });
+                    }
+                });
+            }
+        });
+        let stored = stored.into_inner().unwrap();
+        assert_eq!(
+            stored.last(),
+            Some(&800),
+            "the last position stored is the end"
+        );
+        let backwards = stored.windows(2).filter(|w| w[1] < w[0]).count();
+        assert_eq!(backwards, 0, "a stored position went back: {stored:?}");
     }
 }

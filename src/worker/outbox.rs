@@ -25,7 +25,7 @@ use super::output::Output;
 use super::transactions::{Transactions, TxnOutput};
 use crate::envelope::now_ms;
 use crate::kafka::consumer::WorkerConsumer;
-use crate::kafka::offsets::{OffsetTracker, Ticket};
+use crate::kafka::offsets::{complete_and_store, OffsetTracker, Ticket};
 use crate::kafka::producer::{is_too_large, Outgoing, Producer};
 
 /// Pause before the first retry of a failed Kafka write; doubles up to the cap.
@@ -163,10 +163,9 @@ impl Outbox {
             return false;
         };
         self.finished(outcome, enqueued_ms);
-        let position = self.tracker().complete(&ticket);
-        if let Some(position) = position {
-            self.store_position(&ticket.topic, ticket.partition, position);
-        }
+        complete_and_store(&self.tracker, &ticket, |position| {
+            self.store_position(&ticket.topic, ticket.partition, position)
+        });
         true
     }
 

@@ -28,6 +28,15 @@ pub struct GroupShare {
 }
 
 impl GroupShare {
+    /// This worker's place among the busy members, by key (0: first). Members take turns
+    /// in this order for what one member does for the whole group.
+    pub fn turn(&self) -> usize {
+        self.others
+            .iter()
+            .filter(|m| m.demand > 0 && m.key < self.key)
+            .count()
+    }
+
     /// Permits of the others, in use or not.
     pub fn others_held(&self) -> usize {
         self.others.iter().map(|m| m.held).sum()
@@ -185,6 +194,18 @@ mod tests {
         // The others hold more than the limit (it was just cut): nothing for now.
         let share = group(100, &[("other", 100, 20)]);
         assert_eq!(share.permits(16), 0);
+    }
+
+    #[test]
+    fn busy_members_take_turns_by_key() {
+        assert_eq!(group(5, &[]).turn(), 0, "alone");
+        assert_eq!(group(5, &[("other", 5, 8)]).turn(), 0, "me < other");
+        assert_eq!(group(5, &[("alpha", 5, 8), ("beta", 5, 8)]).turn(), 2);
+        assert_eq!(
+            group(5, &[("alpha", 0, 0), ("beta", 5, 8)]).turn(),
+            1,
+            "an idle member has no turn"
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@ use super::State;
 
 /// Below the level the capacity fell from, a probe is due at least this often.
 const FORMER_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// In a group, each busy member after the first waits this much longer for that probe.
+const FORMER_TURN: Duration = Duration::from_millis(500);
 /// For this long after the fall, probes below that level climb only as fast as others.
 const FORMER_SETTLES: Duration = Duration::from_secs(3);
 /// How long that level is remembered.
@@ -265,10 +267,15 @@ impl State {
         }
         // Below the level the capacity fell from, probing waits at most FORMER_PROBE_EVERY:
         // a probe that fails costs one overload answer, one that holds finds the capacity
-        // given back (and the streak climbs the rest in a few round trips).
+        // given back (and the streak climbs the rest in a few round trips). In a group the
+        // busy members take turns by key: the first one's wait runs out first, and its probe
+        // restarts everyone's, so the group pays one overload answer per probe, not one per
+        // member. Such a probe tests whether capacity came back: it steps by one whatever
+        // the streak (a return to a level the group had just cut below is no climb).
         let former_level = self.former.map(|(level, _)| level);
+        let turn = self.group.as_ref().map_or(0, |group| group.turn()) as u32;
         let due_now = former_level.is_some()
-            && now >= self.changed_at + FORMER_PROBE_EVERY
+            && now >= self.changed_at + FORMER_PROBE_EVERY + FORMER_TURN * turn
             && self.calls_since_change >= quick_due;
         if self.limit < self.recover_to {
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);
@@ -285,6 +292,9 @@ impl State {
         {
             self.probes += 1;
             let mut step = 1usize << self.probe_streak.min(4);
+            if due_now && self.calls_since_change < due {
+                step = 1;
+            }
             if let Some(level) = former_level {
                 step = step.min(level - self.limit);
             }

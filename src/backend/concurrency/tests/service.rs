@@ -361,3 +361,41 @@ async fn an_increase_taken_up_a_moment_late_is_still_judged_within_two_round_tri
         "the next doubling waits no further round trip"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_a_group_a_first_search_refusal_reckoned_low_does_not_cut_below_what_it_proved() {
+    let controller = Controller::new(ConcurrencySettings {
+        initial: 8,
+        max: 64,
+        ..ConcurrencySettings::default()
+    });
+    // Two busy members: this one's share of the group's 8 is 4.
+    controller.set_group(Some(crate::backend::concurrency::GroupShare {
+        key: "b".into(),
+        demand: 100,
+        others: vec![crate::backend::concurrency::Member {
+            key: "a".into(),
+            demand: 100,
+            held: 4,
+            in_flight: 4,
+        }],
+    }));
+    let round_trip = Duration::from_millis(100);
+    // A clean round trip at the limit proves 8: the first search doubles to 16.
+    let first: Vec<_> = (0..4).map(|_| controller.start(&request())).collect();
+    tokio::time::advance(round_trip).await;
+    for ticket in first {
+        controller.finish(ticket, Some(&Ok(ok())));
+    }
+    assert_eq!(controller.limit(), 16);
+    // The other member's overshoot is refused to this one's lone call, which reckons the
+    // level from its own small part of the share: 5 (bound 4), below the 8 just proven.
+    let lone = controller.start(&request());
+    tokio::time::advance(Duration::from_millis(5)).await;
+    controller.finish(lone, Some(&Err(status(429, None))));
+    assert_eq!(
+        controller.limit(),
+        8,
+        "the first search proved 8 clean; a low reading must not cut below it"
+    );
+}

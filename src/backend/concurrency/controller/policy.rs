@@ -102,8 +102,6 @@ pub(super) struct State {
     /// probes above it come eight times as often until one fails (then it is confirmed).
     /// Going back up to a level that high by doubling would risk a second overshoot.
     tentative: bool,
-    /// The highest limit the first search proved clean (it doubled from there).
-    proven: usize,
     /// A run of queueing cuts, until the limit holds steady: the queueing measured at the
     /// first and the limit before it, to check that the cuts shorten the queue.
     queue_cuts: Option<(f64, usize)>,
@@ -155,7 +153,6 @@ impl State {
             last_cut: None,
             suspect: false,
             tentative: false,
-            proven: 0,
             queue_cuts: None,
             noise: (0.0, now),
             srtt: None,
@@ -395,14 +392,7 @@ impl State {
             self.hold_until = self.hold_until.max(now + wait);
         }
         self.window.note_back_pressure();
-        let mut bound = ticket.level.saturating_sub(1).max(self.settings.min);
-        // In a group's first search a refusal's level is reckoned from the others' shares,
-        // and reads low when it was another member's overshoot: what the search proved
-        // clean bounds it from below.
-        let grouped = self.group.as_ref().is_some_and(|g| !g.others.is_empty());
-        if grouped && (self.tentative || self.recover_to >= self.settings.max) {
-            bound = bound.max(self.proven);
-        }
+        let bound = ticket.level.saturating_sub(1).max(self.settings.min);
         if self.last_cut.is_some_and(|cut| ticket.started < cut) {
             // Sent under a higher limit than the current one: already acted upon (one
             // cut per round of evidence, as TCP cuts once per window of losses). Except
@@ -485,6 +475,24 @@ impl State {
             .max(self.former.map_or(0, |(level, _)| level));
         if level < self.settings.max && to * 5 <= level * 4 {
             self.former = Some((level, now));
+        }
+    }
+
+    fn failed_probe(&mut self, now: Instant) {
+        self.failed_probes += 1;
+        self.probe_streak = 0;
+        self.probe_backoff = self
+            .probe_backoff
+            .saturating_mul(2)
+            .min(self.settings.max_probe_backoff);
+        self.probe_backoff_changed = now;
+    }
+
+    /// Halves the probe spacing for every [`PROBE_BACKOFF_DECAY`] since it last changed.
+    fn decay_probe_backoff(&mut self, now: Instant) {
+        while self.probe_backoff > 1 && now >= self.probe_backoff_changed + PROBE_BACKOFF_DECAY {
+            self.probe_backoff /= 2;
+            self.probe_backoff_changed += PROBE_BACKOFF_DECAY;
         }
     }
 }

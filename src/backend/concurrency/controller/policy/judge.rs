@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::{State, PROBE_BACKOFF_DECAY};
+use super::State;
 
 /// Below the level the capacity fell from, a probe is due at least this often.
 const FORMER_PROBE_EVERY: Duration = Duration::from_secs(2);
@@ -278,9 +278,6 @@ impl State {
             && now >= self.changed_at + FORMER_PROBE_EVERY + FORMER_TURN * turn
             && self.calls_since_change >= quick_due;
         if self.limit < self.recover_to {
-            if self.recover_to >= self.settings.max {
-                self.proven = self.proven.max(self.limit);
-            }
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);
             tracing::debug!(
                 t = now.duration_since(self.created).as_secs_f64(),
@@ -317,24 +314,5 @@ impl State {
         let windows =
             now.duration_since(at).as_secs_f64() * 1e3 / self.settings.baseline_window_ms as f64;
         noise * 0.5f64.powf(windows)
-    }
-
-    /// A probe above the good level failed: the next one waits twice as long.
-    pub(super) fn failed_probe(&mut self, now: Instant) {
-        self.failed_probes += 1;
-        self.probe_streak = 0;
-        self.probe_backoff = self
-            .probe_backoff
-            .saturating_mul(2)
-            .min(self.settings.max_probe_backoff);
-        self.probe_backoff_changed = now;
-    }
-
-    /// Halves the probe spacing for every [`PROBE_BACKOFF_DECAY`] since it last changed.
-    fn decay_probe_backoff(&mut self, now: Instant) {
-        while self.probe_backoff > 1 && now >= self.probe_backoff_changed + PROBE_BACKOFF_DECAY {
-            self.probe_backoff /= 2;
-            self.probe_backoff_changed += PROBE_BACKOFF_DECAY;
-        }
     }
 }

@@ -136,6 +136,9 @@ impl OffsetTracker {
 /// released, one computed earlier could be stored after a later one and move the
 /// partition's next commit back: the messages in between, answered already, would be
 /// re-delivered after a graceful stop.
+///
+/// `store` runs under the lock the consumer's rebalance callback also takes, so it must
+/// not wait on anything: librdkafka's `store_offsets` only records the offset locally.
 pub fn complete_and_store(
     tracker: &Mutex<OffsetTracker>,
     ticket: &Ticket,

@@ -273,9 +273,9 @@ impl State {
         // member. Such a probe tests whether capacity came back: it steps by one whatever
         // the streak (a return to a level the group had just cut below is no climb).
         let former_level = self.former.map(|(level, _)| level);
-        let turn = self.group.as_ref().map_or(0, |group| group.turn()) as u32;
+        let turn = || self.group.as_ref().map_or(0, |group| group.turn()) as u32;
         let due_now = former_level.is_some()
-            && now >= self.changed_at + FORMER_PROBE_EVERY + FORMER_TURN * turn
+            && now >= self.changed_at + FORMER_PROBE_EVERY + FORMER_TURN * turn()
             && self.calls_since_change >= quick_due;
         if self.limit < self.recover_to {
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);

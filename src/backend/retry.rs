@@ -52,12 +52,32 @@ impl RetryPolicy {
             let jitter = rng.random_range(0.0..=0.1) * wait.as_secs_f64();
             return wait + Duration::from_secs_f64(jitter);
         }
+        Duration::from_secs_f64(rng.random_range(0.0..=1.0) * self.bound(attempt).as_secs_f64())
+    }
+
+    /// The wait after failed attempt number `attempt` when the retry budget is spent.
+    /// Back-pressure waits its attempt's whole exponential bound (or the Retry-After): its
+    /// retries also wait for permits of the concurrency and rate layers below, so they
+    /// cannot storm the backend, and the longest backoff would idle them for seconds after
+    /// a moment of refusals. Any other failure waits the longest backoff.
+    pub fn slowed(
+        &self,
+        attempt: u32,
+        outcome: Outcome,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        if outcome != Outcome::BackPressure {
+            return self.max_backoff;
+        }
+        retry_after.map_or_else(|| self.bound(attempt), |wait| wait.min(self.max_backoff))
+    }
+
+    /// Upper bound of the backoff after failed attempt number `attempt`.
+    fn bound(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(30);
-        let bound = self
-            .initial_backoff
+        self.initial_backoff
             .saturating_mul(1u32 << exponent)
-            .min(self.max_backoff);
-        Duration::from_secs_f64(rng.random_range(0.0..=1.0) * bound.as_secs_f64())
+            .min(self.max_backoff)
     }
 }
 
@@ -207,13 +227,13 @@ where
             return Ok(Finished::Answered { result, attempts });
         }
         let error = result.expect_err("a retryable outcome is always an error");
-        // An empty budget slows retries to the longest backoff instead of failing the
-        // request: the backend is spared a storm, and the request still gets its attempts.
+        // An empty budget slows retries instead of failing the request: the backend is
+        // spared a storm, and the request still gets its attempts.
         let wait = if budget.withdraw() {
             policy.backoff(attempts, error.retry_after(), &mut rand::rng())
         } else {
             tracing::debug!(attempts, error = %error, "retry budget spent; backing off fully");
-            policy.max_backoff
+            policy.slowed(attempts, outcome, error.retry_after())
         };
         if deadline_ms.is_some_and(|d| now_ms() + wait.as_millis() as u64 >= d) {
             return Ok(Finished::Expired {

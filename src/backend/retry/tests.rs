@@ -162,8 +162,8 @@ async fn attempts_are_bounded() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_empty_budget_slows_retries_to_the_longest_backoff() {
-    let (backend, calls) = scripted(vec![status(503, None), ok()]);
+async fn an_empty_budget_slows_other_failures_to_the_longest_backoff() {
+    let (backend, calls) = scripted(vec![status(500, None), ok()]);
     let (layer, _) = retry_layer(5, 0.0, 0);
     let started = tokio::time::Instant::now();
     match layer.layer(backend).oneshot(request(None)).await.unwrap() {
@@ -178,6 +178,33 @@ async fn an_empty_budget_slows_retries_to_the_longest_backoff() {
         started.elapsed(),
         policy().max_backoff,
         "waited the longest backoff"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_budget_slows_back_pressure_to_its_attempts_whole_backoff() {
+    // Refused twice, then served: the waits are the first two attempts' whole bounds
+    // (100 ms, then 200 ms), not the longest backoff twice.
+    let (backend, calls) = scripted(vec![status(429, None), status(503, None), ok()]);
+    let (layer, _) = retry_layer(5, 0.0, 0);
+    let started = tokio::time::Instant::now();
+    match layer.layer(backend).oneshot(request(None)).await.unwrap() {
+        Finished::Answered {
+            result: Ok(_),
+            attempts: 3,
+        } => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(*calls.lock().unwrap(), 3);
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+    // A Retry-After is still obeyed (without jitter), capped at the longest backoff.
+    let (backend, _) = scripted(vec![status(429, Some(700)), status(429, Some(9_000)), ok()]);
+    let (layer, _) = retry_layer(5, 0.0, 0);
+    let started = tokio::time::Instant::now();
+    layer.layer(backend).oneshot(request(None)).await.unwrap();
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_millis(700) + policy().max_backoff
     );
 }
 

@@ -2,6 +2,7 @@
 //! one std mutex that is never held across an `.await`. The service and its future only
 //! take and return permits and report each call's classified outcome here.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct Controller {
     state: Mutex<State>,
     /// Woken when this controller changes its estimate, so the group hears of it at once.
     changed: Notify,
+    /// Permits of refused calls not given back yet ([`Controller::give_back_after`]).
+    held_back: AtomicUsize,
 }
 
 /// What a controller believes about the backend, as the members of a group share it.
@@ -111,6 +114,7 @@ impl Controller {
             semaphore: Arc::new(Semaphore::new(state.limit())),
             state: Mutex::new(state),
             changed: Notify::new(),
+            held_back: AtomicUsize::new(0),
         }
     }
 
@@ -181,11 +185,26 @@ impl Controller {
     pub(super) fn permits_match_limit(&self, held: usize) -> bool {
         let state = self.lock();
         let (to_forget, unreleased) = state.permit_debt();
+        let held = held + self.held_back.load(Ordering::SeqCst);
         self.semaphore.available_permits() + held == state.permits() - unreleased + to_forget
     }
 
     pub(super) fn semaphore(&self) -> Arc<Semaphore> {
         Arc::clone(&self.semaphore)
+    }
+
+    /// Gives `permit` back once `hold` has passed (at once when it is zero).
+    pub(super) fn give_back_after(self: &Arc<Self>, permit: Permit, hold: Duration) {
+        if hold.is_zero() {
+            return drop(permit);
+        }
+        self.held_back.fetch_add(1, Ordering::SeqCst);
+        let controller = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(hold).await;
+            drop(permit);
+            controller.held_back.fetch_sub(1, Ordering::SeqCst);
+        });
     }
 
     /// Returns a permit, or forgets it while the limit is still shrinking.
@@ -212,10 +231,17 @@ impl Controller {
     }
 
     /// A call ended with `result`, or was dropped unfinished (`None`). Public only for the
-    /// hot-path benchmarks, like [`Controller::start`].
+    /// hot-path benchmarks, like [`Controller::start`]. Returns how long the call's permit
+    /// stays out before it is given back: zero, except for a refusal in a group that
+    /// lowered nothing (see `State::refusal_hold`).
     #[doc(hidden)]
-    pub fn finish(&self, ticket: CallTicket, result: Option<&Result<ChatResponse, BackendError>>) {
+    pub fn finish(
+        &self,
+        ticket: CallTicket,
+        result: Option<&Result<ChatResponse, BackendError>>,
+    ) -> Duration {
         let now = Instant::now();
+        let mut hold = Duration::ZERO;
         let mut state = self.lock();
         let version = state.estimate().version;
         match result {
@@ -236,7 +262,9 @@ impl Controller {
                     state.on_success(&self.semaphore, ticket, tokens, now);
                 }
                 (Outcome::BackPressure, Err(error)) => {
+                    let (rtt, before) = (ticket.rtt(now), state.limit());
                     state.on_back_pressure(&self.semaphore, ticket, error, now);
+                    hold = state.refusal_hold(rtt, state.limit() < before);
                 }
                 // 5xx, transport and fatal answers say nothing about load: counted as
                 // success they would raise the limit on a broken backend, as
@@ -249,6 +277,7 @@ impl Controller {
             drop(state);
             self.changed.notify_one();
         }
+        hold
     }
 
     /// The state stays consistent at every await-free step, so a panic elsewhere while

@@ -1,6 +1,6 @@
 //! [`ResponseFuture`]: times one call, reports its classified outcome to the controller
-//! and gives its permit back when it completes, or when it is dropped unfinished (then
-//! nothing is learned from it).
+//! and gives its permit back when it completes (a refused call's, in a group, up to a
+//! round trip later), or when it is dropped unfinished (then nothing is learned from it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,8 +56,8 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let result = ready!(self.inner.as_mut().poll(cx));
         if let Some(call) = self.call.take() {
-            call.controller.finish(call.ticket, Some(&result));
-            drop(call.permit);
+            let hold = call.controller.finish(call.ticket, Some(&result));
+            call.controller.give_back_after(call.permit, hold);
         }
         Poll::Ready(result)
     }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tower::ServiceExt;
 use tower_test::mock::{self, Handle, Mock, Spawn};
 
-use crate::backend::concurrency::{AdaptiveConcurrency, ConcurrencySettings, Controller};
+use crate::backend::concurrency::{
+    AdaptiveConcurrency, ConcurrencySettings, Controller, GroupShare, Member,
+};
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 
 /// What `tower_test`'s mock fails with.
@@ -360,4 +362,53 @@ async fn an_increase_taken_up_a_moment_late_is_still_judged_within_two_round_tri
         8,
         "the next doubling waits no further round trip"
     );
+}
+
+/// One call served in 100 ms (the smoothed round trip), then one refused after 10 ms, at
+/// a limit of 1: returns how long after the refusal the permit was free again.
+async fn permit_free_after_a_refusal(in_a_group: bool) -> Duration {
+    let (mut service, mut handle, controller) = fixed(1);
+    if in_a_group {
+        controller.set_group(Some(GroupShare {
+            key: "me".into(),
+            demand: 100,
+            others: vec![Member {
+                key: "idle".into(),
+                demand: 0,
+                held: 0,
+                in_flight: 0,
+            }],
+        }));
+    }
+    for (after, answer) in [(100, Ok(ok())), (10, Err(status(429, None)))] {
+        assert!(service.poll_ready().is_ready());
+        let call = service.call(request());
+        let (_, reply) = handle.next_request().await.expect("call reached the mock");
+        tokio::time::advance(Duration::from_millis(after)).await;
+        match answer {
+            Ok(response) => reply.send_response(response),
+            Err(error) => reply.send_error(error),
+        }
+        let _ = call.await;
+    }
+    assert_eq!(controller.limit(), 1);
+    let refused = tokio::time::Instant::now();
+    while service.poll_ready().is_pending() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    refused.elapsed()
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_a_group_a_refused_calls_permit_comes_back_a_round_trip_after_it_was_sent() {
+    // Refused after 10 ms of a 100 ms round trip: out for 90 ms more, so a share that meets
+    // a backend the others fill sends one call per round trip into it, not one per
+    // millisecond.
+    let waited = permit_free_after_a_refusal(true).await;
+    assert!(
+        (Duration::from_millis(90)..=Duration::from_millis(92)).contains(&waited),
+        "{waited:?}"
+    );
+    // Alone, the refusal's level is counted and the cut is enough: back at once.
+    assert_eq!(permit_free_after_a_refusal(false).await, Duration::ZERO);
 }

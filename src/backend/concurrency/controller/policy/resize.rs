@@ -1,6 +1,8 @@
 //! Moving the limit and the permits that enforce it: the semaphore grows paced over a
 //! round trip and shrinks at once where permits are free, lazily where they are in use;
-//! the limit's time integral.
+//! a refused call's permit may stay out a while; the limit's time integral.
+
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
@@ -40,6 +42,30 @@ impl State {
     #[cfg(test)]
     pub(in crate::backend::concurrency::controller) fn permit_debt(&self) -> (usize, usize) {
         (self.to_forget, self.pacing.unreleased())
+    }
+
+    /// How long a refused call's permit stays out: when the refusal lowered nothing, until
+    /// a smoothed round trip after the call was sent. A refusal comes back in a millisecond;
+    /// were its permit free at once, a worker whose share meets a backend the other members
+    /// fill (their calls reckoned at their shares, so its refusals read a level above the
+    /// limit and cut nothing) would send hundreds of calls a second into it, every one
+    /// refused, until the retry budget is empty. A refusal that cut the limit needs no
+    /// hold: its permit is one of those the cut takes away, or was freed by it. Nor does
+    /// a worker alone (or a group's only member): its refusals' levels are counted, and
+    /// held permits would only cost a rate limiter's edge more overload answers.
+    pub(in crate::backend::concurrency::controller) fn refusal_hold(
+        &self,
+        rtt: f64,
+        cut: bool,
+    ) -> Duration {
+        let reckoned = self
+            .group
+            .as_ref()
+            .is_some_and(|group| !group.others.is_empty());
+        if cut || !reckoned {
+            return Duration::ZERO;
+        }
+        Duration::from_secs_f64((self.srtt.unwrap_or(0.0) - rtt).max(0.0))
     }
 
     /// Moves the limit (a decision of this worker's: the version moves too) and the

@@ -256,6 +256,15 @@ impl State {
         if below_former && self.probe_streak > 0 {
             due = quick_due;
         }
+        // In a group the busy members take turns by key for a probe at a steady level: each
+        // after the first waits half a count longer, and the first one's probe restarts
+        // every count. The counts all restart at the same change, so without turns two
+        // members reached theirs together and probed in the same millisecond: two overload
+        // answers. (A climb's probes, which come quickly, are left to whoever is first.)
+        let turn = self.group.as_ref().map_or(0, |group| group.turn()) as u32;
+        if !self.tentative && self.probe_streak == 0 {
+            due += due / 2 * u64::from(turn);
+        }
         if self.limit >= self.recover_to && held {
             self.suspect = false;
         }
@@ -273,9 +282,8 @@ impl State {
         // member. Such a probe tests whether capacity came back: it steps by one whatever
         // the streak (a return to a level the group had just cut below is no climb).
         let former_level = self.former.map(|(level, _)| level);
-        let turn = || self.group.as_ref().map_or(0, |group| group.turn()) as u32;
         let due_now = former_level.is_some()
-            && now >= self.changed_at + FORMER_PROBE_EVERY + FORMER_TURN * turn()
+            && now >= self.changed_at + FORMER_PROBE_EVERY + FORMER_TURN * turn
             && self.calls_since_change >= quick_due;
         if self.limit < self.recover_to {
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);

@@ -109,6 +109,9 @@ struct Link {
     seq: u64,
     /// Written and not read back yet, oldest first.
     unechoed: VecDeque<(u64, Instant)>,
+    /// How long our records take to come back (smoothed): how long the others take to
+    /// hear of a change of ours.
+    echo: Duration,
     started: Instant,
 }
 
@@ -133,6 +136,7 @@ impl<B: Bus> Pacer<B> {
             echoed: false,
             seq: 0,
             unechoed: VecDeque::new(),
+            echo: Duration::ZERO,
             started: Instant::now(),
         };
         let mut last: Option<(Published, Instant)> = None;
@@ -169,8 +173,16 @@ impl<B: Bus> Pacer<B> {
     fn observe(&self, view: &mut GroupView, link: &mut Link, record: StateRecord) {
         let now = Instant::now();
         if let Observed::Own { seq } = view.observe(record, now, now_ms()) {
-            while link.unechoed.front().is_some_and(|(s, _)| *s <= seq) {
+            while let Some((s, at)) = link.unechoed.front().copied().filter(|(s, _)| *s <= seq) {
                 link.unechoed.pop_front();
+                if s == seq {
+                    let took = now.duration_since(at);
+                    link.echo = if link.echoed {
+                        (link.echo * 7 + took) / 8
+                    } else {
+                        took
+                    };
+                }
             }
             link.echoed = true;
             if !link.grouped {
@@ -198,7 +210,7 @@ impl<B: Bus> Pacer<B> {
         };
         // The share first, so the group's limit never lands on this worker alone.
         self.controller
-            .set_group(Some(view.share((self.load)().demand)));
+            .set_group(Some(view.share((self.load)().demand, link.echo)));
         self.controller.rejoin(estimate);
         tracing::info!(backend = %self.backend, members = view.size(), limit = estimate.limit,
             "control topic reachable again: pacing with the group");
@@ -221,7 +233,8 @@ impl<B: Bus> Pacer<B> {
             if let Some(estimate) = view.newest_estimate(now_ms()) {
                 self.controller.adopt(estimate);
             }
-            self.controller.set_group(Some(view.share(load.demand)));
+            self.controller
+                .set_group(Some(view.share(load.demand, link.echo)));
         }
         let limit = self.controller.limit();
         let s = &self.status;

@@ -3,6 +3,8 @@
 //! the control topic (records arrive after a propagation delay), and drain a burst the way
 //! `bench/group.py` sends it: 2,400 requests at ten times the backend's capacity, spread
 //! over the workers like partitions. Run with `--nocapture` for one line per case.
+//! [`capacity_change`] drains a longer backlog while the backend's slots fall and come
+//! back, as `bench/capacity_change.py` does.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,15 +16,19 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tracing::Instrument;
 
 use super::pacer::{Bus, GroupStatus, Load, Pacer};
 use super::record::StateRecord;
 use crate::backend::classify::classify;
-use crate::backend::concurrency::tests::scenario::{BackendParams, OverflowParam};
-use crate::backend::concurrency::tests::sim_backend::SimBackend;
+use crate::backend::concurrency::tests::scenario::{BackendParams, Change, OverflowParam};
+use crate::backend::concurrency::tests::sim_backend::{Record, SimBackend};
 use crate::backend::concurrency::{AdaptiveConcurrencyLayer, ConcurrencySettings};
 use crate::backend::timeout::TimeoutLayer;
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
+
+#[cfg(test)]
+mod capacity_change;
 
 type Stack = BoxCloneService<ChatRequest, ChatResponse, BackendError>;
 
@@ -64,6 +70,16 @@ pub(super) struct Case {
     /// Whether the workers pace together (false: each on its own controller, as before
     /// group pacing).
     pub grouped: bool,
+    /// The slots fall to `low` this long into the drain and come back as long after.
+    pub dip: Option<Dip>,
+}
+
+/// The backend's slots fall to `low` at `after_secs` into the drain and are back
+/// `after_secs` later (another tenant taking half, then leaving).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dip {
+    pub low: usize,
+    pub after_secs: f64,
 }
 
 /// What a run measured.
@@ -81,6 +97,8 @@ const PER_TOKEN_MS: f64 = 1.0;
 const TOKENS: u64 = 32;
 /// Messages a worker holds between Kafka and the backend (`worker.lane_buffer`).
 const BUFFER: usize = 64;
+/// The workers meet for this long before the burst, as in the benchmark.
+const WARM_UP_SECS: f64 = 1.0;
 /// Kafka's delivery of a produced message to a worker's consumer.
 const FETCH_DELAY: Duration = Duration::from_millis(20);
 
@@ -125,7 +143,26 @@ impl Inbox {
 }
 
 pub(super) async fn run(case: Case) -> Outcome {
+    run_recorded(case).await.0
+}
+
+/// [`run`], with every answer of the backend and when the burst began (seconds since the
+/// backend's start).
+pub(super) async fn run_recorded(case: Case) -> (Outcome, Record, f64) {
     let start = Instant::now();
+    let warm_up = WARM_UP_SECS;
+    let changes = case.dip.map_or(Vec::new(), |dip| {
+        vec![
+            Change {
+                at_secs: warm_up + dip.after_secs,
+                slots: dip.low,
+            },
+            Change {
+                at_secs: warm_up + 2.0 * dip.after_secs,
+                slots: case.slots,
+            },
+        ]
+    });
     let backend = SimBackend::new(
         BackendParams {
             slots: case.slots,
@@ -139,12 +176,13 @@ pub(super) async fn run(case: Case) -> Outcome {
             seed: case.seed,
             rate_per_second: None,
             rate_burst: 1.0,
-            changes: Vec::new(),
+            changes,
             outages: Vec::new(),
             gauges_every_ms: None,
         },
         start,
     );
+    tokio::spawn(backend.clone().run_changes());
     let bus = SimBus {
         members: Arc::default(),
         delay: Duration::from_millis(case.propagation_ms),
@@ -192,18 +230,21 @@ pub(super) async fn run(case: Case) -> Outcome {
         if case.grouped {
             tokio::spawn(pacer.run(stop.clone()));
         }
-        tokio::spawn(dispatch(
-            stack,
-            inbox.clone(),
-            messages,
-            done.clone(),
-            failed.clone(),
-            finished.clone(),
-        ));
+        let worker = tracing::info_span!("worker", index);
+        tokio::spawn(
+            dispatch(
+                stack,
+                inbox.clone(),
+                messages,
+                done.clone(),
+                failed.clone(),
+                finished.clone(),
+            )
+            .instrument(worker),
+        );
         inboxes.push(inbox);
     }
-    // The workers have met before the burst, as in the benchmark.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs_f64(warm_up)).await;
     let capacity = case.slots as f64 / ((LATENCY_MS + PER_TOKEN_MS * TOKENS as f64) / 1e3);
     let rate = 10.0 * capacity;
     let burst = Instant::now();
@@ -259,12 +300,13 @@ pub(super) async fn run(case: Case) -> Outcome {
         .sum();
     let overloads = record.overloads.len() - before.overloads.len();
     let calls = record.successes.len() - before.successes.len() + overloads;
-    Outcome {
+    let outcome = Outcome {
         utilisation: busy / (case.slots as f64 * end),
         overload_per_1000: 1000.0 * overloads as f64 / calls.max(1) as f64,
         drain_over_ideal: end / (case.requests as f64 / capacity),
         failed: failed.load(Ordering::Relaxed),
-    }
+    };
+    (outcome, record, from)
 }
 
 /// A worker's pull loop: the next message, then a ready stack, then the call (retried
@@ -292,25 +334,29 @@ async fn dispatch(
             failed.clone(),
             finished.clone(),
         );
-        tokio::spawn(async move {
-            let mut result = first.await;
-            let mut attempts = 1;
-            while let Err(error) = &result {
-                if !classify(&result).is_retryable() || attempts >= 50 {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                    break;
+        tokio::spawn(
+            async move {
+                let mut result = first.await;
+                let mut attempts = 1;
+                while let Err(error) = &result {
+                    if !classify(&result).is_retryable() || attempts >= 50 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                    tokio::time::sleep(error.retry_after().unwrap_or(Duration::from_millis(100)))
+                        .await;
+                    result = match retry.ready().await {
+                        Ok(ready) => ready.call(request.clone()).await,
+                        Err(error) => Err(error),
+                    };
+                    attempts += 1;
                 }
-                tokio::time::sleep(error.retry_after().unwrap_or(Duration::from_millis(100))).await;
-                result = match retry.ready().await {
-                    Ok(ready) => ready.call(request.clone()).await,
-                    Err(error) => Err(error),
-                };
-                attempts += 1;
+                messages.fetch_sub(1, Ordering::Relaxed);
+                done.fetch_add(1, Ordering::Relaxed);
+                finished.notify_one();
             }
-            messages.fetch_sub(1, Ordering::Relaxed);
-            done.fetch_add(1, Ordering::Relaxed);
-            finished.notify_one();
-        });
+            .in_current_span(),
+        );
     }
 }
 
@@ -343,6 +389,7 @@ mod tests {
             seed,
             first_of_four,
             grouped,
+            dip: None,
         }
     }
 
@@ -354,6 +401,7 @@ mod tests {
         if let Ok(filter) = std::env::var("SLUICE_SIM_TRACE") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(false)
                 .with_test_writer()
                 .try_init();
         }

@@ -105,8 +105,9 @@ impl GroupView {
         self.members.len() + 1
     }
 
-    /// This worker's place in the group given its own `demand`.
-    pub fn share(&self, demand: usize) -> GroupShare {
+    /// This worker's place in the group given its own `demand`, and `echo`, how long its
+    /// records take to come back.
+    pub fn share(&self, demand: usize, echo: Duration) -> GroupShare {
         let mut others: Vec<Member> = self
             .members
             .values()
@@ -122,6 +123,7 @@ impl GroupView {
             key: self.me.clone(),
             demand,
             others,
+            echo,
         }
     }
 
@@ -192,7 +194,7 @@ mod tests {
         other_backend.backend = "elsewhere".into();
         assert_eq!(view.observe(other_backend, now, 1000), Observed::Ignored);
         assert_eq!(view.size(), 2);
-        let share = view.share(100);
+        let share = view.share(100, Duration::ZERO);
         assert_eq!(share.others.len(), 1);
         assert_eq!(share.others[0].held, 8);
         view.expire(now + MEMBER_TTL);

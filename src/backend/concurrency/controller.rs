@@ -233,7 +233,7 @@ impl Controller {
     /// A call ended with `result`, or was dropped unfinished (`None`). Public only for the
     /// hot-path benchmarks, like [`Controller::start`]. Returns how long the call's permit
     /// stays out before it is given back: zero, except for a refusal in a group that
-    /// lowered nothing (see `State::refusal_hold`).
+    /// took none of this worker's permits (see `State::refusal_hold`).
     #[doc(hidden)]
     pub fn finish(
         &self,
@@ -262,9 +262,9 @@ impl Controller {
                     state.on_success(&self.semaphore, ticket, tokens, now);
                 }
                 (Outcome::BackPressure, Err(error)) => {
-                    let (rtt, before) = (ticket.rtt(now), state.limit());
+                    let (rtt, before) = (ticket.rtt(now), state.permits());
                     state.on_back_pressure(&self.semaphore, ticket, error, now);
-                    hold = state.refusal_hold(rtt, state.limit() < before);
+                    hold = state.refusal_hold(rtt, state.permits() < before);
                 }
                 // 5xx, transport and fatal answers say nothing about load: counted as
                 // success they would raise the limit on a broken backend, as

@@ -3,6 +3,8 @@
 //! more), and a worker only takes what the others have given up, so the permits of the
 //! whole group never add up to more than the limit, even while their views disagree.
 
+use std::time::Duration;
+
 /// Another member of the group, as its last state record described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -25,6 +27,9 @@ pub struct GroupShare {
     pub demand: usize,
     /// Every other live member.
     pub others: Vec<Member>,
+    /// How long a record takes from one member to the others through the control topic
+    /// (this worker's own, written and read back; smoothed).
+    pub echo: Duration,
 }
 
 impl GroupShare {
@@ -77,7 +82,10 @@ impl GroupShare {
 
     /// Max-min fair division of `limit` by demand, then what nobody asked for split
     /// evenly: the others' parts in their order, then this worker's. Every member
-    /// computes the same division from the same records (ties go by key).
+    /// computes the same division from the same records; the units a level division
+    /// leaves over go by key, not by demand: busy members' demands move all the time, and
+    /// two members that each saw its own as the larger took the same unit (their permits
+    /// added up to more than the limit).
     fn allocation(&self, limit: usize) -> Vec<usize> {
         let mut members: Vec<(usize, &str, usize)> = self
             .others
@@ -98,9 +106,25 @@ impl GroupShare {
             let given = (*demand).min(remaining / (count - rank));
             parts[*index] = given;
             remaining -= given;
+            if given < *demand {
+                // Everyone from here wants more than the level: all get the level.
+                let level = given;
+                for (_, _, index) in &members[rank + 1..] {
+                    parts[*index] = level;
+                    remaining -= level;
+                }
+                break;
+            }
+        }
+        members.sort_unstable_by(|a, b| a.1.cmp(b.1));
+        // The units left over from the level: one each to the members that want more.
+        for (demand, _, index) in &members {
+            if remaining > 0 && parts[*index] < *demand {
+                parts[*index] += 1;
+                remaining -= 1;
+            }
         }
         // What nobody asked for: evenly, the remainder to the first keys.
-        members.sort_unstable_by(|a, b| a.1.cmp(b.1));
         for (rank, (_, _, index)) in members.iter().enumerate() {
             parts[*index] += remaining / count + usize::from(rank < remaining % count);
         }
@@ -125,6 +149,7 @@ mod tests {
                     in_flight: *held,
                 })
                 .collect(),
+            echo: Duration::ZERO,
         }
     }
 
@@ -146,6 +171,7 @@ mod tests {
                             in_flight: 0,
                         })
                         .collect(),
+                    echo: Duration::ZERO,
                 }
                 .fair_share(limit)
             })
@@ -194,6 +220,40 @@ mod tests {
         // The others hold more than the limit (it was just cut): nothing for now.
         let share = group(100, &[("other", 100, 20)]);
         assert_eq!(share.permits(16), 0);
+    }
+
+    #[test]
+    fn two_busy_members_that_each_see_their_own_demand_as_the_larger_share_the_limit() {
+        // The group's limit rose from 16 to 17; each member still holds its 8, and each
+        // last heard of the other's demand when it was lower than its own now.
+        let a = GroupShare {
+            key: "a".into(),
+            demand: 72,
+            others: vec![Member {
+                key: "b".into(),
+                demand: 70,
+                held: 8,
+                in_flight: 8,
+            }],
+            echo: Duration::ZERO,
+        };
+        let b = GroupShare {
+            key: "b".into(),
+            demand: 72,
+            others: vec![Member {
+                key: "a".into(),
+                demand: 70,
+                held: 8,
+                in_flight: 8,
+            }],
+            echo: Duration::ZERO,
+        };
+        assert_eq!(a.permits(17) + b.permits(17), 17);
+        assert_eq!(
+            (a.permits(17), b.permits(17)),
+            (9, 8),
+            "the unit goes by key"
+        );
     }
 
     #[test]

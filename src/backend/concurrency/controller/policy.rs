@@ -8,7 +8,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 mod judge;
+mod refusal;
 mod resize;
+#[cfg(test)]
+mod tests;
 
 use judge::Window;
 use resize::Pacing;
@@ -18,7 +21,6 @@ use crate::backend::concurrency::baseline::Baseline;
 use crate::backend::concurrency::share::GroupShare;
 use crate::backend::concurrency::ConcurrencySettings;
 use crate::backend::saturation::Signal;
-use crate::backend::BackendError;
 
 /// A failed probe's penalty halves after this long without another failed probe.
 pub(super) const PROBE_BACKOFF_DECAY: Duration = Duration::from_secs(10);
@@ -70,9 +72,14 @@ pub(super) struct State {
     /// a failed one (capacity freed by another worker is then found again).
     probe_backoff: u32,
     /// The good level before the capacity last fell, and when it fell: while the limit is
-    /// below it, probes come at least every `judge::FORMER_PROBE_EVERY`, so capacity given
-    /// back is found in seconds. Forgotten after `judge::FORMER_KEPT` or once reached.
+    /// below it, probes come at least every `judge::FORMER_PROBE_EVERY` (every
+    /// `judge::FORMER_PROBE_EVERY_IN_GROUP` in a group), so capacity given back is found
+    /// in seconds. Forgotten after `judge::FORMER_KEPT` or once reached.
     former: Option<(usize, Instant)>,
+    /// The lowest level a probe failed at since the capacity fell below `former`: once
+    /// probes hold at it again, capacity came back (before that, probes that hold may
+    /// only be climbing back from a cut that went too low).
+    failed_below_former: Option<usize>,
     /// When the limit last changed.
     changed_at: Instant,
     /// Probes in a row that held, up to 4: each doubles the next probe's step and halves
@@ -80,8 +87,11 @@ pub(super) struct State {
     probe_streak: u32,
     /// When `probe_backoff` last grew or decayed.
     probe_backoff_changed: Instant,
-    /// Successful calls since the limit last changed.
+    /// Successful calls since the limit last changed...
     calls_since_change: u64,
+    /// ...and the group's, as this worker reckons them (its own, times the limit over its
+    /// permits): a probe falls due after as many calls as one worker's would.
+    group_calls_since_change: f64,
     /// No increase before this instant (the latest Retry-After window).
     hold_until: Instant,
     /// Bumped when the limit changes (after in-flight calls drain below a cut), so a
@@ -142,9 +152,11 @@ impl State {
             probe_backoff: 1,
             probe_streak: 0,
             former: None,
+            failed_below_former: None,
             changed_at: now,
             probe_backoff_changed: now,
             calls_since_change: 0,
+            group_calls_since_change: 0.0,
             hold_until: now,
             epoch: 0,
             epoch_pending: false,
@@ -204,9 +216,18 @@ impl State {
             // A member moved it and back (a failed probe): the group's counts start again,
             // so the group probes no more often than one worker would.
             if remote.version > self.version {
-                (self.version, self.changed_at, self.calls_since_change) = (remote.version, now, 0);
+                (self.version, self.changed_at) = (remote.version, now);
+                (self.calls_since_change, self.group_calls_since_change) = (0, 0.0);
             }
             return false;
+        }
+        if self.limit > self.recover_to && limit <= self.recover_to {
+            // This worker's probe, ended by another member's refusal: failed all the same
+            // (the group's calls are shared, so whose call met the full backend is chance).
+            // Else a member whose probes the others paid for went on probing at the first
+            // search's pace.
+            self.tentative = false;
+            self.failed_probe(now);
         }
         self.set_limit(semaphore, limit, now);
         self.recover_to = recover_to;
@@ -298,6 +319,13 @@ impl State {
         self.in_flight
     }
 
+    /// Whether the level of this worker's calls counts other members' calls too.
+    pub(super) fn reckons_others(&self) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(|group| !group.others.is_empty())
+    }
+
     fn others_in_flight(&self) -> usize {
         self.group.as_ref().map_or(0, |group| {
             group.others_in_flight(self.limit, self.in_flight)
@@ -365,134 +393,15 @@ impl State {
         self.srtt = Some(self.srtt.map_or(rtt, |s| s + SRTT_GAIN * (rtt - s)));
         let base = self.baseline.observe(tokens, rtt, now);
         self.calls_since_change += 1;
+        self.group_calls_since_change += if self.reckons_others() {
+            self.limit as f64 / self.permits.max(1) as f64
+        } else {
+            1.0
+        };
         if ticket.epoch == self.epoch && !self.epoch_pending {
             self.window
                 .record(rtt, rtt - base, ticket.level, ticket.own);
         }
         self.judge(semaphore, now);
-    }
-
-    /// A call sent as the `level`-th in flight was refused: the backend holds fewer than
-    /// `level` of ours, so the limit drops to `level - 1` (not by a ratio: in reject mode
-    /// that level is the capacity, and halving would waste a quarter of it on average).
-    pub(super) fn on_back_pressure(
-        &mut self,
-        semaphore: &Semaphore,
-        ticket: CallTicket,
-        error: &BackendError,
-        now: Instant,
-    ) {
-        match error {
-            BackendError::Status { status: 429, .. } => self.back_pressure.too_many_requests += 1,
-            BackendError::Timeout(_) => self.back_pressure.timeouts += 1,
-            _ => self.back_pressure.unavailable += 1,
-        }
-        if let Some(wait) = error.retry_after() {
-            self.back_pressure.with_retry_after += 1;
-            self.hold_until = self.hold_until.max(now + wait);
-        }
-        self.window.note_back_pressure();
-        let bound = ticket.level.saturating_sub(1).max(self.settings.min);
-        if self.last_cut.is_some_and(|cut| ticket.started < cut) {
-            // Sent under a higher limit than the current one: already acted upon (one
-            // cut per round of evidence, as TCP cuts once per window of losses). Except
-            // in the first search: the overshoot's refusals come back together, in any
-            // order, and the lowest level among them is the reading of the capacity. Cut
-            // to it now, or every refusal frees a permit for another call into the same
-            // full backend.
-            if self.tentative && bound < self.limit {
-                self.recover_to = self.recover_to.min(bound);
-                self.set_limit(semaphore, bound, now);
-            }
-            return;
-        }
-        match self.episode {
-            None => {
-                self.episode = Some(now);
-                self.episode_lowers = false;
-                if bound >= self.recover_to {
-                    self.tentative = false;
-                    self.failed_probe(now);
-                } else if self.recover_to >= self.settings.max {
-                    // The first refusal of the first search: no level was known to be
-                    // good, so there is none to go back to (TCP's slow start ends at its
-                    // first loss). Probes above it come quickly until one fails.
-                    self.episode_lowers = true;
-                    self.recover_to = bound;
-                    self.tentative = true;
-                } else if self.suspect {
-                    // Refused below the good level twice before getting back to it: the
-                    // capacity did fall. Remember how high it was: another tenant may give
-                    // it back.
-                    self.remember_former(bound, now);
-                    self.episode_lowers = true;
-                    self.recover_to = bound;
-                    self.probe_backoff = 1;
-                } else {
-                    // Refused below the good level: a burst, a rate limit's edge, an
-                    // outage starting, or less capacity. The limit falls now; the next
-                    // recovery towards the good level tells which.
-                    self.suspect = true;
-                }
-            }
-            // Sent before the run began: the same evidence as its first refusal. Calls
-            // sent later, at lower levels, mostly show an outage deepening, which must
-            // not erase what the capacity was (the limit still falls).
-            Some(began) if self.episode_lowers && ticket.started <= began => {
-                self.recover_to = self.recover_to.min(bound);
-            }
-            // The first search's refusals keep coming as the calls sent into the overshoot
-            // return: the lowest is the best reading of where it ended.
-            Some(_) if self.tentative => {
-                self.recover_to = self.recover_to.min(bound);
-            }
-            Some(_) => {}
-        }
-        let cut = bound.min(if self.episode_lowers {
-            self.recover_to
-        } else {
-            usize::MAX
-        });
-        if cut < self.limit {
-            tracing::debug!(
-                t = now.duration_since(self.created).as_secs_f64(),
-                limit = cut,
-                level = ticket.level,
-                recover_to = self.recover_to,
-                suspect = self.suspect,
-                "adaptive concurrency: back-pressure cut"
-            );
-            self.set_limit(semaphore, cut, now);
-        }
-    }
-
-    /// The capacity fell to `to`: keep the good level it fell from (the highest of recent
-    /// falls), if the fall was a large one (a tenant taking slots; not the small steps a
-    /// rate limiter's edge makes, which would only buy overload answers).
-    pub(super) fn remember_former(&mut self, to: usize, now: Instant) {
-        let level = self
-            .recover_to
-            .max(self.former.map_or(0, |(level, _)| level));
-        if level < self.settings.max && to * 5 <= level * 4 {
-            self.former = Some((level, now));
-        }
-    }
-
-    fn failed_probe(&mut self, now: Instant) {
-        self.failed_probes += 1;
-        self.probe_streak = 0;
-        self.probe_backoff = self
-            .probe_backoff
-            .saturating_mul(2)
-            .min(self.settings.max_probe_backoff);
-        self.probe_backoff_changed = now;
-    }
-
-    /// Halves the probe spacing for every [`PROBE_BACKOFF_DECAY`] since it last changed.
-    fn decay_probe_backoff(&mut self, now: Instant) {
-        while self.probe_backoff > 1 && now >= self.probe_backoff_changed + PROBE_BACKOFF_DECAY {
-            self.probe_backoff /= 2;
-            self.probe_backoff_changed += PROBE_BACKOFF_DECAY;
-        }
     }
 }

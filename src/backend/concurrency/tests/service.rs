@@ -364,22 +364,31 @@ async fn an_increase_taken_up_a_moment_late_is_still_judged_within_two_round_tri
     );
 }
 
-/// One call served in 100 ms (the smoothed round trip), then one refused after 10 ms, at
-/// a limit of 1: returns how long after the refusal the permit was free again.
-async fn permit_free_after_a_refusal(in_a_group: bool) -> Duration {
-    let (mut service, mut handle, controller) = fixed(1);
-    if in_a_group {
-        controller.set_group(Some(GroupShare {
-            key: "me".into(),
-            demand: 100,
-            others: vec![Member {
-                key: "idle".into(),
-                demand: 0,
-                held: 0,
-                in_flight: 0,
-            }],
-        }));
+/// This worker ("me", busy) in a group whose limit stays at `limit` unless back-pressure
+/// lowers it, beside `others`.
+fn in_group(limit: usize, others: Vec<Member>) -> Harness {
+    let harness = fixed(limit);
+    harness.2.set_group(Some(GroupShare {
+        key: "me".into(),
+        demand: 100,
+        others,
+        echo: Duration::ZERO,
+    }));
+    harness
+}
+
+fn member(key: &str, demand: usize, held: usize) -> Member {
+    Member {
+        key: key.into(),
+        demand,
+        held,
+        in_flight: held,
     }
+}
+
+/// One call served in 100 ms (the smoothed round trip), then one refused after 10 ms:
+/// how long after the refusal a permit was free again.
+async fn permit_free_after_a_refusal((service, handle, _): &mut Harness) -> Duration {
     for (after, answer) in [(100, Ok(ok())), (10, Err(status(429, None)))] {
         assert!(service.poll_ready().is_ready());
         let call = service.call(request());
@@ -391,7 +400,6 @@ async fn permit_free_after_a_refusal(in_a_group: bool) -> Duration {
         }
         let _ = call.await;
     }
-    assert_eq!(controller.limit(), 1);
     let refused = tokio::time::Instant::now();
     while service.poll_ready().is_pending() {
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -404,11 +412,34 @@ async fn in_a_group_a_refused_calls_permit_comes_back_a_round_trip_after_it_was_
     // Refused after 10 ms of a 100 ms round trip: out for 90 ms more, so a share that meets
     // a backend the others fill sends one call per round trip into it, not one per
     // millisecond.
-    let waited = permit_free_after_a_refusal(true).await;
+    let mut harness = in_group(1, vec![member("idle", 0, 0)]);
+    let waited = permit_free_after_a_refusal(&mut harness).await;
+    assert_eq!(harness.2.limit(), 1);
     assert!(
         (Duration::from_millis(90)..=Duration::from_millis(92)).contains(&waited),
         "{waited:?}"
     );
     // Alone, the refusal's level is counted and the cut is enough: back at once.
-    assert_eq!(permit_free_after_a_refusal(false).await, Duration::ZERO);
+    let mut harness = fixed(1);
+    assert_eq!(
+        permit_free_after_a_refusal(&mut harness).await,
+        Duration::ZERO
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_whose_cut_took_none_of_this_workers_permits_keeps_its_permit_too() {
+    // Of the group's 3, the other member's share is 2 (the unit left over goes to it, first
+    // by key), this worker's 1. This worker's call is refused at the group's level 3 and
+    // the limit falls to 2: the other member's share shrinks, this worker's stays 1, and
+    // its permit would go straight back into the backend the other member fills until it
+    // hears of the cut.
+    let mut harness = in_group(3, vec![member("a", 100, 1)]);
+    assert_eq!(harness.2.permits(), 1);
+    let waited = permit_free_after_a_refusal(&mut harness).await;
+    assert_eq!((harness.2.limit(), harness.2.permits()), (2, 1));
+    assert!(
+        (Duration::from_millis(90)..=Duration::from_millis(92)).contains(&waited),
+        "{waited:?}"
+    );
 }

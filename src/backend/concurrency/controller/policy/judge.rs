@@ -8,12 +8,17 @@ use tokio::time::Instant;
 
 use super::State;
 
-/// Below the level the capacity fell from, a probe is due at least this often.
+/// Below the level the capacity fell from, a probe is due at least this often...
 const FORMER_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// ...and this often in a group, whose members take turns for it (any member's probe
+/// restarts every member's wait). Workers that pace alone cannot take turns: were each to
+/// probe every second, a group whose control topic is down would probe several times a
+/// second, and every probe another worker's refusal reads as capacity lost.
+const FORMER_PROBE_EVERY_IN_GROUP: Duration = Duration::from_secs(1);
 /// In a group, each busy member after the first waits this much longer for that probe.
 const FORMER_TURN: Duration = Duration::from_millis(500);
 /// For this long after the fall, probes below that level climb only as fast as others.
-const FORMER_SETTLES: Duration = Duration::from_secs(3);
+pub(super) const FORMER_SETTLES: Duration = Duration::from_secs(3);
 /// How long that level is remembered.
 const FORMER_KEPT: Duration = Duration::from_secs(120);
 /// Below that level, a probe proves itself, and the next comes, after this fraction of
@@ -223,8 +228,10 @@ impl State {
         self.decay_probe_backoff(now);
         // A level is good once it has carried as many calls as a probe must wait for: a
         // rate limiter's bucket can hide an excess for a window or two.
-        // In a group each member counts its own calls, and any member's change starts every
-        // count again: the group probes no more often than one worker would.
+        // In a group each member counts its own calls for that, and any member's change
+        // starts every count again. When the next probe falls due, each counts the group's
+        // calls (its own, times the limit over its permits): the group probes as often as
+        // one worker would, not once per member's share of the calls.
         // Probes that keep holding come faster and climb further (capacity given back by
         // another tenant is found in a few round trips, not one call at a time).
         let quick = |streak: u32| if self.tentative { 4 } else { 1 } * (1u64 << streak.min(4));
@@ -246,7 +253,20 @@ impl State {
         let quick_due = probe_after_calls.div_ceil(FORMER_QUICK);
         let mut due =
             (probe_after_calls * u64::from(self.probe_backoff)).div_ceil(quick(self.probe_streak));
-        let held = self.calls_since_change >= probe_after_calls.div_ceil(proof);
+        // In a group, the first of those probes (whether capacity came back at all) holds
+        // only once another member's refusal of it would have been heard: the others hear
+        // of the probe a control-topic echo after it, their calls meet the full backend,
+        // and their cut comes back an echo later. Meanwhile this worker's calls, counted
+        // with the others' as reckoned, may all have been answered: taken as held, the
+        // next step went two above the capacity, two overload answers.
+        let srtt = Duration::from_secs_f64(self.srtt.unwrap_or(0.0));
+        let heard = self.group.as_ref().is_none_or(|group| {
+            group.others.is_empty()
+                || !below_former
+                || self.probe_streak > 0
+                || now >= self.changed_at + srtt + 2 * group.echo
+        });
+        let held = heard && self.calls_since_change >= probe_after_calls.div_ceil(proof);
         if self.limit > self.recover_to && held {
             // The probe held: the next one need not wait out earlier failures.
             self.recover_to = self.limit;
@@ -274,7 +294,9 @@ impl State {
         {
             self.former = None;
         }
-        // Below the level the capacity fell from, probing waits at most FORMER_PROBE_EVERY:
+        // Below the level the capacity fell from, probing waits at most FORMER_PROBE_EVERY
+        // (FORMER_PROBE_EVERY_IN_GROUP in a group: utilisation back within 3 s of the
+        // capacity's return takes a probe within about a second of it):
         // a probe that fails costs one overload answer, one that holds finds the capacity
         // given back (and the streak climbs the rest in a few round trips). In a group the
         // busy members take turns by key: the first one's wait runs out first, and its probe
@@ -282,8 +304,13 @@ impl State {
         // member. Such a probe tests whether capacity came back: it steps by one whatever
         // the streak (a return to a level the group had just cut below is no climb).
         let former_level = self.former.map(|(level, _)| level);
+        let former_every = if self.reckons_others() {
+            FORMER_PROBE_EVERY_IN_GROUP
+        } else {
+            FORMER_PROBE_EVERY
+        };
         let due_now = former_level.is_some()
-            && now >= self.changed_at + FORMER_PROBE_EVERY + FORMER_TURN * turn
+            && now >= self.changed_at + former_every + FORMER_TURN * turn
             && self.calls_since_change >= quick_due;
         if self.limit < self.recover_to {
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);
@@ -295,17 +322,33 @@ impl State {
             );
             self.set_limit(semaphore, doubled, now);
         } else if self.limit == self.recover_to
-            && (self.calls_since_change >= due || due_now)
+            && (self.group_calls_since_change >= due as f64 || due_now)
             && self.limit < self.settings.max
         {
             self.probes += 1;
-            let mut step = 1usize << self.probe_streak.min(4);
-            if due_now && self.calls_since_change < due {
-                step = 1;
-            }
-            if let Some(level) = former_level {
-                step = step.min(level - self.limit);
-            }
+            let timed = due_now && self.group_calls_since_change < due as f64;
+            let step = match former_level {
+                // Below the level the capacity fell from, probes step by one: a step of two
+                // against a backend still at the lower capacity cost two overload answers,
+                // one for each member whose share grew. Once two in a row have held, at
+                // least one at a level a probe had failed at since the fall, the capacity
+                // came back, and given-back capacity comes back whole, as a rule: the next
+                // goes back to that level at once (should only part have come back, that
+                // increase is paced, and its first refusals read the rest). Probes that
+                // hold below any failed one may only be climbing back from a cut that went
+                // too low (a group's readings right after a fall are its noisiest).
+                Some(level)
+                    if self.probe_streak >= 2
+                        && !timed
+                        && self
+                            .failed_below_former
+                            .is_some_and(|failed| self.limit >= failed) =>
+                {
+                    level - self.limit
+                }
+                Some(_) => 1,
+                None => 1usize << self.probe_streak.min(4),
+            };
             tracing::debug!(
                 t = now.duration_since(self.created).as_secs_f64(),
                 limit = self.limit + step,

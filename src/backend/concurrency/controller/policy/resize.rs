@@ -44,25 +44,23 @@ impl State {
         (self.to_forget, self.pacing.unreleased())
     }
 
-    /// How long a refused call's permit stays out: when the refusal lowered nothing, until
-    /// a smoothed round trip after the call was sent. A refusal comes back in a millisecond;
-    /// were its permit free at once, a worker whose share meets a backend the other members
-    /// fill (their calls reckoned at their shares, so its refusals read a level above the
-    /// limit and cut nothing) would send hundreds of calls a second into it, every one
-    /// refused, until the retry budget is empty. A refusal that cut the limit needs no
-    /// hold: its permit is one of those the cut takes away, or was freed by it. Nor does
-    /// a worker alone (or a group's only member): its refusals' levels are counted, and
-    /// held permits would only cost a rate limiter's edge more overload answers.
+    /// How long a refused call's permit stays out: unless the refusal took permits from
+    /// this worker (`permits_fell`), until a smoothed round trip after the call was sent. A
+    /// refusal comes back in a millisecond; were its permit free at once, a worker whose
+    /// share meets a backend the other members fill (their calls reckoned at their shares,
+    /// so its refusals read a level above the limit and cut nothing) would send hundreds of
+    /// calls a second into it, every one refused, until the retry budget is empty. So
+    /// would one whose cut came out of another member's share: that member fills the
+    /// backend until it hears of the cut. A refusal that took this worker's permits needs
+    /// no hold: its permit is one of those taken, or was freed by it. Nor does a worker
+    /// alone (or a group's only member): its refusals' levels are counted, and held
+    /// permits would only cost a rate limiter's edge more overload answers.
     pub(in crate::backend::concurrency::controller) fn refusal_hold(
         &self,
         rtt: f64,
-        cut: bool,
+        permits_fell: bool,
     ) -> Duration {
-        let reckoned = self
-            .group
-            .as_ref()
-            .is_some_and(|group| !group.others.is_empty());
-        if cut || !reckoned {
+        if permits_fell || !self.reckons_others() {
             return Duration::ZERO;
         }
         Duration::from_secs_f64((self.srtt.unwrap_or(0.0) - rtt).max(0.0))
@@ -88,6 +86,7 @@ impl State {
         self.limit = new;
         self.version += 1;
         self.calls_since_change = 0;
+        self.group_calls_since_change = 0.0;
         self.changed_at = now;
         self.resize(semaphore, now, true);
     }

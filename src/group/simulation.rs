@@ -142,6 +142,18 @@ impl Inbox {
     }
 }
 
+/// Logs the controllers' decisions, each tagged with its worker, when `SLUICE_SIM_TRACE`
+/// holds a tracing filter (`sluice::backend::concurrency=debug,sluice::group::simulation=info`).
+fn trace_if_asked() {
+    if let Ok(filter) = std::env::var("SLUICE_SIM_TRACE") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 pub(super) async fn run(case: Case) -> Outcome {
     run_recorded(case).await.0
 }
@@ -398,13 +410,7 @@ mod tests {
     /// takes a tracing filter, `SLUICE_SIM_TIMELINE` prints every controller each 50 ms).
     #[tokio::test(start_paused = true)]
     async fn a_group_paces_a_burst_as_one_worker_would() {
-        if let Ok(filter) = std::env::var("SLUICE_SIM_TRACE") {
-            let _ = tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_ansi(false)
-                .with_test_writer()
-                .try_init();
-        }
+        trace_if_asked();
         let cases: Vec<(usize, usize)> = match std::env::var("SLUICE_SIM_CASES") {
             Ok(list) => list
                 .split(',')

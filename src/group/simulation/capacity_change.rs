@@ -2,7 +2,7 @@
 //! 32 slots that falls to 16 ten seconds in and is back at 32 ten seconds later. The
 //! answers are cut into 1 s buckets from each change, as the benchmark cuts its samples.
 
-use super::{run_recorded, Case, Dip, WARM_UP_SECS};
+use super::{run_recorded, trace_if_asked, Case, Dip, WARM_UP_SECS};
 use crate::backend::concurrency::tests::sim_backend::Record;
 
 const SLOTS: usize = 32;
@@ -70,13 +70,7 @@ fn recovery(record: &Record, drop: f64) -> Recovery {
 /// `SLUICE_SIM_PROPAGATION_MS` slows the control topic.
 #[tokio::test(start_paused = true)]
 async fn a_group_follows_the_backend_down_and_back_up() {
-    if let Ok(filter) = std::env::var("SLUICE_SIM_TRACE") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_test_writer()
-            .try_init();
-    }
+    trace_if_asked();
     let seeds: u64 = std::env::var("SLUICE_SIM_SEEDS").map_or(10, |s| s.parse().expect("seeds"));
     // One way through the control topic; on tansu, tens of milliseconds.
     let propagation_ms = std::env::var("SLUICE_SIM_PROPAGATION_MS")

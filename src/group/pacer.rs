@@ -164,6 +164,8 @@ impl<B: Bus> Pacer<B> {
             }
             let now = Instant::now();
             self.apply(&mut view, &mut link, now);
+            // Another member's estimate may have raised the limit.
+            self.controller.keep_pacing();
             self.publish(&mut link, &mut last, now, force, false);
         }
         self.publish(&mut link, &mut last, Instant::now(), true, true);

@@ -2,7 +2,7 @@
 //! one std mutex that is never held across an `.await`. The service and its future only
 //! take and return permits and report each call's classified outcome here.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -30,6 +30,8 @@ pub struct Controller {
     changed: Notify,
     /// Permits of refused calls not given back yet ([`Controller::give_back_after`]).
     held_back: AtomicUsize,
+    /// A task hands out a paced increase on time ([`Controller::keep_pacing`]).
+    pacing_timer: AtomicBool,
 }
 
 /// What a controller believes about the backend, as the members of a group share it.
@@ -115,6 +117,7 @@ impl Controller {
             state: Mutex::new(state),
             changed: Notify::new(),
             held_back: AtomicUsize::new(0),
+            pacing_timer: AtomicBool::new(false),
         }
     }
 
@@ -204,6 +207,37 @@ impl Controller {
             tokio::time::sleep(hold).await;
             drop(permit);
             controller.held_back.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Hands a paced increase to the semaphore on time. Calls starting and finishing hand
+    /// it out as they go, but a burst's first calls all finish together, and then nothing
+    /// happens for a round trip: the increase came out at its end, in one piece, and the
+    /// limit grew by half a step per round trip instead of a whole one. Called after
+    /// anything that may raise the limit; one task at a time.
+    pub fn keep_pacing(self: &Arc<Self>) {
+        if self.lock().next_release(Instant::now()).is_none()
+            || self.pacing_timer.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let controller = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                let wait = {
+                    let mut state = controller.lock();
+                    let now = Instant::now();
+                    state.release_due(&controller.semaphore, now);
+                    state.next_release(now)
+                };
+                match wait {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => break,
+                }
+            }
+            controller.pacing_timer.store(false, Ordering::SeqCst);
+            // An increase that came while this task was ending found it still running.
+            controller.keep_pacing();
         });
     }
 

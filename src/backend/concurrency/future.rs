@@ -58,6 +58,7 @@ where
         if let Some(call) = self.call.take() {
             let hold = call.controller.finish(call.ticket, Some(&result));
             call.controller.give_back_after(call.permit, hold);
+            call.controller.keep_pacing();
         }
         Poll::Ready(result)
     }

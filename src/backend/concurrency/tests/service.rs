@@ -443,3 +443,62 @@ async fn a_refusal_whose_cut_took_none_of_this_workers_permits_keeps_its_permit_
         "{waited:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_a_group_a_doubling_is_handed_out_on_time_while_no_call_finishes() {
+    // The group's 4 doubles to 8 once this worker's 2 calls are answered: its share goes
+    // from 2 to 4, paced over the 100 ms round trip. The calls sent next are all that
+    // happens for a round trip (a burst's first calls finish together): the increase still
+    // comes out on time, one permit at once and the other half a round trip later. Handed
+    // out only as calls start and finish, it never came before the next answers.
+    let (mut service, mut handle, controller) = ranging(4, 64);
+    controller.set_group(Some(GroupShare {
+        key: "me".into(),
+        demand: 100,
+        others: vec![member("a", 100, 2)],
+        echo: Duration::ZERO,
+    }));
+    assert_eq!(controller.permits(), 2);
+    let mut calls = Vec::new();
+    for _ in 0..2 {
+        assert!(service.poll_ready().is_ready());
+        calls.push(service.call(request()));
+    }
+    let mut replies = Vec::new();
+    for _ in 0..2 {
+        let (_, reply) = handle.next_request().await.expect("call reached the mock");
+        replies.push(reply);
+    }
+    tokio::time::advance(Duration::from_millis(100)).await;
+    for reply in replies {
+        reply.send_response(ok());
+    }
+    for call in calls {
+        assert_eq!(call.await, Ok(ok()));
+    }
+    assert_eq!((controller.limit(), controller.permits()), (8, 4));
+
+    let doubled = tokio::time::Instant::now();
+    let mut waits = Vec::new();
+    let mut sent = Vec::new();
+    for permit in 1..=4 {
+        let free = tokio::time::timeout(Duration::from_secs(1), async {
+            while service.poll_ready().is_pending() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await;
+        assert!(
+            free.is_ok(),
+            "permit {permit} of 4 did not come while no call finished"
+        );
+        waits.push(doubled.elapsed());
+        sent.push(service.call(request()));
+    }
+    assert_eq!(controller.in_flight(), 4);
+    assert!(waits[2] <= Duration::from_millis(2), "{waits:?}");
+    assert!(
+        (Duration::from_millis(49)..=Duration::from_millis(52)).contains(&waits[3]),
+        "{waits:?}"
+    );
+}

@@ -112,6 +112,12 @@ pub(super) struct State {
     /// probes above it come eight times as often until one fails (then it is confirmed).
     /// Going back up to a level that high by doubling would risk a second overshoot.
     tentative: bool,
+    /// The level the first search last proved good (the limit a clean window doubled),
+    /// and when its first refusal ended it (this worker's, or another member's as this
+    /// worker heard of it): in a group, no reading of that search's overshoot (a refusal
+    /// of a call sent before then, or up to a round trip after) goes below that level.
+    proven: usize,
+    search_ended: Option<Instant>,
     /// A run of queueing cuts, until the limit holds steady: the queueing measured at the
     /// first and the limit before it, to check that the cuts shorten the queue.
     queue_cuts: Option<(f64, usize)>,
@@ -165,6 +171,8 @@ impl State {
             last_cut: None,
             suspect: false,
             tentative: false,
+            proven: 0,
+            search_ended: None,
             queue_cuts: None,
             noise: (0.0, now),
             srtt: None,
@@ -212,6 +220,10 @@ impl State {
             return false;
         };
         let recover_to = recover_to.clamp(self.settings.min, self.settings.max);
+        if self.recover_to >= self.settings.max && recover_to < self.settings.max {
+            // Another member's refusal ended the first search for the group.
+            self.search_ended = Some(now);
+        }
         if limit == self.limit && recover_to == self.recover_to {
             // A member moved it and back (a failed probe): the group's counts start again,
             // so the group probes no more often than one worker would.

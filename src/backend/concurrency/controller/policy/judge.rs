@@ -313,6 +313,9 @@ impl State {
             && now >= self.changed_at + former_every + FORMER_TURN * turn
             && self.calls_since_change >= quick_due;
         if self.limit < self.recover_to {
+            if self.recover_to >= self.settings.max {
+                self.proven = self.limit;
+            }
             let doubled = self.limit.saturating_mul(2).min(self.recover_to);
             tracing::debug!(
                 t = now.duration_since(self.created).as_secs_f64(),

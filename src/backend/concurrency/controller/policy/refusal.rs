@@ -1,6 +1,8 @@
 //! Reading a refusal (429, 503, a timeout): where the capacity is, whether a probe
 //! failed, and how far the limit falls; and the probe backoff that failures build up.
 
+use std::time::Duration;
+
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -29,7 +31,23 @@ impl State {
             self.hold_until = self.hold_until.max(now + wait);
         }
         self.window.note_back_pressure();
-        let bound = ticket.level.saturating_sub(1).max(self.settings.min);
+        let mut bound = ticket.level.saturating_sub(1).max(self.settings.min);
+        // Calls sent up to a round trip after the search ended still meet the overshoot:
+        // the other members go on pacing their doubling in until they hear of the end.
+        let settling = Duration::from_secs_f64(self.srtt.unwrap_or(0.0));
+        let overshoot = self.recover_to >= self.settings.max
+            || self
+                .search_ended
+                .is_some_and(|ended| ticket.started <= ended + settling);
+        if overshoot && self.reckons_others() {
+            // The first search's overshoot, in a group: the level a refusal reads counts
+            // the others' calls as reckoned, and while the members pace an increase in
+            // it reads low (13 where a moment before 16 had held, in a bench-group run of
+            // 4 workers at 16 slots: the probes took 3 s to climb back). The level the
+            // search last proved is a floor. (Only for calls sent in the overshoot: the
+            // capacity may fall later, and then nothing the search proved holds.)
+            bound = bound.max(self.proven);
+        }
         if self.last_cut.is_some_and(|cut| ticket.started < cut) {
             // Sent under a higher limit than the current one: already acted upon (one
             // cut per round of evidence, as TCP cuts once per window of losses). Except
@@ -65,6 +83,7 @@ impl State {
                     self.episode_lowers = true;
                     self.recover_to = bound;
                     self.tentative = true;
+                    self.search_ended = Some(now);
                 } else if self.suspect {
                     // Refused below the good level twice before getting back to it: the
                     // capacity did fall. Remember how high it was: another tenant may give

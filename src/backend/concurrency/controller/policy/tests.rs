@@ -224,3 +224,37 @@ async fn in_a_group_a_probe_below_the_former_level_holds_once_the_others_could_h
     let at_once = next_step_after(Duration::ZERO);
     assert!(at_once < echoed, "{at_once:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_a_group_the_first_searchs_overshoot_reads_no_lower_than_the_level_it_proved() {
+    for (grouped, expected) in [(false, 12), (true, 16)] {
+        let now = Instant::now();
+        let settings = ConcurrencySettings {
+            initial: 16,
+            ..ConcurrencySettings::default()
+        };
+        let mut state = State::new(settings, now);
+        let semaphore = Semaphore::new(16);
+        if grouped {
+            state.set_group(&semaphore, Some(beside_a_busy_member(8)), now);
+        }
+        // The first search: 16 held for a clean round trip, so the limit doubled.
+        let limits = serve(&mut state, &semaphore, now, 1);
+        assert_eq!(steps(&limits), [32], "grouped: {grouped}");
+        // A call of the overshoot is refused at a level read as 13: alone that is this
+        // worker's own calls, and the capacity. In a group the others' calls are reckoned,
+        // and while everyone paces the doubling in they read low; 16 just held.
+        let mut ticket = sent(&mut state, &semaphore, now + RTT);
+        ticket.level = 13;
+        state.on_back_pressure(&semaphore, ticket, &too_many_requests(), now + RTT);
+        assert_eq!(state.limit(), expected, "grouped: {grouped}");
+        assert_eq!(state.recover_to, expected, "grouped: {grouped}");
+        // A call sent well after the search ended and refused at 11 reads what it says
+        // either way: the capacity may have fallen, and nothing the search proved holds.
+        let later = now + 4 * RTT;
+        let mut ticket = sent(&mut state, &semaphore, later);
+        ticket.level = 11;
+        state.on_back_pressure(&semaphore, ticket, &too_many_requests(), later);
+        assert_eq!(state.limit(), 10, "grouped: {grouped}");
+    }
+}

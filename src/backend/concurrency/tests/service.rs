@@ -130,21 +130,7 @@ async fn clones_share_the_limit_and_start_without_a_permit() {
 #[tokio::test(start_paused = true)]
 async fn back_pressure_sets_the_limit_below_the_level_it_was_sent_at() {
     let (mut service, mut handle, controller) = fixed(4);
-    let mut calls = Vec::new();
-    for _ in 0..4 {
-        assert!(service.poll_ready().is_ready());
-        calls.push(service.call(request()));
-    }
-    let mut replies = Vec::new();
-    for _ in 0..4 {
-        replies.push(
-            handle
-                .next_request()
-                .await
-                .expect("call reached the mock")
-                .1,
-        );
-    }
+    let (mut calls, mut replies) = send(&mut service, &mut handle, 4).await;
     let fourth = calls.pop().expect("four calls");
     replies
         .pop()
@@ -368,13 +354,40 @@ async fn an_increase_taken_up_a_moment_late_is_still_judged_within_two_round_tri
 /// lowers it, beside `others`.
 fn in_group(limit: usize, others: Vec<Member>) -> Harness {
     let harness = fixed(limit);
-    harness.2.set_group(Some(GroupShare {
+    join(&harness.2, others);
+    harness
+}
+
+/// Makes `controller` this worker ("me", busy) in a group beside `others`.
+fn join(controller: &Controller, others: Vec<Member>) {
+    controller.set_group(Some(GroupShare {
         key: "me".into(),
         demand: 100,
         others,
         echo: Duration::ZERO,
     }));
-    harness
+}
+
+type Call = <Svc as tower::Service<ChatRequest>>::Future;
+type Reply = tower_test::mock::SendResponse<ChatResponse>;
+
+/// Sends `n` calls, each with a permit free at once, and takes them at the mock.
+async fn send(
+    service: &mut Spawn<Svc>,
+    handle: &mut Handle<ChatRequest, ChatResponse>,
+    n: usize,
+) -> (Vec<Call>, Vec<Reply>) {
+    let mut calls = Vec::new();
+    for _ in 0..n {
+        assert!(service.poll_ready().is_ready());
+        calls.push(service.call(request()));
+    }
+    let mut replies = Vec::new();
+    for _ in 0..n {
+        let (_, reply) = handle.next_request().await.expect("call reached the mock");
+        replies.push(reply);
+    }
+    (calls, replies)
 }
 
 fn member(key: &str, demand: usize, held: usize) -> Member {
@@ -452,23 +465,9 @@ async fn in_a_group_a_doubling_is_handed_out_on_time_while_no_call_finishes() {
     // comes out on time, one permit at once and the other half a round trip later. Handed
     // out only as calls start and finish, it never came before the next answers.
     let (mut service, mut handle, controller) = ranging(4, 64);
-    controller.set_group(Some(GroupShare {
-        key: "me".into(),
-        demand: 100,
-        others: vec![member("a", 100, 2)],
-        echo: Duration::ZERO,
-    }));
+    join(&controller, vec![member("a", 100, 2)]);
     assert_eq!(controller.permits(), 2);
-    let mut calls = Vec::new();
-    for _ in 0..2 {
-        assert!(service.poll_ready().is_ready());
-        calls.push(service.call(request()));
-    }
-    let mut replies = Vec::new();
-    for _ in 0..2 {
-        let (_, reply) = handle.next_request().await.expect("call reached the mock");
-        replies.push(reply);
-    }
+    let (calls, replies) = send(&mut service, &mut handle, 2).await;
     tokio::time::advance(Duration::from_millis(100)).await;
     for reply in replies {
         reply.send_response(ok());

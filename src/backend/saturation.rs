@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use super::concurrency::Controller;
+use super::concurrency::{Controller, Gauges};
 
 /// `backend.saturation`: which signal paces the backend.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -70,6 +70,18 @@ pub struct Signal {
     pub waiting: f64,
     /// Fraction of the KV cache in use (vLLM), in [0, 1].
     pub kv_cache_usage: Option<f64>,
+}
+
+impl Signal {
+    /// The reading as the concurrency controller takes it.
+    pub fn gauges(self) -> Gauges {
+        Gauges {
+            running: self.running,
+            waiting: self.waiting,
+            kv_cache_usage: self.kv_cache_usage,
+            lag: self.publisher.lag(),
+        }
+    }
 }
 
 /// Reads the gauges of `source` (any known publisher for `Auto`) from Prometheus text.
@@ -186,7 +198,7 @@ impl Poller {
                 }
                 _ => {}
             }
-            self.controller.on_saturation(signal);
+            self.controller.on_saturation(signal.map(Signal::gauges));
             let wait = if found.is_none() && self.source == SaturationSource::Auto {
                 AUTO_RETRY
             } else {

@@ -7,7 +7,7 @@
 //!   version wins ([`crate::backend::concurrency::Estimate`]);
 //! - each member's share of it by demand (calls in flight plus messages buffered): a
 //!   member with nothing to do gives its share back within a publish interval, and a busy
-//!   one takes what was freed at once ([`crate::backend::concurrency::GroupShare`]);
+//!   one takes what was freed at once ([`share::GroupShare`]);
 //! - nothing on the request path waits on the topic: a call waits only for one of the
 //!   controller's permits, which the pacer resizes beside the calls.
 //!
@@ -15,13 +15,20 @@
 //! share it held, logs it once, and rejoins the group's view when the topic is back.
 //!
 //! - [`record`]: the state record (version 1, JSON).
-//! - [`view`]: what one worker knows of its group (pure).
+//! - [`view`]: what one worker knows of its group (pure), and the one rule for reading
+//!   the group's estimate from the records.
+//! - [`share`]: the division of the group's limit among its members by demand (pure).
+//! - [`context`]: what pacing with a group means for the concurrency controller (how a
+//!   refusal's level is reckoned, refusal holds, probe turns, the echo wait), as its
+//!   [`crate::backend::concurrency::Peers`].
 //! - [`pacer`]: the task that publishes, reads and steers the controller.
 //! - [`control_topic`]: the Kafka producer and reader of the control topic.
 
+pub mod context;
 pub mod control_topic;
 pub mod pacer;
 pub mod record;
+pub mod share;
 pub mod view;
 
 pub use pacer::{GroupStatus, Load, Pacer};

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::context::GroupContext;
 use super::record::{StateRecord, VERSION};
 use super::view::{GroupView, Observed};
 use crate::backend::concurrency::{Controller, Estimate};
@@ -212,7 +213,7 @@ impl<B: Bus> Pacer<B> {
         };
         // The share first, so the group's limit never lands on this worker alone.
         self.controller
-            .set_group(Some(view.share((self.load)().demand, link.echo)));
+            .set_peers(Some(context(view, (self.load)().demand, link.echo)));
         self.controller.rejoin(estimate);
         tracing::info!(backend = %self.backend, members = view.size(), limit = estimate.limit,
             "control topic reachable again: pacing with the group");
@@ -225,7 +226,7 @@ impl<B: Bus> Pacer<B> {
             || (!link.echoed && overdue(link.started));
         if link.grouped && lost {
             link.grouped = false;
-            self.controller.set_group(None);
+            self.controller.set_peers(None);
             tracing::warn!(backend = %self.backend,
                 "cannot read this worker's records back from the control topic: pacing on this \
                  worker's own controller until it can");
@@ -236,7 +237,7 @@ impl<B: Bus> Pacer<B> {
                 self.controller.adopt(estimate);
             }
             self.controller
-                .set_group(Some(view.share(load.demand, link.echo)));
+                .set_peers(Some(context(view, load.demand, link.echo)));
         }
         let limit = self.controller.limit();
         let s = &self.status;
@@ -303,6 +304,11 @@ impl<B: Bus> Pacer<B> {
         }
         *last = Some((summary, now));
     }
+}
+
+/// This worker's place in the group, for the controller.
+fn context(view: &GroupView, demand: usize, echo: Duration) -> Box<GroupContext> {
+    Box::new(GroupContext::new(view.share(demand, echo)))
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::record::StateRecord;
-use crate::backend::concurrency::{Estimate, GroupShare, Member};
+use super::share::{GroupShare, Member};
+use crate::backend::concurrency::Estimate;
 
 /// A member not heard from for this long has left (or died): its share is free.
 pub const MEMBER_TTL: Duration = Duration::from_secs(2);

@@ -1,13 +1,15 @@
 //! [`ResponseFuture`]: times one call, reports its classified outcome to the controller
-//! and gives its permit back when it completes (a refused call's, in a group, up to a
-//! round trip later), or when it is dropped unfinished (then nothing is learned from it).
+//! and gives its permit back when it completes (a refused call's maybe later, as the
+//! peers' rules say: `Peers::refusal_hold`), or when it is dropped unfinished (then
+//! nothing is learned from it).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use super::controller::{CallTicket, Permit};
+use super::controller::Permit;
+use super::ticket::CallTicket;
 use super::Controller;
 use crate::backend::{BackendError, ChatResponse};
 

@@ -4,9 +4,16 @@
 //! - `layer`: [`AdaptiveConcurrencyLayer`], configuration and the shared controller.
 //! - `service`: [`AdaptiveConcurrency`], reserves a permit in `poll_ready`, spends it in `call`.
 //! - `future`: [`ResponseFuture`], times the call and reports its classified outcome.
-//! - `controller`: the shared handle and its permits; `controller/policy` holds all policy
-//!   behind a std mutex (`judge`: windows of evidence, `resize`: moving the limit).
-//! - `baseline`: the no-load round-trip time as a function of tokens, to normalise latency.
+//! - `controller`: the shared handle; `state`: what it holds under one lock, and the path
+//!   every event takes through it:
+//!   - `evidence`: what the calls and the backend's gauges say (round trip, windows, the
+//!     no-load baseline, learned noise), ending in a verdict per window;
+//!   - `policy`: what the evidence proves and where the limit goes, phase by phase
+//!     (`Search`, `Settle`, `Steady`, `Regain`); pure, tested without a semaphore;
+//!   - `permits`: the semaphore that enforces the limit (paced increases, forgetting);
+//!   - `peers`: what sharing the backend with other workers changes ([`Peers`]; group
+//!     pacing implements it, a worker alone uses its provided answers);
+//!   - `stats`: counters for metrics.
 //!
 //! The policy. A back-pressure answer (429, 503, timeout) to a call sent as the k-th in
 //! flight proves the backend holds fewer than k of ours, so the limit drops to k - 1, not
@@ -22,25 +29,34 @@
 //! A Retry-After window blocks every increase. Other failures say nothing about load and
 //! leave the limit alone; a call the circuit breaker refused was never sent and is ignored.
 
-mod baseline;
 mod controller;
+mod evidence;
 mod future;
 mod layer;
+mod peers;
+mod permits;
+mod policy;
 mod service;
-pub mod share;
+mod state;
+mod stats;
+mod ticket;
 
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use controller::Controller;
+pub use evidence::Gauges;
+pub use future::ResponseFuture;
+pub use layer::AdaptiveConcurrencyLayer;
+pub use peers::{Peers, REGAIN_PROBE_EVERY};
+pub use policy::Estimate;
+pub use service::AdaptiveConcurrency;
+pub use stats::{BackPressureCounts, ControllerStats};
+pub use ticket::CallTicket;
+
 use serde::Deserialize;
 
 use crate::config::ConfigError;
-
-pub use controller::{BackPressureCounts, Controller, ControllerStats, Estimate};
-pub use future::ResponseFuture;
-pub use layer::AdaptiveConcurrencyLayer;
-pub use service::AdaptiveConcurrency;
-pub use share::{GroupShare, Member};
 
 /// `[backend.concurrency]`: the adaptive concurrency limit of one worker.
 ///

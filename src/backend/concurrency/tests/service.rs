@@ -1,5 +1,6 @@
 //! The service and its future alone, against `tower_test`'s mock: permits are reserved,
-//! spent and returned exactly once, whatever happens to the call.
+//! spent and returned exactly once, whatever happens to the call. The harness is shared
+//! with the tests of group pacing's rules (`crate::group::context`).
 
 use std::sync::Arc;
 use std::task::Poll;
@@ -8,15 +9,13 @@ use std::time::Duration;
 use tower::ServiceExt;
 use tower_test::mock::{self, Handle, Mock, Spawn};
 
-use crate::backend::concurrency::{
-    AdaptiveConcurrency, ConcurrencySettings, Controller, GroupShare, Member,
-};
+use crate::backend::concurrency::{AdaptiveConcurrency, ConcurrencySettings, Controller};
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 
 /// What `tower_test`'s mock fails with.
 type MockError = Box<dyn std::error::Error + Send + Sync>;
 type Inner = tower::util::MapErr<Mock<ChatRequest, ChatResponse>, fn(MockError) -> BackendError>;
-type Svc = AdaptiveConcurrency<Inner>;
+pub(crate) type Svc = AdaptiveConcurrency<Inner>;
 
 fn unbox(error: MockError) -> BackendError {
     *error
@@ -24,7 +23,7 @@ fn unbox(error: MockError) -> BackendError {
         .expect("these tests only send BackendError")
 }
 
-type Harness = (
+pub(crate) type Harness = (
     Spawn<Svc>,
     Handle<ChatRequest, ChatResponse>,
     Arc<Controller>,
@@ -42,7 +41,7 @@ fn with_settings(settings: ConcurrencySettings) -> Harness {
 }
 
 /// Starts at `initial`, free to move within `[1, max]`.
-fn ranging(initial: usize, max: usize) -> Harness {
+pub(crate) fn ranging(initial: usize, max: usize) -> Harness {
     with_settings(ConcurrencySettings {
         initial,
         max,
@@ -51,22 +50,22 @@ fn ranging(initial: usize, max: usize) -> Harness {
 }
 
 /// A limit that stays at `limit` unless back-pressure lowers it.
-fn fixed(limit: usize) -> Harness {
+pub(crate) fn fixed(limit: usize) -> Harness {
     ranging(limit, limit)
 }
 
-fn request() -> ChatRequest {
+pub(crate) fn request() -> ChatRequest {
     ChatRequest::new(serde_json::Map::new(), None)
 }
 
-fn ok() -> ChatResponse {
+pub(crate) fn ok() -> ChatResponse {
     ChatResponse {
         body: serde_json::json!({}),
         usage: None,
     }
 }
 
-fn status(status: u16, retry_after: Option<Duration>) -> BackendError {
+pub(crate) fn status(status: u16, retry_after: Option<Duration>) -> BackendError {
     BackendError::Status {
         status,
         message: String::new(),
@@ -350,29 +349,11 @@ async fn an_increase_taken_up_a_moment_late_is_still_judged_within_two_round_tri
     );
 }
 
-/// This worker ("me", busy) in a group whose limit stays at `limit` unless back-pressure
-/// lowers it, beside `others`.
-fn in_group(limit: usize, others: Vec<Member>) -> Harness {
-    let harness = fixed(limit);
-    join(&harness.2, others);
-    harness
-}
-
-/// Makes `controller` this worker ("me", busy) in a group beside `others`.
-fn join(controller: &Controller, others: Vec<Member>) {
-    controller.set_group(Some(GroupShare {
-        key: "me".into(),
-        demand: 100,
-        others,
-        echo: Duration::ZERO,
-    }));
-}
-
-type Call = <Svc as tower::Service<ChatRequest>>::Future;
-type Reply = tower_test::mock::SendResponse<ChatResponse>;
+pub(crate) type Call = <Svc as tower::Service<ChatRequest>>::Future;
+pub(crate) type Reply = tower_test::mock::SendResponse<ChatResponse>;
 
 /// Sends `n` calls, each with a permit free at once, and takes them at the mock.
-async fn send(
+pub(crate) async fn send(
     service: &mut Spawn<Svc>,
     handle: &mut Handle<ChatRequest, ChatResponse>,
     n: usize,
@@ -388,116 +369,4 @@ async fn send(
         replies.push(reply);
     }
     (calls, replies)
-}
-
-fn member(key: &str, demand: usize, held: usize) -> Member {
-    Member {
-        key: key.into(),
-        demand,
-        held,
-        in_flight: held,
-    }
-}
-
-/// One call served in 100 ms (the smoothed round trip), then one refused after 10 ms:
-/// how long after the refusal a permit was free again.
-async fn permit_free_after_a_refusal((service, handle, _): &mut Harness) -> Duration {
-    for (after, answer) in [(100, Ok(ok())), (10, Err(status(429, None)))] {
-        assert!(service.poll_ready().is_ready());
-        let call = service.call(request());
-        let (_, reply) = handle.next_request().await.expect("call reached the mock");
-        tokio::time::advance(Duration::from_millis(after)).await;
-        match answer {
-            Ok(response) => reply.send_response(response),
-            Err(error) => reply.send_error(error),
-        }
-        let _ = call.await;
-    }
-    let refused = tokio::time::Instant::now();
-    while service.poll_ready().is_pending() {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    refused.elapsed()
-}
-
-#[tokio::test(start_paused = true)]
-async fn in_a_group_a_refused_calls_permit_comes_back_a_round_trip_after_it_was_sent() {
-    // Refused after 10 ms of a 100 ms round trip: out for 90 ms more, so a share that meets
-    // a backend the others fill sends one call per round trip into it, not one per
-    // millisecond.
-    let mut harness = in_group(1, vec![member("idle", 0, 0)]);
-    let waited = permit_free_after_a_refusal(&mut harness).await;
-    assert_eq!(harness.2.limit(), 1);
-    assert!(
-        (Duration::from_millis(90)..=Duration::from_millis(92)).contains(&waited),
-        "{waited:?}"
-    );
-    // Alone, the refusal's level is counted and the cut is enough: back at once.
-    let mut harness = fixed(1);
-    assert_eq!(
-        permit_free_after_a_refusal(&mut harness).await,
-        Duration::ZERO
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_refusal_whose_cut_took_none_of_this_workers_permits_keeps_its_permit_too() {
-    // Of the group's 3, the other member's share is 2 (the unit left over goes to it, first
-    // by key), this worker's 1. This worker's call is refused at the group's level 3 and
-    // the limit falls to 2: the other member's share shrinks, this worker's stays 1, and
-    // its permit would go straight back into the backend the other member fills until it
-    // hears of the cut.
-    let mut harness = in_group(3, vec![member("a", 100, 1)]);
-    assert_eq!(harness.2.permits(), 1);
-    let waited = permit_free_after_a_refusal(&mut harness).await;
-    assert_eq!((harness.2.limit(), harness.2.permits()), (2, 1));
-    assert!(
-        (Duration::from_millis(90)..=Duration::from_millis(92)).contains(&waited),
-        "{waited:?}"
-    );
-}
-
-#[tokio::test(start_paused = true)]
-async fn in_a_group_a_doubling_is_handed_out_on_time_while_no_call_finishes() {
-    // The group's 4 doubles to 8 once this worker's 2 calls are answered: its share goes
-    // from 2 to 4, paced over the 100 ms round trip. The calls sent next are all that
-    // happens for a round trip (a burst's first calls finish together): the increase still
-    // comes out on time, one permit at once and the other half a round trip later. Handed
-    // out only as calls start and finish, it never came before the next answers.
-    let (mut service, mut handle, controller) = ranging(4, 64);
-    join(&controller, vec![member("a", 100, 2)]);
-    assert_eq!(controller.permits(), 2);
-    let (calls, replies) = send(&mut service, &mut handle, 2).await;
-    tokio::time::advance(Duration::from_millis(100)).await;
-    for reply in replies {
-        reply.send_response(ok());
-    }
-    for call in calls {
-        assert_eq!(call.await, Ok(ok()));
-    }
-    assert_eq!((controller.limit(), controller.permits()), (8, 4));
-
-    let doubled = tokio::time::Instant::now();
-    let mut waits = Vec::new();
-    let mut sent = Vec::new();
-    for permit in 1..=4 {
-        let free = tokio::time::timeout(Duration::from_secs(1), async {
-            while service.poll_ready().is_pending() {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await;
-        assert!(
-            free.is_ok(),
-            "permit {permit} of 4 did not come while no call finished"
-        );
-        waits.push(doubled.elapsed());
-        sent.push(service.call(request()));
-    }
-    assert_eq!(controller.in_flight(), 4);
-    assert!(waits[2] <= Duration::from_millis(2), "{waits:?}");
-    assert!(
-        (Duration::from_millis(49)..=Duration::from_millis(52)).contains(&waits[3]),
-        "{waits:?}"
-    );
 }

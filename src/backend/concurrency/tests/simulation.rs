@@ -181,7 +181,7 @@ where
         let (backend, controller) = (backend.clone(), Arc::clone(&controller));
         tokio::spawn(async move {
             loop {
-                controller.on_saturation(Some(backend.signal()));
+                controller.on_saturation(Some(backend.signal().gauges()));
                 tokio::time::sleep(Duration::from_millis(every)).await;
             }
         });

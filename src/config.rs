@@ -5,31 +5,12 @@
 //! fails loudly instead of being ignored. Key names are part of sluice's interface
 //! (see docs/configuration.md) and do not change.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
-
 use serde::Deserialize;
 
 /// Environment variable prefix; `SLUICE__KAFKA__GROUP_ID` sets `kafka.group_id`.
 pub const ENV_PREFIX: &str = "SLUICE";
 /// Separator between prefix, section and key in environment variable names.
 pub const ENV_SEPARATOR: &str = "__";
-
-/// Configuration failures, each naming the key or file at fault.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] config::ConfigError),
-    #[error("configuration file {}: {source}", path.display())]
-    File {
-        path: std::path::PathBuf,
-        source: config::ConfigError,
-    },
-    #[error("configuration from the environment (SLUICE__*): {0}")]
-    Env(config::ConfigError),
-    #[error("configuration key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
-}
 
 /// The whole configuration of every role. Each role reads the sections it needs.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -40,190 +21,6 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub backend: BackendConfig,
     pub telemetry: TelemetryConfig,
-}
-
-/// `[kafka]`: brokers, topics and pass-through librdkafka properties.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Comma-separated `host:port` list. Default `127.0.0.1:9092`.
-    pub bootstrap_servers: String,
-    /// Request topic; priority lanes add `.<lane>`. Default `sluice.requests`.
-    pub request_topic: String,
-    /// Reply topic for final replies and streamed chunks. Default `sluice.replies`.
-    pub reply_topic: String,
-    /// Dead-letter topic for messages that cannot be processed. Default `sluice.dlq`.
-    pub dlq_topic: String,
-    /// Consumer group of the workers. Default `sluice-workers`.
-    pub group_id: String,
-    /// Compacted topic where the workers share what they know of each backend (group
-    /// pacing). Created (compacted, 1 h retention) when missing and the cluster allows.
-    /// Default `sluice.control`.
-    pub control_topic: String,
-    /// Priority lanes, highest first. A request with `lane = "x"` goes to
-    /// `<request_topic>.x`; a lane not listed here is rejected. The name `default` stands
-    /// for the plain request topic (requests without a lane) and places it in the order;
-    /// when it is not listed the plain topic ranks last. Default: none.
-    pub lanes: Vec<String>,
-    /// Arbitrary librdkafka properties applied to every client (SASL, SSL, ...).
-    /// In environment variables `_` stands for `.`:
-    /// `SLUICE__KAFKA__CLIENT__SECURITY_PROTOCOL=SASL_SSL` sets `security.protocol`.
-    pub client: BTreeMap<String, String>,
-}
-
-/// `[worker]`: the consumer-group member that calls the backend.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct WorkerConfig {
-    /// Listen address for /metrics, /healthz and /readyz. Default `0.0.0.0:9090`.
-    pub admin_listen: SocketAddr,
-    /// Hard cap on concurrent backend calls (and so on messages held) per worker. Default 256.
-    pub max_in_flight: usize,
-    /// On SIGTERM, how long in-flight calls may take to finish before the worker
-    /// leaves without committing them (they are re-delivered). Default 30 s.
-    pub shutdown_grace_ms: u64,
-    /// Identity written to dead letters and logs. Default `<hostname>-<pid>`.
-    pub worker_id: Option<String>,
-    /// Messages buffered per lane between Kafka and the backend; a full lane's partitions
-    /// are paused, so memory stays bounded whatever the lag. Default 64.
-    pub lane_buffer: usize,
-    /// Minimum share of dispatches each lower lane keeps while higher lanes have work,
-    /// in [0, 1]. Default 0.1.
-    pub lane_min_share: f64,
-    /// Write final replies and commit the consumed offsets in one Kafka transaction, so a
-    /// `read_committed` reader sees each final reply once even when a worker dies
-    /// mid-flight. Needs real Kafka; see docs/delivery.md. Default false.
-    pub exactly_once: bool,
-    /// Exactly-once only: how long replies gather before their transaction commits.
-    /// Default 100 ms.
-    pub transaction_linger_ms: u64,
-    /// Pace the backend together with the other workers of the group through
-    /// `kafka.control_topic` (one capacity estimate, shares by demand). Off: each worker
-    /// finds its own limit. Default true.
-    pub group_pacing: bool,
-    /// Streamed answers: how long tokens gather into one chunk record on the reply topic
-    /// after the first (which goes at once). Default 30 ms.
-    pub stream_linger_ms: u64,
-    /// Within a lane, tenants take turns over what is buffered, by these weights (a
-    /// tenant not listed weighs 1). Default: none listed.
-    pub tenant_weights: BTreeMap<String, u32>,
-}
-
-/// `[backend]`: the OpenAI-compatible LLM server.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackendConfig {
-    /// Base URL; `/v1/chat/completions` is appended. Default `http://127.0.0.1:8000`.
-    pub url: String,
-    /// Bearer token sent to the backend. Never logged. Default unset.
-    pub api_key: Option<String>,
-    /// Per-attempt timeout. Default 120,000 ms.
-    pub timeout_ms: u64,
-    /// Value of `gen_ai.provider.name` on client spans. Default `openai`.
-    pub provider: String,
-    /// Most backend calls per request (first try included) before it ends `error`.
-    /// Default 6.
-    pub max_attempts: u32,
-    /// First retry backoff; each retry doubles it (full jitter). Default 200 ms.
-    pub retry_initial_backoff_ms: u64,
-    /// Largest backoff between two attempts, and cap on a backend's Retry-After. Default 30,000 ms.
-    pub retry_max_backoff_ms: u64,
-    /// Retry budget: retries may add at most this fraction of the calls made over the
-    /// last ten seconds (so a degraded backend is not stormed). Default 0.2.
-    pub retry_budget_ratio: f32,
-    /// Retry budget floor: this many retries per second are always allowed. Default 10.
-    pub retry_budget_min_per_second: u32,
-    /// Which signal paces the backend: `auto` (the backend's own gauges when
-    /// `metrics_url` publishes vLLM's or llama.cpp's, else latency), `latency`, `vllm` or
-    /// `llamacpp`. Default `auto`.
-    pub saturation: crate::backend::saturation::SaturationSource,
-    /// Where the backend publishes its Prometheus gauges. Default `{backend.url}/metrics`.
-    pub metrics_url: Option<String>,
-    /// How often those gauges are read. At least 100 ms. Default 500 ms.
-    pub metrics_interval_ms: u64,
-    /// `[backend.concurrency]`: the adaptive concurrency limit.
-    pub concurrency: crate::backend::concurrency::ConcurrencySettings,
-    /// `[backend.rate]`: group-wide request and token rates.
-    pub rate: crate::backend::rate::RateSettings,
-    /// `[backend.breaker]`: the circuit breaker.
-    pub breaker: crate::backend::breaker::BreakerSettings,
-}
-
-/// `[telemetry]`: traces and logs.
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP base URL (`/v1/traces` is appended). Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`
-    /// is honoured; neither set means no exporter.
-    pub otlp_endpoint: Option<String>,
-    /// `service.name` resource. Default: the role name (`sluice-ingress`, ...).
-    pub service_name: Option<String>,
-    /// Log format: `text` or `json`. Default `text`.
-    pub log_format: LogFormat,
-}
-
-/// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        Self {
-            bootstrap_servers: "127.0.0.1:9092".into(),
-            request_topic: "sluice.requests".into(),
-            reply_topic: "sluice.replies".into(),
-            dlq_topic: "sluice.dlq".into(),
-            group_id: "sluice-workers".into(),
-            control_topic: "sluice.control".into(),
-            lanes: Vec::new(),
-            client: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for WorkerConfig {
-    fn default() -> Self {
-        Self {
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            max_in_flight: 256,
-            shutdown_grace_ms: 30_000,
-            worker_id: None,
-            lane_buffer: 64,
-            lane_min_share: 0.1,
-            exactly_once: false,
-            transaction_linger_ms: 100,
-            group_pacing: true,
-            stream_linger_ms: 30,
-            tenant_weights: BTreeMap::new(),
-        }
-    }
-}
-
-impl Default for BackendConfig {
-    fn default() -> Self {
-        Self {
-            url: "http://127.0.0.1:8000".into(),
-            api_key: None,
-            timeout_ms: 120_000,
-            provider: "openai".into(),
-            max_attempts: 6,
-            retry_initial_backoff_ms: 200,
-            retry_max_backoff_ms: 30_000,
-            retry_budget_ratio: 0.2,
-            retry_budget_min_per_second: 10,
-            saturation: Default::default(),
-            metrics_url: None,
-            metrics_interval_ms: 500,
-            concurrency: Default::default(),
-            rate: Default::default(),
-            breaker: Default::default(),
-        }
-    }
 }
 
 impl Config {
@@ -435,6 +232,7 @@ pub fn is_valid_lane(lane: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+pub mod error;
 pub mod help;
 mod ingress;
 mod keys;
@@ -443,6 +241,11 @@ pub mod tenants;
 #[cfg(test)]
 mod tests;
 
+pub use crate::backend::settings::BackendConfig;
+pub use crate::kafka::settings::KafkaConfig;
+pub use crate::telemetry::settings::{LogFormat, TelemetryConfig};
+pub use crate::worker::settings::WorkerConfig;
+pub use error::ConfigError;
 pub use ingress::IngressConfig;
 pub use keys::{env_names, unknown_env_warnings};
 pub use tenants::TenantConfig;

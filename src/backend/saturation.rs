@@ -13,27 +13,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 use super::concurrency::{Controller, Gauges};
-
-/// `backend.saturation`: which signal paces the backend.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SaturationSource {
-    /// The server's gauges when `metrics_url` has vLLM's or llama.cpp's, else latency.
-    #[default]
-    Auto,
-    /// Latency and back-pressure answers only.
-    Latency,
-    /// vLLM: `vllm:num_requests_running`, `vllm:num_requests_waiting`,
-    /// `vllm:kv_cache_usage_perc`.
-    Vllm,
-    /// llama.cpp server (`--metrics`): `llamacpp:requests_processing`,
-    /// `llamacpp:requests_deferred`.
-    Llamacpp,
-}
+pub use super::settings::SaturationSource;
 
 /// Which server's gauges a scrape held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,12 +8,11 @@ pub mod log;
 pub mod offsets;
 pub mod producer;
 pub mod reply_record;
-
-use std::collections::BTreeMap;
+pub mod settings;
 
 use rdkafka::ClientConfig;
 
-use crate::config::KafkaConfig;
+pub use settings::{check_client_properties, KafkaConfig};
 
 /// Which kind of client a configuration is for: pass-through properties that only
 /// the other kind understands are left out (librdkafka warns about them otherwise).
@@ -101,22 +100,6 @@ pub fn client_config(
         config.set(*key, *value);
     }
     config
-}
-
-/// Checks `kafka.client` with librdkafka itself: an unknown property or a bad value is
-/// named with librdkafka's reason.
-pub fn check_client_properties(client: &BTreeMap<String, String>) -> Result<(), String> {
-    let mut config = ClientConfig::new();
-    for (key, value) in client {
-        config.set(key, value);
-    }
-    match config.create_native_config() {
-        Ok(_) => Ok(()),
-        Err(rdkafka::error::KafkaError::ClientConfig(_, description, key, value)) => Err(format!(
-            "librdkafka refuses {key} = {value:?}: {description}"
-        )),
-        Err(e) => Err(e.to_string()),
-    }
 }
 
 /// A consumer configuration for readers that assign partitions themselves and never

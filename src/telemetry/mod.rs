@@ -7,6 +7,7 @@
 
 pub mod propagation;
 pub mod semconv;
+pub mod settings;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -15,7 +16,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{LogFormat, TelemetryConfig};
+pub use settings::{LogFormat, TelemetryConfig};
 
 /// Standard OpenTelemetry variable honoured when `telemetry.otlp_endpoint` is unset.
 pub const OTEL_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";

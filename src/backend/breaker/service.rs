@@ -13,7 +13,7 @@ use tokio::sync::futures::OwnedNotified;
 use tokio::time::{Instant, Sleep};
 use tower::Service;
 
-use super::layer::Shared;
+use super::shared::Shared;
 use super::state::{verdict, Admitted, Verdict, Wait};
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 

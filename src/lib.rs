@@ -23,10 +23,11 @@
 //!   reads a streamed answer and assembles it.
 //! - [`group`]: group pacing: the workers share one view of each backend through the
 //!   control topic.
-//! - [`ingress`]: the HTTP API (`sluice ingress`): the OpenAI front door (`chat`, SSE
-//!   relay in `stream`, waiters woken by the reply reader), enqueue and batch, results
-//!   (reply cache), tenants and their limits, admission, the status page, `/openapi.json`
-//!   generated from `api`.
+//! - [`ingress`]: the HTTP API (`sluice ingress`): the router (`routes`), one accept path
+//!   (`enqueue`) behind every route that takes a request, the OpenAI front door (`chat`,
+//!   SSE relay in `stream`, waiters woken by the reply reader), `requests` and `batch`,
+//!   results (reply cache), tenants and their limits, admission, the status page,
+//!   `/openapi.json` generated from `api`.
 //! - [`worker`]: the pull loop (`sluice worker`): intake -> scheduler (lanes, tenants in
 //!   turn, ordering keys) -> process (decide the output; `chunks` relays a stream) ->
 //!   outbox (write it, make the offset committable).

@@ -398,6 +398,34 @@ async fn readyz_reflects_readiness_and_healthz_is_live() {
     );
 }
 
+/// Both accept paths (`POST /v1/requests` and the OpenAI front door) count what they put
+/// in the result cache.
+#[tokio::test]
+async fn every_route_that_accepts_counts_its_cache_entry() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("req", 1).unwrap();
+    let app = app_for(config_for(broker.bootstrap_servers()));
+    let body = format!(r#"{{"id":"cached-1","body":{CHAT}}}"#);
+    let (status, _, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+    // No worker answers: the call is accepted, then its wait runs out.
+    let request = Request::builder()
+        .method("POST")
+        .uri("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .header("x-sluice-timeout-ms", "1000")
+        .body(Body::from(CHAT))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    let (_, _, text) = call(&app, "GET", "/metrics", Body::empty()).await;
+    let text = text.as_str().unwrap();
+    assert!(
+        text.lines().any(|l| l == "sluice_ingress_cached_results 2"),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn a_mixed_batch_answers_each_item_and_stores_only_the_good_ones() {
     let broker = EmbeddedBroker::start(1).unwrap();

@@ -16,9 +16,10 @@ use axum::Json;
 use serde_json::Value;
 
 use super::api::{Accepted, BatchRequest, BatchResponse, BatchResult, ErrorBody};
+use super::enqueue::{self, Then};
 use super::error::AppError;
 use super::metrics::StatusLabel;
-use super::routes::{self, IngressState};
+use super::state::IngressState;
 use super::submit::{self, SubmitBody};
 use crate::config::Config;
 use crate::envelope::Request;
@@ -40,16 +41,16 @@ pub async fn submit(
 ) -> Response {
     let answer = async {
         let tenant = state.tenants.identify(&headers)?;
-        let bytes = routes::json_body(&state.config, &headers, body)?;
+        let bytes = submit::json_body(&state.config, &headers, body)?;
         let items = parse(&bytes, &state.config, tenant.as_ref().map(|t| &*t.name))?;
         let accepted = items.into_iter().enumerate().map(|(index, item)| {
             let (state, tenant) = (&state, tenant.as_deref());
             async move {
                 let id = item.as_ref().ok().map(|r| r.id.clone());
                 let outcome = match item {
-                    Ok(request) => routes::accept(state, tenant, &request)
+                    Ok(request) => enqueue::accept(state, tenant, &request, Then::Poll)
                         .await
-                        .map(|(b, _)| b),
+                        .map(|enqueued| enqueued.body),
                     Err(e) => Err(e),
                 };
                 let status = outcome

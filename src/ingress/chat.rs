@@ -11,18 +11,18 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::api::{ChatCompletionRequest, ErrorBody};
-use super::cache::Entry;
+use super::enqueue::{self, Then};
 use super::error::AppError;
 use super::metrics::CompletionLabel;
-use super::routes::{self, IngressState};
+use super::openai::{openai_error, reply_response};
+use super::state::IngressState;
 use super::submit::{self, SubmitBody};
 use super::waiters::{ReplyEvent, Waiter};
-use crate::envelope::{self, Reply, ReplyError, Status};
+use crate::envelope;
 use crate::telemetry::semconv;
 
 /// Per-request wait, in milliseconds (overrides `ingress.sync_timeout_ms`).
@@ -97,7 +97,7 @@ async fn answer(
         Ok(tenant) => tenant,
         Err(e) => return (None, false, Err(e)),
     };
-    let parsed = routes::json_body(config, headers, body).and_then(|bytes| {
+    let parsed = submit::json_body(config, headers, body).and_then(|bytes| {
         let options = CallOptions::from_headers(headers, config.ingress.sync_timeout_ms)?;
         parse(
             &bytes,
@@ -113,28 +113,13 @@ async fn answer(
     let id = request.id.clone();
     let streamed = request.body.get("stream") == Some(&Value::Bool(true));
     tracing::Span::current().record("request_id", id.as_str());
-    let payload =
-        serde_json::to_vec(&request).expect("a Request always serializes: string keys, no NaN");
-
-    let topic = config.request_topic_for(request.lane.as_deref());
-    if let Err(e) = state.admission.check(&topic, request.deadline_ms) {
-        return (Some(id), streamed, Err(e));
-    }
-    let quota = match routes::admit(state, tenant.as_deref(), &request) {
-        Ok(quota) => quota,
+    let enqueued = match enqueue::accept(state, tenant.as_deref(), &request, Then::Wait).await {
+        Ok(enqueued) => enqueued,
         Err(e) => return (Some(id), streamed, Err(e)),
     };
-    // Registered before the write, so that not even an instant reply is missed.
-    let waiter = state.waiters.register(&id);
-    if let Err(e) = routes::write_request(state, &request, &payload).await {
-        routes::release(tenant.as_deref(), &id);
-        return (Some(id), streamed, Err(e));
-    }
-    let tenant_name = tenant.map(|t| t.name.clone());
-    let fingerprint = submit::fingerprint(&payload);
-    state
-        .cache
-        .mark_accepted(&id, Entry::Queued, fingerprint, tenant_name);
+    let waiter = enqueued
+        .waiter
+        .expect("enqueue::accept registers a waiter for Then::Wait");
     let wait_until = Instant::now() + wait;
     let mut response = if streamed {
         let keepalive = Duration::from_millis(config.ingress.stream_keepalive_ms);
@@ -143,7 +128,7 @@ async fn answer(
     } else {
         wait_for_final(waiter, wait_until, wait).await
     };
-    quota.apply(response.headers_mut());
+    enqueued.quota.apply(response.headers_mut());
     (Some(id), streamed, Ok(response))
 }
 
@@ -254,104 +239,10 @@ fn not_answered(id: &str, wait: Duration) -> Response {
     )
 }
 
-/// A final reply as the backend would have answered it: the completion, or the error
-/// with the backend's status (502 or 504 when there was none).
-pub fn reply_response(reply: &Reply) -> Response {
-    match (reply.status, &reply.body, &reply.error) {
-        (Status::Ok, Some(body), _) => (StatusCode::OK, Json(body.clone())).into_response(),
-        (status, _, error) => {
-            let fallback = ReplyError {
-                kind: "invalid_response".into(),
-                message: "the reply carried no completion".into(),
-                status: None,
-            };
-            let error = error.as_ref().unwrap_or(&fallback);
-            let http = match (status, error.status) {
-                (Status::Rejected, _) => StatusCode::BAD_REQUEST,
-                (Status::Expired, _) => StatusCode::GATEWAY_TIMEOUT,
-                (_, Some(code)) => StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
-                _ if error.kind == "timeout" => StatusCode::GATEWAY_TIMEOUT,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            openai_error(http, &error.message, openai_type(http), &error.kind)
-        }
-    }
-}
-
-/// OpenAI's `error.type` for a status.
-pub fn openai_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 | 404 | 409 | 413 | 415 | 422 => "invalid_request_error",
-        401 | 403 => "authentication_error",
-        429 => "rate_limit_error",
-        504 => "timeout",
-        _ => "api_error",
-    }
-}
-
-/// `{"error": {"message", "type", "param", "code"}}` with `status`.
-pub fn openai_error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
-    (
-        status,
-        Json(ErrorBody::new(kind, message.to_string(), code)),
-    )
-        .into_response()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::Timing;
     use serde_json::json;
-
-    fn reply(status: Status, body: Option<Value>, error: Option<ReplyError>) -> Reply {
-        Reply {
-            tenant: None,
-            v: 1,
-            id: "r".into(),
-            status,
-            attempts: 1,
-            body,
-            error,
-            usage: None,
-            timing: Timing::default(),
-            metadata: None,
-        }
-    }
-
-    fn error(kind: &str, status: Option<u16>) -> Option<ReplyError> {
-        Some(ReplyError {
-            kind: kind.into(),
-            message: format!("{kind} happened"),
-            status,
-        })
-    }
-
-    #[test]
-    fn replies_answer_as_the_backend_would() {
-        let ok = reply(Status::Ok, Some(json!({"choices": []})), None);
-        assert_eq!(reply_response(&ok).status(), StatusCode::OK);
-        for (r, expected) in [
-            (
-                reply(Status::Error, None, error("backend_status", Some(400))),
-                400,
-            ),
-            (
-                reply(Status::Error, None, error("backend_status", Some(429))),
-                429,
-            ),
-            (reply(Status::Error, None, error("timeout", None)), 504),
-            (reply(Status::Error, None, error("transport", None)), 502),
-            (reply(Status::Expired, None, error("expired", None)), 504),
-            (
-                reply(Status::Rejected, None, error("invalid_request", None)),
-                400,
-            ),
-            (reply(Status::Ok, None, None), 502),
-        ] {
-            assert_eq!(reply_response(&r).status().as_u16(), expected, "{r:?}");
-        }
-    }
 
     #[test]
     fn headers_set_the_wait_lane_and_ordering_key() {

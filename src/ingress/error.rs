@@ -9,7 +9,7 @@ use axum::Json;
 use std::time::Duration;
 
 use super::api::ErrorBody;
-use super::tenants::Quota;
+use super::quota::Quota;
 
 /// An API failure and the status it maps to.
 #[derive(Debug, thiserror::Error)]

@@ -1,18 +1,38 @@
 //! `sluice ingress`: the HTTP API. Accepts requests and answers 202 only once Kafka has
 //! acknowledged them (acks=all, idempotent producer), 503 with Retry-After when Kafka
 //! cannot take them in time; serves results from a cache fed by the reply topic.
+//!
+//! Layout, from the router down (no module imports one above it):
+//!
+//! - [`routes`]: the router and its layers; [`openapi`] documents the handlers.
+//! - Handlers, one module per thing served: [`requests`] (`POST /v1/requests`,
+//!   `GET /v1/requests/{id}`), [`batch`], [`chat`] (the OpenAI front door; its streamed
+//!   answers in [`stream`], replies shaped as OpenAI answers in [`openai`]), [`status`].
+//! - [`enqueue`]: the one accept path every handler that takes a request goes through
+//!   (idempotent repeats, [`admission`], [`tenants`]' limits, the Kafka write, the
+//!   cache, the metrics).
+//! - [`state`]: what the handlers share; [`api`]: the bodies as types; [`submit`] reads a
+//!   body into an envelope; [`error`] is every failure's answer; [`quota`] the rate-limit
+//!   headers.
+//! - Fed in the background: [`cache`] and [`waiters`] by the reply reader
+//!   ([`replies`]), [`group_watch`] by the control topic, [`admission`]'s samples.
 
 pub mod admission;
 pub mod api;
 pub mod batch;
 pub mod cache;
 pub mod chat;
+pub mod enqueue;
 pub mod error;
 pub mod group_watch;
 pub mod metrics;
+pub mod openai;
 pub mod openapi;
+pub mod quota;
 pub mod replies;
+pub mod requests;
 pub mod routes;
+pub mod state;
 pub mod status;
 pub mod stream;
 pub mod submit;
@@ -33,7 +53,7 @@ use crate::config::Config;
 use crate::kafka::producer::{Producer, ProducerLimits};
 use cache::ReplyCache;
 use metrics::IngressMetrics;
-use routes::IngressState;
+use state::IngressState;
 
 /// How often Kafka connectivity is checked for `/readyz`.
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);

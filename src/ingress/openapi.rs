@@ -17,8 +17,8 @@ use crate::envelope;
     ),
     paths(
         super::chat::completions,
-        super::routes::submit_request,
-        super::routes::get_request,
+        super::requests::submit_request,
+        super::requests::get_request,
         super::batch::submit,
         crate::admin::healthz,
         crate::admin::readyz,

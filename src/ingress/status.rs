@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::group_watch::BackendView;
 use super::metrics::StatusLabel;
-use super::routes::IngressState;
+use super::state::IngressState;
 use crate::envelope::now_ms;
 
 /// The page.

@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::api::ErrorBody;
-use super::chat::reply_response;
+use super::openai::reply_response;
 use super::waiters::{ReplyEvent, Waiter};
 use crate::envelope::{Chunk, Reply, Status};
 

@@ -1,6 +1,11 @@
-//! Turning a `POST /v1/requests` body into a version-1 request envelope, with a clear
-//! 400 message for every way the body can be wrong.
+//! Reading a submission off HTTP: the body of a JSON route (its content type and size
+//! checked), then a `POST /v1/requests` body made into a version-1 request envelope,
+//! with a clear 4xx message for every way the body can be wrong.
 
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::error::AppError;
@@ -25,6 +30,28 @@ pub fn parse(bytes: &[u8], config: &Config, tenant: Option<String>) -> Result<Re
         })
     })?;
     into_request(submit, config, tenant)
+}
+
+/// The body of a JSON route: no content type is taken as JSON (as sent by many simple
+/// clients); any other than JSON (curl's form default, text/plain) is refused rather
+/// than guessed at.
+pub fn json_body(
+    config: &Config,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, AppError> {
+    if let Some(value) = headers.get(CONTENT_TYPE) {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        if !is_json_content_type(&value) {
+            return Err(AppError::UnsupportedMediaType(value.into_owned()));
+        }
+    }
+    body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::PayloadTooLarge {
+            limit: config.ingress.max_body_bytes,
+        },
+        _ => AppError::BadRequest(format!("could not read the request body: {rejection}")),
+    })
 }
 
 /// Whether the content type names JSON (`application/json`, `application/*+json`), by

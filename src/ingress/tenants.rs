@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::header::AUTHORIZATION;
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::http::HeaderMap;
 
 use super::error::AppError;
+use super::quota::{Level, Quota};
 use crate::config::tenants::hash_key;
 use crate::config::{IngressConfig, TenantConfig};
 
@@ -43,21 +44,6 @@ struct Limits {
     /// Accepted ids without a final reply, and when they were accepted (kept only with
     /// `max_queued`).
     queued: HashMap<String, Instant>,
-}
-
-/// What a tenant has left, for the `x-ratelimit-*` headers.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Quota {
-    pub requests: Option<Level>,
-    pub tokens: Option<Level>,
-}
-
-/// One limit's state: its size, what is left, and when it is full again.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Level {
-    pub limit: u64,
-    pub remaining: u64,
-    pub reset: Duration,
 }
 
 impl Tenants {
@@ -223,39 +209,6 @@ impl Limits {
             tokens: self.tokens.as_mut().map(|b| b.level(now)),
         }
     }
-}
-
-impl Quota {
-    /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
-        for (what, level) in [("requests", self.requests), ("tokens", self.tokens)] {
-            let Some(level) = level else { continue };
-            for (part, value) in [
-                ("limit", level.limit.to_string()),
-                ("remaining", level.remaining.to_string()),
-                ("reset", openai_duration(level.reset)),
-            ] {
-                let name = HeaderName::try_from(format!("x-ratelimit-{part}-{what}"))
-                    .expect("a valid header name");
-                headers.insert(name, HeaderValue::try_from(value).expect("ASCII digits"));
-            }
-        }
-    }
-}
-
-/// A duration as OpenAI writes it in rate-limit headers: `20ms`, `1.5s`, `6m0s`.
-pub fn openai_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 {
-        return format!("{ms}ms");
-    }
-    let secs = d.as_secs_f64();
-    if secs < 60.0 {
-        let text = format!("{secs:.3}");
-        return format!("{}s", text.trim_end_matches('0').trim_end_matches('.'));
-    }
-    let whole = d.as_secs();
-    format!("{}m{}s", whole / 60, whole % 60)
 }
 
 /// A bucket of `capacity` that refills evenly over a minute.

@@ -14,7 +14,9 @@
 //! - [`metrics`]: the Prometheus registry and its `/metrics` text endpoint.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` routes shared by every role.
 //! - [`kafka`]: producer, worker consumer, contiguous-prefix offset tracker, embedded
-//!   broker, the one decoder of reply-topic records (`reply_record`).
+//!   broker, the one decoder of reply-topic records (`reply_record`), and one kit for
+//!   clients outside any consumer group: `reader` (every partition of a topic from a
+//!   start), `metadata` (a topic's partitions), `watermarks` (where logs end).
 //! - [`backend`]: the call path to the backend, a stack of tower layers (outer to inner):
 //!   `retry` -> `rate` (token buckets) -> `concurrency` (the adaptive limit and its group
 //!   share) -> `breaker` -> `timeout` -> `client` (OpenAI-compatible HTTP), with one

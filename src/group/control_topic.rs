@@ -1,23 +1,22 @@
 //! The control topic on Kafka: a producer that writes state records (small, frequent,
 //! loss-tolerant: acks=1, no linger, a short timeout) and a reader that assigns every
 //! partition from the beginning (the compacted topic then holds each member's latest),
-//! with no consumer group, and hands every record to the pacer.
+//! with no consumer group ([`crate::kafka::reader`]), and hands every record to the pacer.
 
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
-use crate::kafka::log::KafkaLog;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::pacer::Bus;
 use super::record::StateRecord;
 use crate::config::KafkaConfig;
-use crate::kafka::{client_config, unjoined_reader_config, ClientKind};
+use crate::kafka::log::KafkaLog;
+use crate::kafka::reader::{ReaderError, Start, TopicReader};
+use crate::kafka::{client_config, ClientKind};
 
 /// Records waiting for the pacer; beyond this the reader waits.
 const QUEUE: usize = 1024;
@@ -27,6 +26,8 @@ const ERROR_PAUSE: Duration = Duration::from_millis(200);
 const FLUSH_TIMEOUT: Duration = Duration::from_millis(500);
 /// How often the partitions are looked up again while the topic cannot be found.
 const METADATA_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait of one partition lookup.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 /// No record for this long: the reader is stuck, not the topic quiet (see [`read`]).
 const SILENT: Duration = Duration::from_secs(5);
 
@@ -87,7 +88,7 @@ pub fn start_reader(
     shutdown: CancellationToken,
 ) -> Result<mpsc::Receiver<StateRecord>, KafkaError> {
     // Fails early on a bad configuration; later readers are made the same way.
-    let first = reader(kafka)?;
+    let first = new_reader(kafka, topic)?;
     let (sender, receiver) = mpsc::channel(QUEUE);
     let (kafka, topic) = (kafka.clone(), topic.to_string());
     tokio::spawn(async move {
@@ -99,18 +100,18 @@ pub fn start_reader(
     Ok(receiver)
 }
 
-fn reader(kafka: &KafkaConfig) -> Result<StreamConsumer<KafkaLog>, KafkaError> {
-    let config = unjoined_reader_config(
+fn new_reader(kafka: &KafkaConfig, topic: &str) -> Result<TopicReader, KafkaError> {
+    TopicReader::new(
         kafka,
+        topic,
         "control",
         &[
             ("fetch.wait.max.ms", "20"),
             ("fetch.error.backoff.ms", "100"),
             ("topic.metadata.refresh.interval.ms", "5000"),
         ],
-        false,
-    );
-    crate::kafka::log::create(config, &kafka.bootstrap_servers)
+        METADATA_TIMEOUT,
+    )
 }
 
 /// Reads until the channel closes. Every live worker writes several records a second, so
@@ -118,18 +119,18 @@ fn reader(kafka: &KafkaConfig) -> Result<StreamConsumer<KafkaLog>, KafkaError> {
 /// away and came back can leave it so): it is replaced by a fresh one that starts at the
 /// end (the members' next records arrive within a publish interval).
 async fn read(
-    first: StreamConsumer<KafkaLog>,
+    first: TopicReader,
     kafka: &KafkaConfig,
     topic: &str,
     sender: mpsc::Sender<StateRecord>,
 ) {
-    let mut consumer = Some(first);
-    let mut start = Offset::Beginning;
+    let mut reader = Some(first);
+    let mut start = Start::Beginning;
     loop {
-        let current = match consumer.take() {
-            Some(consumer) => consumer,
-            None => match reader(kafka) {
-                Ok(consumer) => consumer,
+        let mut current = match reader.take() {
+            Some(reader) => reader,
+            None => match new_reader(kafka, topic) {
+                Ok(reader) => reader,
                 Err(e) => {
                     tracing::warn!(error = %e, topic, "cannot create a control-topic reader");
                     tokio::time::sleep(METADATA_RETRY).await;
@@ -137,77 +138,46 @@ async fn read(
                 }
             },
         };
-        let current = std::sync::Arc::new(current);
-        let Some(partitions) = partition_count(&current, topic).await else {
-            tokio::time::sleep(METADATA_RETRY).await;
-            continue;
-        };
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            if let Err(e) = assignment.add_partition_offset(topic, partition, start) {
+        match current.assign_new(start).await {
+            Ok(_) => {}
+            // While the topic cannot be found, a fresh reader looks again.
+            Err(ReaderError::Topic(_)) => {
+                tokio::time::sleep(METADATA_RETRY).await;
+                continue;
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, topic, "cannot assign the control topic");
-                return;
+                tokio::time::sleep(METADATA_RETRY).await;
+                continue;
             }
         }
-        if let Err(e) = current.assign(&assignment) {
-            tracing::warn!(error = %e, topic, "cannot assign the control topic");
-            tokio::time::sleep(METADATA_RETRY).await;
-            continue;
-        }
         loop {
-            let received = match tokio::time::timeout(SILENT, current.recv()).await {
-                Ok(received) => received,
+            let received = current.recv_or_pause(ERROR_PAUSE, |e| {
+                tracing::debug!(error = %e, topic, "reading the control topic failed");
+            });
+            let message = match tokio::time::timeout(SILENT, received).await {
+                Ok(Some(message)) => message,
+                Ok(None) => continue,
                 Err(_) => {
                     tracing::debug!(topic, "control topic silent; reading it afresh");
                     break;
                 }
             };
-            match received {
-                Ok(message) => {
-                    let Some(payload) = message.payload() else {
-                        continue;
-                    };
-                    match serde_json::from_slice::<StateRecord>(payload) {
-                        Ok(record) => {
-                            if sender.send(record).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!(error = %e, "ignoring an unreadable state record")
-                        }
+            let Some(payload) = message.payload() else {
+                continue;
+            };
+            match serde_json::from_slice::<StateRecord>(payload) {
+                Ok(record) => {
+                    if sender.send(record).await.is_err() {
+                        return;
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, topic, "reading the control topic failed");
-                    tokio::time::sleep(ERROR_PAUSE).await;
+                    tracing::debug!(error = %e, "ignoring an unreadable state record")
                 }
             }
         }
-        start = Offset::End;
-        // Dropping a consumer blocks on librdkafka: off the async threads.
-        let _ = tokio::task::spawn_blocking(move || drop(current)).await;
+        start = Start::End;
+        current.close().await;
     }
-}
-
-/// The topic's partition count from cluster metadata (blocking call, off the async
-/// threads); `None` while the topic cannot be found.
-async fn partition_count(
-    consumer: &std::sync::Arc<StreamConsumer<KafkaLog>>,
-    topic: &str,
-) -> Option<i32> {
-    let (consumer, name) = (consumer.clone(), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(Some(&name), Duration::from_secs(2))
-            .ok()?;
-        let topic = metadata.topics().iter().find(|t| t.name() == name)?;
-        if topic.error().is_some() || topic.partitions().is_empty() {
-            return None;
-        }
-        Some(topic.partitions().len() as i32)
-    })
-    .await
-    .ok()
-    .flatten()
 }

@@ -24,7 +24,7 @@ use super::metrics::{SecondsGauge, TopicLabel};
 use crate::admin::Readiness;
 use crate::config::Config;
 use crate::envelope::now_ms;
-use crate::ops::watermarks::{PartitionSample, Sampler};
+use crate::kafka::watermarks::{PartitionSample, Sampler};
 
 /// How far back the drain rate looks.
 const RATE_WINDOW: Duration = Duration::from_secs(10);

@@ -1,16 +1,14 @@
 //! The reply-topic reader. Each ingress instance reads every partition of the reply
-//! topic itself (no consumer group, no commits), starting one result-TTL back in time
-//! so a restarted instance can still answer for recent requests, and feeds the cache.
+//! topic itself (no consumer group, no commits: [`crate::kafka::reader`]), starting one
+//! result-TTL back in time so a restarted instance can still answer for recent requests,
+//! and feeds the cache and the waiters.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
-
-use crate::kafka::log::KafkaLog;
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{Recorded, ReplyCache};
@@ -20,6 +18,7 @@ use super::waiters::{ReplyEvent, Waiters};
 use crate::admin::Readiness;
 use crate::config::Config;
 use crate::envelope::now_ms;
+use crate::kafka::reader::{Start, TopicReader};
 use crate::kafka::reply_record::{self, ReplyRecord};
 use crate::telemetry::{propagation, semconv};
 
@@ -48,18 +47,19 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), KafkaError> {
     let topic = config.kafka.reply_topic.clone();
-    let consumer: Arc<StreamConsumer<KafkaLog>> = Arc::new(crate::kafka::log::create(
-        crate::kafka::unjoined_reader_config(
-            &config.kafka,
-            "ingress",
-            // A sync or streamed caller waits on this reader: an idle fetch is held
-            // at most 10 ms (the cost: an idle fetch every 10 ms per broker).
-            &[("fetch.wait.max.ms", "10")],
-            false,
-        ),
-        &config.kafka.bootstrap_servers,
-    )?);
-    let since_ms = now_ms().saturating_sub(config.ingress.result_ttl_ms);
+    let mut reader = TopicReader::new(
+        &config.kafka,
+        &topic,
+        "ingress",
+        // A sync or streamed caller waits on this reader: an idle fetch is held
+        // at most 10 ms (the cost: an idle fetch every 10 ms per broker).
+        &[("fetch.wait.max.ms", "10")],
+        LOOKUP_TIMEOUT,
+    )?;
+    // Start one TTL back, so a restarted instance can still answer for recent requests.
+    let since = Start::Since {
+        ms: now_ms().saturating_sub(config.ingress.result_ttl_ms),
+    };
     let mut partitions = 0;
     let mut waiting_said = false;
     let mut refresh = tokio::time::interval(PARTITION_REFRESH);
@@ -69,17 +69,17 @@ pub async fn run(
             _ = refresh.tick() => {
                 let added = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    added = add_new_partitions(&consumer, &topic, partitions, since_ms) => added,
+                    added = reader.assign_new(since) => added,
                 };
                 match added {
-                    Ok(now) if now > 0 => {
+                    Ok(now) => {
                         if now != partitions {
                             tracing::info!(topic = %topic, partitions = now, "reading reply topic");
                         }
                         partitions = now;
                         assigned.set(true);
                     }
-                    Ok(_) => {
+                    Err(e) if e.is_absent() => {
                         if !waiting_said {
                             tracing::info!(topic = %topic, "reply topic not there yet; waiting for it");
                             waiting_said = true;
@@ -94,13 +94,13 @@ pub async fn run(
                     }
                 }
             }
-            message = consumer.recv(), if partitions > 0 => match message {
-                Ok(message) => handle(&message, &sink),
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading the reply topic failed");
-                    sleep_or_cancel(&shutdown).await;
+            message = reader.recv_or_pause(RETRY_PAUSE, |e| {
+                tracing::warn!(error = %e, "reading the reply topic failed");
+            }), if partitions > 0 => {
+                if let Some(message) = message {
+                    handle(&message, &sink);
                 }
-            },
+            }
         }
     }
 }
@@ -110,58 +110,6 @@ async fn sleep_or_cancel(shutdown: &CancellationToken) {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(RETRY_PAUSE) => {}
     }
-}
-
-/// Starts reading partitions `known..` of `topic`; returns the partition count.
-async fn add_new_partitions(
-    consumer: &Arc<StreamConsumer<KafkaLog>>,
-    topic: &str,
-    known: usize,
-    since_ms: u64,
-) -> Result<usize, KafkaError> {
-    let consumer = consumer.clone();
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer.fetch_metadata(Some(&topic), LOOKUP_TIMEOUT)?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic && t.error().is_none())
-            .map_or(0, |t| t.partitions().len());
-        if count <= known {
-            return Ok(known.max(count));
-        }
-        let mut wanted = TopicPartitionList::new();
-        for partition in known..count {
-            wanted.add_partition_offset(&topic, partition as i32, Offset::Offset(since_ms as i64))?;
-        }
-        // Start one TTL back; partitions with nothing that recent start at their end.
-        let assignment = match consumer.offsets_for_times(wanted.clone(), LOOKUP_TIMEOUT) {
-            Ok(found) => {
-                let mut assignment = TopicPartitionList::new();
-                for element in found.elements() {
-                    let offset = match element.offset() {
-                        Offset::Offset(o) if o >= 0 => Offset::Offset(o),
-                        _ => Offset::End,
-                    };
-                    assignment.add_partition_offset(&topic, element.partition(), offset)?;
-                }
-                assignment
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "offset lookup by time failed; reading new replies only");
-                let mut assignment = TopicPartitionList::new();
-                for partition in known..count {
-                    assignment.add_partition_offset(&topic, partition as i32, Offset::End)?;
-                }
-                assignment
-            }
-        };
-        consumer.incremental_assign(&assignment)?;
-        Ok(count)
-    })
-    .await
-    .expect("the partition lookup task does not panic")
 }
 
 /// Records one reply-topic message: a final reply goes into the cache, and both finals

@@ -1,14 +1,22 @@
-//! Kafka plumbing: client configuration, the traced producer, the worker's consumer,
-//! the contiguous-prefix offset tracker and the embedded broker used by `sluice dev`.
+//! Kafka plumbing, the bottom layer every role builds on (it imports only config,
+//! envelope, telemetry and admin): client configuration and its settings (`settings`,
+//! the `[kafka]` section), the traced producer, the worker's
+//! consumer, the contiguous-prefix offset tracker, the reading kit for clients outside any
+//! consumer group ([`metadata`] for a topic's partitions, [`reader`] for every partition
+//! of a topic, [`watermarks`] for where logs end), and the embedded broker used by
+//! `sluice dev`.
 
 pub mod admin;
 pub mod consumer;
 pub mod embedded;
 pub mod log;
+pub mod metadata;
 pub mod offsets;
 pub mod producer;
+pub mod reader;
 pub mod reply_record;
 pub mod settings;
+pub mod watermarks;
 
 use rdkafka::ClientConfig;
 
@@ -104,15 +112,14 @@ pub fn client_config(
 
 /// A consumer configuration for readers that assign partitions themselves and never
 /// join a group or commit (the ingress's reply reader, loadgen, the DLQ tools).
-/// librdkafka still wants a `group.id` for offset lookups: a fresh
-/// `sluice-<purpose>-<uuid>` that no member ever joins, so it leaves nothing behind.
+/// librdkafka still wants a `group.id` for offset lookups: see [`unjoined_group_id`].
 pub fn unjoined_reader_config(
     kafka: &KafkaConfig,
     purpose: &str,
     defaults: &[(&str, &str)],
     partition_eof: bool,
 ) -> ClientConfig {
-    let group = format!("sluice-{purpose}-{}", crate::envelope::new_id());
+    let group = unjoined_group_id(purpose);
     let eof = if partition_eof { "true" } else { "false" };
     client_config(
         kafka,
@@ -125,6 +132,14 @@ pub fn unjoined_reader_config(
             ("enable.partition.eof", eof),
         ],
     )
+}
+
+/// A `group.id` for a client that assigns partitions itself (librdkafka refuses `assign`
+/// and offset lookups without one): a fresh `sluice-<purpose>-<uuid>` that no member ever
+/// joins (no subscribe) and that never commits, so it leaves no trace on the broker and
+/// shares nothing.
+pub fn unjoined_group_id(purpose: &str) -> String {
+    format!("sluice-{purpose}-{}", crate::envelope::new_id())
 }
 
 /// Owned copy of a message's headers as (key, value) pairs, for dead letters and tests.

@@ -1,6 +1,7 @@
-//! The reply-topic reader. No consumer group: every partition is assigned at a concrete
-//! offset looked up BEFORE the first send, so each reply to this run is read and older
-//! ones are mostly skipped; the ledger ignores whatever older replies remain.
+//! The reply-topic reader. No consumer group ([`crate::kafka::reader`]): every partition
+//! is assigned at a concrete offset looked up BEFORE the first send, so each reply to this
+//! run is read and older ones are mostly skipped; the ledger ignores whatever older
+//! replies remain.
 //!
 //! The start offset of a partition is the lower of two lookups: the first record at or
 //! after "now minus a margin" (`offsets_for_times`, exact on Apache Kafka) and the high
@@ -12,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::ledger::{Ledger, Outcome};
 use crate::config::KafkaConfig;
 use crate::envelope::{now_ms, Reply, Status};
+use crate::kafka::reader::{Start, TopicReader};
 use crate::kafka::reply_record::{self, ReplyRecord};
 
 /// Time limit of one blocking metadata or offset lookup.
@@ -27,37 +28,41 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How far back the time lookup starts, to absorb clock skew between this host and
 /// the broker or the workers that stamp replies.
 const CLOCK_MARGIN_MS: u64 = 5_000;
+/// Pause after a failed receive.
+const ERROR_PAUSE: Duration = Duration::from_millis(200);
 
 /// A reader positioned on every partition of the reply topic.
 pub struct ReplyReader {
-    consumer: StreamConsumer,
+    reader: TopicReader,
     pub partitions: usize,
 }
 
 impl ReplyReader {
     /// Looks up start offsets and assigns every partition of `topic`. Call before sending.
     pub async fn position(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<ReplyReader> {
-        let consumer: StreamConsumer = crate::kafka::unjoined_reader_config(
+        let mut reader = TopicReader::new(
             kafka,
+            topic,
             "loadgen",
             &[
                 ("fetch.wait.max.ms", "50"),
                 ("auto.offset.reset", "earliest"),
             ],
-            false,
+            LOOKUP_TIMEOUT,
         )
-        .create()
         .context("creating the reply-topic consumer")?;
-        let topic = topic.to_string();
-        let (consumer, partitions) = tokio::task::spawn_blocking(move || {
-            start_at_now(&consumer, &topic).map(|partitions| (consumer, partitions))
-        })
-        .await
-        .expect("the offset lookup task does not panic")?;
-        Ok(ReplyReader {
-            consumer,
-            partitions,
-        })
+        let since = now_ms().saturating_sub(CLOCK_MARGIN_MS);
+        let partitions = match reader
+            .assign_new(Start::SinceNoLaterThanNow { ms: since })
+            .await
+        {
+            Ok(partitions) => partitions,
+            Err(e) if e.is_absent() => anyhow::bail!(
+                "reply topic {topic} does not exist (or has no partitions); create it or start a worker first"
+            ),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(ReplyReader { reader, partitions })
     }
 
     /// Feeds final replies into `ledger` until `stop`.
@@ -65,59 +70,16 @@ impl ReplyReader {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                message = self.consumer.recv() => match message {
-                    Ok(message) => record(&message, &ledger),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading the reply topic failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                message = self.reader.recv_or_pause(ERROR_PAUSE, |e| {
+                    tracing::warn!(error = %e, "reading the reply topic failed; retrying");
+                }) => {
+                    if let Some(message) = message {
+                        record(&message, &ledger);
                     }
-                },
+                }
             }
         }
     }
-}
-
-/// Assigns every partition of `topic` at its start offset; returns the partition count.
-fn start_at_now(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<usize> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
-        .with_context(|| format!("reading metadata of reply topic {topic}"))?;
-    let count = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none())
-        .map_or(0, |t| t.partitions().len());
-    anyhow::ensure!(
-        count > 0,
-        "reply topic {topic} does not exist (or has no partitions); create it or start a worker first"
-    );
-    let since = now_ms().saturating_sub(CLOCK_MARGIN_MS) as i64;
-    let mut by_time = TopicPartitionList::new();
-    for partition in 0..count as i32 {
-        by_time.add_partition_offset(topic, partition, Offset::Offset(since))?;
-    }
-    let found = consumer
-        .offsets_for_times(by_time, LOOKUP_TIMEOUT)
-        .with_context(|| format!("looking up offsets by time on {topic}"))?;
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..count as i32 {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, partition, LOOKUP_TIMEOUT)
-            .with_context(|| format!("reading the high watermark of {topic}/{partition}"))?;
-        let by_time = found
-            .find_partition(topic, partition)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) if o >= 0 => Some(o),
-                _ => None,
-            });
-        let start = by_time.map_or(high, |o| o.min(high)).max(0);
-        assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
-    }
-    tracing::debug!(topic, ?assignment, "reply reader start offsets");
-    consumer
-        .assign(&assignment)
-        .with_context(|| format!("assigning the partitions of {topic}"))?;
-    Ok(count)
 }
 
 /// Records one reply-topic message; chunks and undecodable values are skipped.

@@ -11,16 +11,17 @@ use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::filter::parse_rfc3339_ms;
+use super::rfc3339::parse_rfc3339_ms;
 use crate::config::KafkaConfig;
 use crate::envelope::headers;
+use crate::kafka::metadata::partition_ids;
 use crate::kafka::{header_pairs, unjoined_reader_config};
 
 /// How long a read may go without a record or an EOF before it stops where it is.
@@ -169,7 +170,7 @@ pub fn read(
         unjoined_reader_config(kafka, "ops", &[("auto.offset.reset", "earliest")], true)
             .create_with_context(ReaderContext)
             .context("creating the dead-letter reader")?;
-    let partitions = partition_ids(&consumer, topic)?;
+    let partitions = partition_ids(&consumer, topic, METADATA_TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
     for partition in &partitions {
         assignment.add_partition_offset(topic, *partition, Offset::Beginning)?;
@@ -211,34 +212,6 @@ pub fn read(
     }
     summary.complete = true;
     Ok(summary)
-}
-
-/// librdkafka refuses `assign` without a `group.id`. A fresh one that never joins (no
-/// subscribe) and never commits leaves no trace on the broker and shares nothing.
-pub fn unjoined_group_id() -> String {
-    format!("sluice-ops-{}", uuid::Uuid::now_v7())
-}
-
-/// The partition ids of `topic`, from a metadata request. Blocking.
-pub fn partition_ids<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-) -> anyhow::Result<Vec<i32>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .with_context(|| format!("reading metadata of topic {topic}"))?;
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else {
-        bail!("topic {topic} does not exist");
-    };
-    if let Some(error) = found.error() {
-        bail!("topic {topic}: {}", RDKafkaErrorCode::from(error));
-    }
-    let mut ids: Vec<i32> = found.partitions().iter().map(|p| p.id()).collect();
-    ids.sort_unstable();
-    if ids.is_empty() {
-        bail!("topic {topic} has no partitions");
-    }
-    Ok(ids)
 }
 
 #[cfg(test)]

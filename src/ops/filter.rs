@@ -3,6 +3,7 @@
 //! `dlq replay` so both select exactly the same records.
 
 use super::dlq_read::DlqRecord;
+use super::rfc3339::parse_rfc3339_ms;
 
 /// Selection flags shared by the `dlq` subcommands.
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -93,79 +94,6 @@ impl Filter {
     pub fn limit_reached(&self, matched: u64) -> bool {
         self.limit.is_some_and(|limit| matched >= limit)
     }
-}
-
-/// Parses an RFC 3339 timestamp (`2026-11-22T03:30:00Z`, `...00.123+02:00`, a space for
-/// `T` and a lower-case `z` allowed) into unix milliseconds.
-pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
-    let bad = || format!("{text:?} is not an RFC 3339 time such as 2026-11-22T03:30:00Z");
-    let b = text.trim().as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Result<i64, String> {
-        let digits = b.get(range).ok_or_else(bad)?;
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return Err(bad());
-        }
-        Ok(digits.iter().fold(0, |n, d| n * 10 + i64::from(d - b'0')))
-    };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
-        return Err(bad());
-    }
-    if !matches!(b[10], b'T' | b't' | b' ') {
-        return Err(bad());
-    }
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut i = 19;
-    let mut millis = 0;
-    if b[i] == b'.' {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
-        }
-        let frac = num(start..i)?;
-        let digits = (i - start) as u32;
-        millis = if digits >= 3 {
-            frac / 10_i64.pow(digits - 3)
-        } else {
-            frac * 10_i64.pow(3 - digits)
-        };
-    }
-    let offset_s = match b.get(i..) {
-        Some(b"Z" | b"z") => 0,
-        Some([sign @ (b'+' | b'-'), _, _, b':', _, _]) => {
-            let s = (num(i + 1..i + 3)? * 60 + num(i + 4..i + 6)?) * 60;
-            if *sign == b'+' {
-                s
-            } else {
-                -s
-            }
-        }
-        _ => return Err(bad()),
-    };
-    let days_in_month = match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        1..=12 => 31,
-        _ => return Err(bad()),
-    };
-    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
-        return Err(bad());
-    }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    Ok((seconds - offset_s) * 1000 + millis)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

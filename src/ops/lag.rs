@@ -1,7 +1,7 @@
 //! `sluice lag`: the worker group's backlog on every request-topic partition (committed
 //! offset, end offset, lag), and — from two samples `--interval` apart — how fast the
 //! group drains it and how long that takes at that pace. Read-only: it never joins the
-//! group or commits (see [`super::watermarks`] for how offsets are read).
+//! group or commits (see [`crate::kafka::watermarks`] for how offsets are read).
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,8 @@ use anyhow::{bail, Context as _};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use super::watermarks::{PartitionSample, Sampler};
 use crate::config::{Config, KafkaConfig};
+use crate::kafka::watermarks::{PartitionSample, Sampler};
 
 /// Flags of `sluice lag`.
 #[derive(clap::Args, Debug, Clone)]

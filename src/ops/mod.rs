@@ -4,10 +4,12 @@
 //!
 //! - [`dlq_read`]: reads the DLQ topic from the beginning to its end; [`dlq_read::DlqRecord`].
 //! - [`filter`]: `--reason`, `--class`, `--id`, `--since`/`--until`, `--limit`.
+//! - [`rfc3339`]: the times of `sluice-error-at` and of `--since`/`--until`.
 //! - [`preview`]: escaped, bounded renderings of keys, values and headers.
 //! - [`inspect`]: `sluice dlq inspect` (text or JSON lines).
 //! - [`replay`]: `sluice dlq replay` (re-drive, rate-limited by [`pace`], or dry run).
-//! - [`lag`]: `sluice lag`; committed and end offsets come from [`watermarks`].
+//! - [`lag`]: `sluice lag`; committed and end offsets come from
+//!   [`crate::kafka::watermarks`], shared with the ingress's admission control.
 //! - [`config_cmd`]: `sluice config print | check | reference`.
 
 pub mod config_cmd;
@@ -18,7 +20,7 @@ pub mod lag;
 pub mod pace;
 pub mod preview;
 pub mod replay;
-pub mod watermarks;
+pub mod rfc3339;
 
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@
 //! done. The end of the log is the larger of librdkafka's cached watermark (refreshed by
 //! every fetch response, so current while the worker fetches) and one queried from the
 //! broker every [`REFRESH`] (current when fetching has stopped because the local queue is
-//! full). The first offset not done is the offset tracker's, else the consumer's position,
+//! full; low on tansu, never high: see [`crate::kafka::watermarks`]). The first offset not done is the offset tracker's, else the consumer's position,
 //! else the committed offset. librdkafka's statistics (`consumer_lag`) are not used: they
 //! come every few seconds and measure against the committed offset, and on some brokers
 //! they lack the watermark altogether.
@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::kafka::consumer::WorkerConsumer;
 use crate::kafka::offsets::OffsetTracker;
+use crate::kafka::watermarks::{cached_high_watermark, listed_watermarks};
 
 /// How often the broker is asked for watermarks and committed offsets.
 const REFRESH: Duration = Duration::from_secs(1);
@@ -82,7 +83,7 @@ impl LagMeter {
             .iter()
             .map(|key| {
                 let (topic, partition) = (key.0.as_str(), key.1);
-                let cached = cached_high_watermark(&self.consumer, topic, partition);
+                let cached = cached_high_watermark(&*self.consumer, topic, partition);
                 let high = cached.max(queried.high.get(key).copied().unwrap_or(-1));
                 let position = positions
                     .as_ref()
@@ -143,36 +144,11 @@ impl LagMeter {
     }
 }
 
-/// librdkafka's last-known high watermark of a partition, from its latest fetch response
-/// (no broker request); -1 when unknown.
-fn cached_high_watermark(consumer: &WorkerConsumer, topic: &str, partition: i32) -> i64 {
-    let Ok(topic) = std::ffi::CString::new(topic) else {
-        return -1;
-    };
-    let (mut low, mut high) = (-1_i64, -1_i64);
-    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a valid C
-    // string for the call; librdkafka only writes the two out-parameters.
-    let err = unsafe {
-        rdkafka::bindings::rd_kafka_get_watermark_offsets(
-            consumer.client().native_ptr(),
-            topic.as_ptr(),
-            partition,
-            &mut low,
-            &mut high,
-        )
-    };
-    if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
-        high
-    } else {
-        -1
-    }
-}
-
 /// Asks the broker for the watermarks and committed offsets of `assigned` (blocking).
 fn query(consumer: &WorkerConsumer, assigned: &[Partition]) -> Queried {
     let mut queried = Queried::default();
     for key in assigned {
-        if let Ok((low, high)) = consumer.fetch_watermarks(&key.0, key.1, QUERY_TIMEOUT) {
+        if let Ok((low, high)) = listed_watermarks(consumer, &key.0, key.1, QUERY_TIMEOUT) {
             queried.high.insert(key.clone(), high);
             queried.low.insert(key.clone(), low);
         }

@@ -1,40 +1,68 @@
-//! Committed and end offsets of a consumer group's partitions, read without joining the
-//! group, for `sluice lag`.
+//! End offsets (high watermarks) of partitions, and the committed offsets of a group,
+//! read without joining it: the one place sluice finds out where a log ends. Three ways,
+//! each where it is right:
 //!
-//! End offsets: the high watermark that Fetch responses carry, read from librdkafka's
-//! statistics (`hi_offset`) of a probe consumer assigned at the end of every partition.
-//! librdkafka sets `hi_offset` only from Fetch responses, so a value >= 0 is the broker's
-//! own answer. ListOffsets is not used: tansu answers it wrongly once a record batch
-//! holds more than one record (measured: 11 for 12 records in three batches, 1 for 5 in
-//! one), and `fetch_watermarks` is built on it; `offsets_for_times` past the last record
-//! gives 0 on tansu and, on Kafka (and librdkafka's mock cluster), no offset at all
-//! (-1, the logical end), never the end offset's number. At the end of the log a Fetch
-//! returns no records on Kafka; on tansu it returns the tail after the wrong ListOffsets
-//! answer, which the probe drops. tests/ops.rs checks the method on both brokers.
-//!
-//! Committed offsets: `committed_offsets` (OffsetFetch) from a consumer configured with
-//! the group id that never subscribes or commits, so the group never sees a new member.
+//! - [`Sampler`]: exact on every broker, for figures that are reported (`sluice lag`, the
+//!   ingress's admission control and status page). The high watermark that Fetch
+//!   responses carry, read from librdkafka's statistics (`hi_offset`) of a probe consumer
+//!   assigned at the end of every partition. librdkafka sets `hi_offset` only from Fetch
+//!   responses, so a value >= 0 is the broker's own answer. ListOffsets is not used:
+//!   tansu answers it wrongly once a record batch holds more than one record (measured:
+//!   11 for 12 records in three batches, 1 for 5 in one), and `fetch_watermarks` is built
+//!   on it; `offsets_for_times` past the last record gives 0 on tansu and, on Kafka (and
+//!   librdkafka's mock cluster), no offset at all (-1, the logical end), never the end
+//!   offset's number. At the end of the log a Fetch returns no records on Kafka; on tansu
+//!   it returns the tail after the wrong ListOffsets answer, which the probe drops.
+//!   tests/ops.rs checks the method on both brokers. Committed offsets:
+//!   `committed_offsets` (OffsetFetch) from a consumer configured with the group id that
+//!   never subscribes or commits, so the group never sees a new member.
+//! - [`cached_high_watermark`]: free (no request), from a consumer's own latest Fetch
+//!   response, so right on every broker but only as current as that fetch.
+//! - [`listed_watermarks`]: ListOffsets (`fetch_watermarks`), one request. Exact on Kafka,
+//!   low on tansu (above), never high: for callers that take the lower or higher of it
+//!   and something else, where low is the safe side (the worker's lag takes the larger
+//!   with the cached one; loadgen starts reading no later than it).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::dlq_read::{partition_ids, unjoined_group_id};
+use super::log::KafkaLog;
+use super::metadata::{partition_ids, TopicError};
+use super::{client_config, unjoined_group_id, ClientKind};
 use crate::config::KafkaConfig;
-use crate::kafka::log::KafkaLog;
-use crate::kafka::{client_config, ClientKind};
-use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
 
 /// How long one sample may wait for a Fetch answer from every partition.
 const SAMPLE_TIMEOUT: Duration = Duration::from_secs(15);
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the partitions of a sampled topic.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(50);
+
+/// Why a [`Sampler`] could not start or sample.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error("creating the committed-offsets client")]
+    GroupClient(#[source] KafkaError),
+    #[error("creating the end-offset probe")]
+    Probe(#[source] KafkaError),
+    #[error(transparent)]
+    Topic(#[from] TopicError),
+    #[error("assigning the probe")]
+    Assign(#[source] KafkaError),
+    #[error("reading the group's committed offsets")]
+    Committed(#[source] KafkaError),
+    #[error("no end offset within {timeout:?} for {missing}")]
+    NoEndOffset { timeout: Duration, missing: String },
+    #[error("interrupted")]
+    Interrupted,
+}
 
 /// One partition at one moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +147,7 @@ pub struct Sampler {
 
 impl Sampler {
     /// Looks the partitions up and starts the probe. Blocking.
-    pub fn new(kafka: &KafkaConfig, group: &str, topics: &[String]) -> anyhow::Result<Self> {
+    pub fn new(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<Self, SampleError> {
         let no_commits = [
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -130,8 +158,8 @@ impl Sampler {
             client_config(kafka, ClientKind::Consumer, &[], &with_group),
             &kafka.bootstrap_servers,
         )
-        .context("creating the committed-offsets client")?;
-        let probe_group = unjoined_group_id();
+        .map_err(SampleError::GroupClient)?;
+        let probe_group = unjoined_group_id("watermarks");
         let mut probe_enforced = no_commits.to_vec();
         probe_enforced.push(("statistics.interval.ms", "100"));
         probe_enforced.push(("group.id", &probe_group));
@@ -149,16 +177,18 @@ impl Sampler {
             marks: Mutex::default(),
             log: KafkaLog::new(&kafka.bootstrap_servers),
         })
-        .context("creating the end-offset probe")?;
+        .map_err(SampleError::Probe)?;
         let mut partitions = TopicPartitionList::new();
         let mut at_end = TopicPartitionList::new();
         for topic in topics {
-            for id in partition_ids(&probe, topic)? {
+            for id in partition_ids(&probe, topic, METADATA_TIMEOUT)? {
                 partitions.add_partition(topic, id);
-                at_end.add_partition_offset(topic, id, Offset::End)?;
+                at_end
+                    .add_partition_offset(topic, id, Offset::End)
+                    .map_err(SampleError::Assign)?;
             }
         }
-        probe.assign(&at_end).context("assigning the probe")?;
+        probe.assign(&at_end).map_err(SampleError::Assign)?;
         Ok(Self {
             group,
             probe,
@@ -172,7 +202,7 @@ impl Sampler {
     pub fn sample(
         &self,
         cancel: &CancellationToken,
-    ) -> anyhow::Result<(Instant, Vec<PartitionSample>)> {
+    ) -> Result<(Instant, Vec<PartitionSample>), SampleError> {
         // Statistics queued while nobody polled are old; consume them first. (A poll
         // that only served statistics returns None too, so watch the counter.)
         for _ in 0..100_000 {
@@ -185,7 +215,7 @@ impl Sampler {
         let committed = self
             .group
             .committed_offsets(self.partitions.clone(), COMMITTED_TIMEOUT)
-            .context("reading the group's committed offsets")?;
+            .map_err(SampleError::Committed)?;
         let at = Instant::now();
         loop {
             let found = self.marks(|m| {
@@ -209,12 +239,12 @@ impl Sampler {
                     return Ok((at, samples(&committed, &marks)));
                 }
                 Some((missing, _)) if at.elapsed() >= SAMPLE_TIMEOUT => {
-                    bail!(
-                        "no end offset within {SAMPLE_TIMEOUT:?} for {}",
-                        missing.join(", ")
-                    )
+                    return Err(SampleError::NoEndOffset {
+                        timeout: SAMPLE_TIMEOUT,
+                        missing: missing.join(", "),
+                    });
                 }
-                _ if cancel.is_cancelled() => bail!("interrupted"),
+                _ if cancel.is_cancelled() => return Err(SampleError::Interrupted),
                 _ => self.idle(POLL),
             }
         }
@@ -268,4 +298,48 @@ fn samples(
             }
         })
         .collect()
+}
+
+/// librdkafka's last-known high watermark of a partition, from `consumer`'s latest Fetch
+/// response (no broker request); -1 when unknown.
+pub fn cached_high_watermark<C, K>(consumer: &K, topic: &str, partition: i32) -> i64
+where
+    C: ConsumerContext,
+    K: Consumer<C>,
+{
+    let Ok(topic) = std::ffi::CString::new(topic) else {
+        return -1;
+    };
+    let (mut low, mut high) = (-1_i64, -1_i64);
+    // SAFETY: the client pointer is valid while `consumer` lives; the topic is a valid C
+    // string for the call; librdkafka only writes the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    if err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+        high
+    } else {
+        -1
+    }
+}
+
+/// A partition's `(low, high)` watermarks by ListOffsets: exact on Kafka, low on tansu
+/// (see the module comment), never high. Blocking.
+pub fn listed_watermarks<C, K>(
+    consumer: &K,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+) -> KafkaResult<(i64, i64)>
+where
+    C: ConsumerContext,
+    K: Consumer<C>,
+{
+    consumer.fetch_watermarks(topic, partition, timeout)
 }

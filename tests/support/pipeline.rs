@@ -13,7 +13,8 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 use serde_json::{json, Value};
 
-use super::{consumer_config, free_port, unique_name, SluiceProcess, Tansu, TEST_GROUP_PROPERTIES};
+use super::process::{free_port, SluiceProcess};
+use super::tansu::{consumer_config, unique_name, Tansu, TEST_GROUP_PROPERTIES};
 
 /// A test's own request, reply and dead-letter topics.
 #[derive(Debug, Clone)]

@@ -4,6 +4,11 @@
 //! Every field documents its meaning and default; unknown keys are rejected so a typo
 //! fails loudly instead of being ignored. Key names are part of sluice's interface
 //! (see docs/configuration.md) and do not change.
+//!
+//! Each section's settings have a file of their own under `config/` (`kafka`, `backend`
+//! with `concurrency`, `rate` and `breaker`, `worker`, `ingress`, `telemetry`), and each
+//! component re-exports its own. Config is the bottom layer: it imports no component, and
+//! [`ConfigError`] (`error`) imports nothing of the crate.
 
 use serde::Deserialize;
 
@@ -45,7 +50,7 @@ impl Config {
                 return invalid(key, "must not be empty");
             }
         }
-        if let Err(reason) = crate::kafka::check_client_properties(&k.client) {
+        if let Err(reason) = check_client_properties(&k.client) {
             return Err(ConfigError::Invalid {
                 key: "kafka.client",
                 reason,
@@ -232,20 +237,30 @@ pub fn is_valid_lane(lane: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
+mod backend;
+mod breaker;
+mod concurrency;
 pub mod error;
 pub mod help;
 mod ingress;
+mod kafka;
 mod keys;
 mod load;
+mod rate;
+mod telemetry;
 pub mod tenants;
 #[cfg(test)]
 mod tests;
+mod worker;
 
-pub use crate::backend::settings::BackendConfig;
-pub use crate::kafka::settings::KafkaConfig;
-pub use crate::telemetry::settings::{LogFormat, TelemetryConfig};
-pub use crate::worker::settings::WorkerConfig;
+pub use backend::{BackendConfig, SaturationSource};
+pub use breaker::BreakerSettings;
+pub use concurrency::ConcurrencySettings;
 pub use error::ConfigError;
 pub use ingress::IngressConfig;
+pub use kafka::{check_client_properties, KafkaConfig};
 pub use keys::{env_names, unknown_env_warnings};
+pub use rate::RateSettings;
+pub use telemetry::{LogFormat, TelemetryConfig};
 pub use tenants::TenantConfig;
+pub use worker::WorkerConfig;

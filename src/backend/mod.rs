@@ -16,7 +16,6 @@ pub mod concurrency;
 pub mod rate;
 pub mod retry;
 pub mod saturation;
-pub mod settings;
 pub mod stack;
 pub mod stream;
 pub mod timeout;

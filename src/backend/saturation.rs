@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::concurrency::{Controller, Gauges};
-pub use super::settings::SaturationSource;
+pub use crate::config::SaturationSource;
 
 /// Which server's gauges a scrape held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

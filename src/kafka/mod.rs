@@ -1,6 +1,5 @@
 //! Kafka plumbing, the bottom layer every role builds on (it imports only config,
-//! envelope, telemetry and admin): client configuration and its settings (`settings`,
-//! the `[kafka]` section), the traced producer, the worker's
+//! envelope, telemetry and admin): client configuration, the traced producer, the worker's
 //! consumer, the contiguous-prefix offset tracker, the reading kit for clients outside any
 //! consumer group ([`metadata`] for a topic's partitions, [`reader`] for every partition
 //! of a topic, [`watermarks`] for where logs end), and the embedded broker used by
@@ -15,12 +14,11 @@ pub mod offsets;
 pub mod producer;
 pub mod reader;
 pub mod reply_record;
-pub mod settings;
 pub mod watermarks;
 
 use rdkafka::ClientConfig;
 
-pub use settings::{check_client_properties, KafkaConfig};
+use crate::config::KafkaConfig;
 
 /// Which kind of client a configuration is for: pass-through properties that only
 /// the other kind understands are left out (librdkafka warns about them otherwise).

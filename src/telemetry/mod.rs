@@ -7,7 +7,6 @@
 
 pub mod propagation;
 pub mod semconv;
-pub mod settings;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -16,7 +15,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-pub use settings::{LogFormat, TelemetryConfig};
+use crate::config::{LogFormat, TelemetryConfig};
 
 /// Standard OpenTelemetry variable honoured when `telemetry.otlp_endpoint` is unset.
 pub const OTEL_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";

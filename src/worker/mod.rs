@@ -38,7 +38,6 @@ pub mod outbox;
 pub mod output;
 pub mod process;
 pub mod scheduler;
-pub mod settings;
 pub mod summary;
 pub mod transactions;
 

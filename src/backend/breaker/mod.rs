@@ -33,15 +33,14 @@
 
 mod layer;
 mod service;
-pub mod settings;
 mod shared;
 mod state;
 #[cfg(test)]
 mod tests;
 
+pub use crate::config::BreakerSettings;
 pub use layer::{BreakerHandle, CircuitBreakerLayer};
 pub use service::{CircuitBreaker, ResponseFuture};
-pub use settings::BreakerSettings;
 pub use shared::Probe;
 
 /// Where the breaker stands.

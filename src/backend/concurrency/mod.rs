@@ -37,7 +37,6 @@ mod peers;
 mod permits;
 mod policy;
 mod service;
-pub mod settings;
 mod state;
 mod stats;
 mod ticket;
@@ -45,6 +44,7 @@ mod ticket;
 #[cfg(test)]
 pub(crate) mod tests;
 
+pub use crate::config::ConcurrencySettings;
 pub use controller::Controller;
 pub use evidence::Gauges;
 pub use future::ResponseFuture;
@@ -52,6 +52,5 @@ pub use layer::AdaptiveConcurrencyLayer;
 pub use peers::{Peers, REGAIN_PROBE_EVERY};
 pub use policy::Estimate;
 pub use service::AdaptiveConcurrency;
-pub use settings::ConcurrencySettings;
 pub use stats::{BackPressureCounts, ControllerStats};
 pub use ticket::CallTicket;

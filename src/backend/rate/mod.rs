@@ -36,12 +36,11 @@
 mod bucket;
 mod layer;
 mod service;
-pub mod settings;
 mod share;
 #[cfg(test)]
 mod tests;
 
+pub use crate::config::RateSettings;
 pub use layer::RateLimitLayer;
 pub use service::{RateLimit, ResponseFuture};
-pub use settings::RateSettings;
 pub use share::{RateShare, RateStats};

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::config::error::ConfigError;
+use super::error::ConfigError;
 
 /// `[backend.rate]`: limits for the whole consumer group, split between workers by their
 /// share of the assigned partitions.

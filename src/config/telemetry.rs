@@ -1,5 +1,4 @@
-//! `[telemetry]`: traces and logs, gathered into the whole configuration by
-//! `crate::config`.
+//! `[telemetry]`: traces and logs.
 
 use serde::Deserialize;
 

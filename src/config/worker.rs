@@ -1,5 +1,4 @@
-//! `[worker]`: the consumer-group member's settings, gathered into the whole
-//! configuration by `crate::config`.
+//! `[worker]`: the consumer-group member's settings.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::config::error::ConfigError;
+use super::error::ConfigError;
 
 /// `[backend.breaker]`.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]

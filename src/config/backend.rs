@@ -1,11 +1,12 @@
-//! `[backend]`: the OpenAI-compatible LLM server and the call path's settings, owned by
-//! the backend stack and gathered into the whole configuration by `crate::config`.
+//! `[backend]`: the OpenAI-compatible LLM server and the call path's settings (the
+//! subsections `[backend.concurrency]`, `[backend.rate]`, `[backend.breaker]` have files
+//! of their own).
 
 use serde::Deserialize;
 
-pub use super::breaker::settings::BreakerSettings;
-pub use super::concurrency::settings::ConcurrencySettings;
-pub use super::rate::settings::RateSettings;
+use super::breaker::BreakerSettings;
+use super::concurrency::ConcurrencySettings;
+use super::rate::RateSettings;
 
 /// `[backend]`: the OpenAI-compatible LLM server.
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]

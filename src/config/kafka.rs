@@ -1,5 +1,5 @@
-//! `[kafka]`: brokers, topics and pass-through librdkafka properties, owned by the Kafka
-//! plumbing and gathered into the whole configuration by `crate::config`.
+//! `[kafka]`: brokers, topics and pass-through librdkafka properties (checked with
+//! librdkafka itself).
 
 use std::collections::BTreeMap;
 

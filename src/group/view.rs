@@ -1,6 +1,8 @@
 //! What one worker knows of its group for one backend: the latest record of every live
 //! member, and from them this worker's share and the newest estimate. Pure: time is
-//! passed in, records arrive through [`GroupView::observe`].
+//! passed in, records arrive through [`GroupView::observe`]. The one reading of the
+//! records: the ingress's status page sees the group through it too
+//! ([`GroupView::observer`]), so it shows the estimate the workers use.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -58,6 +60,11 @@ impl GroupView {
         }
     }
 
+    /// The group seen from outside it (the ingress): every record is another member's.
+    pub fn observer(backend: &str) -> Self {
+        Self::new(backend, "")
+    }
+
     /// Takes a record read from the control topic at `now` (`now_ms` on the wall clock).
     pub fn observe(&mut self, record: StateRecord, now: Instant, now_ms: u64) -> Observed {
         if record.backend != self.backend {
@@ -99,6 +106,11 @@ impl GroupView {
     pub fn expire(&mut self, now: Instant) {
         self.members
             .retain(|_, seen| now.duration_since(seen.received) < MEMBER_TTL);
+    }
+
+    /// The latest record of every live member but this worker.
+    pub fn others(&self) -> impl Iterator<Item = &StateRecord> {
+        self.members.values().map(|seen| &seen.record)
     }
 
     /// Live members, this worker included.

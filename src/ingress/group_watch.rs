@@ -1,38 +1,39 @@
 //! The workers' shared view of each backend, as the status page shows it: the ingress
-//! reads the control topic (`kafka.control_topic`) like a worker does and keeps every
-//! worker's latest state record, for the group's capacity estimate and calls in flight.
+//! reads the control topic (`kafka.control_topic`) like a worker does, into one
+//! [`GroupView`] per backend seen from outside the group, so the page shows the members
+//! the workers count and the estimate they use (the same TTL, the same tie rule).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
+use crate::envelope::now_ms;
 use crate::group::control_topic;
 use crate::group::record::StateRecord;
+use crate::group::view::GroupView;
 
-/// A worker silent this long is taken as gone.
-const STALE: Duration = Duration::from_secs(10);
-
-/// Latest record per (backend, worker).
+/// Every backend's group, by backend.
 #[derive(Debug, Default)]
 pub struct GroupWatch {
-    latest: Mutex<HashMap<(String, String), (StateRecord, Instant)>>,
+    views: Mutex<HashMap<String, GroupView>>,
 }
 
 /// One backend as the group sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BackendView {
     pub backend: String,
-    /// Workers that published within the last 10 s and are not leaving.
+    /// Live workers (heard from within `group::view::MEMBER_TTL`, not leaving).
     pub workers: usize,
     /// Calls in flight, over the workers.
     pub in_flight: usize,
     /// Calls in flight plus messages buffered, over the workers.
     pub demand: usize,
-    /// The newest capacity estimate of the group (calls the backend takes at once).
+    /// The group's estimate of the backend's capacity (calls it takes at once), as the
+    /// workers adopt it.
     pub capacity_estimate: Option<usize>,
     /// `in_flight / capacity_estimate`.
     pub utilisation: Option<f64>,
@@ -52,57 +53,55 @@ impl GroupWatch {
         let watch = self.clone();
         tokio::spawn(async move {
             while let Some(record) = records.recv().await {
-                watch.observe(record, Instant::now());
+                watch.observe(record, Instant::now(), now_ms());
             }
         });
     }
 
-    pub fn observe(&self, record: StateRecord, now: Instant) {
-        let key = (record.backend.clone(), record.worker.clone());
-        let mut latest = self.lock();
-        match latest.get(&key) {
-            Some((known, _)) if known.seq > record.seq && known.at_ms >= record.at_ms => {}
-            _ => {
-                latest.insert(key, (record, now));
-            }
-        }
+    /// Takes a record read at `now` (`now_ms` on the wall clock).
+    pub fn observe(&self, record: StateRecord, now: Instant, now_ms: u64) {
+        let mut views = self.lock();
+        let view = views
+            .entry(record.backend.clone())
+            .or_insert_with(|| GroupView::observer(&record.backend));
+        view.observe(record, now, now_ms);
     }
 
-    /// Every backend with a live worker.
-    pub fn backends(&self, now: Instant) -> Vec<BackendView> {
-        let latest = self.lock();
-        let mut by_backend: HashMap<&str, Vec<&StateRecord>> = HashMap::new();
-        for ((backend, _), (record, seen)) in latest.iter() {
-            if now.duration_since(*seen) < STALE && !record.leaving {
-                by_backend.entry(backend).or_default().push(record);
-            }
-        }
-        let mut views: Vec<BackendView> = by_backend
-            .into_iter()
-            .map(|(backend, records)| {
-                let in_flight = records.iter().map(|r| r.in_flight).sum();
-                let capacity_estimate = records
-                    .iter()
-                    .max_by_key(|r| (r.grouped, r.estimate.version, r.at_ms))
-                    .map(|r| r.estimate.limit);
-                BackendView {
-                    backend: backend.to_string(),
-                    workers: records.len(),
+    /// Every backend with a live worker, now.
+    pub fn backends(&self) -> Vec<BackendView> {
+        self.backends_at(Instant::now(), now_ms())
+    }
+
+    fn backends_at(&self, now: Instant, now_ms: u64) -> Vec<BackendView> {
+        let mut views = self.lock();
+        let mut backends: Vec<BackendView> = views
+            .iter_mut()
+            .filter_map(|(backend, view)| {
+                view.expire(now);
+                let workers = view.others().count();
+                if workers == 0 {
+                    return None;
+                }
+                let in_flight = view.others().map(|r| r.in_flight).sum();
+                let capacity_estimate = view.newest_estimate(now_ms).map(|e| e.limit);
+                Some(BackendView {
+                    backend: backend.clone(),
+                    workers,
                     in_flight,
-                    demand: records.iter().map(|r| r.demand).sum(),
+                    demand: view.others().map(|r| r.demand).sum(),
                     capacity_estimate,
                     utilisation: capacity_estimate
                         .filter(|c| *c > 0)
                         .map(|c| in_flight as f64 / c as f64),
-                }
+                })
             })
             .collect();
-        views.sort_by(|a, b| a.backend.cmp(&b.backend));
-        views
+        backends.sort_by(|a, b| a.backend.cmp(&b.backend));
+        backends
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), (StateRecord, Instant)>> {
-        self.latest
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, GroupView>> {
+        self.views
             .lock()
             .expect("group watch lock is never poisoned: no code panics while holding it")
     }
@@ -112,13 +111,14 @@ impl GroupWatch {
 mod tests {
     use super::*;
     use crate::group::record::{EstimateRecord, VERSION};
+    use crate::group::view::MEMBER_TTL;
 
     fn record(worker: &str, seq: u64, in_flight: usize, limit: usize, version: u64) -> StateRecord {
         StateRecord {
             v: VERSION,
             backend: "http://llm".into(),
             worker: worker.into(),
-            at_ms: seq,
+            at_ms: 1_000 + seq,
             seq,
             demand: in_flight + 3,
             in_flight,
@@ -133,22 +133,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_group_sums_in_flight_and_takes_the_newest_estimate() {
+    #[tokio::test(start_paused = true)]
+    async fn the_group_sums_in_flight_and_shows_the_estimate_the_workers_adopt() {
         let watch = GroupWatch::default();
-        let now = Instant::now();
-        watch.observe(record("a", 1, 6, 16, 3), now);
-        watch.observe(record("b", 1, 4, 14, 2), now);
-        watch.observe(record("a", 2, 8, 16, 3), now);
-        let views = watch.backends(now);
+        let (now, ms) = (Instant::now(), 2_000);
+        watch.observe(record("a", 1, 6, 16, 3), now, ms);
+        watch.observe(record("b", 1, 4, 14, 3), now, ms);
+        watch.observe(record("a", 2, 8, 16, 3), now, ms);
+        let views = watch.backends_at(now, ms);
         assert_eq!(views.len(), 1);
         let view = &views[0];
         assert_eq!((view.workers, view.in_flight, view.demand), (2, 12, 18));
-        assert_eq!(view.capacity_estimate, Some(16));
-        assert_eq!(view.utilisation, Some(0.75));
+        // Of two estimates of one version the workers take the lower (the maximum
+        // version and time used to win here, so the page showed 16).
+        assert_eq!(view.capacity_estimate, Some(14));
+        assert_eq!(view.utilisation, Some(12.0 / 14.0));
         assert!(
-            watch.backends(now + STALE).is_empty(),
-            "silent workers drop out"
+            watch.backends_at(now + MEMBER_TTL, ms).is_empty(),
+            "silent workers drop out when the workers drop them"
         );
     }
 }

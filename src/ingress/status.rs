@@ -5,7 +5,6 @@
 //! dead letters, and the final replies it has read.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use axum::extract::State;
 use axum::response::Html;
@@ -107,7 +106,7 @@ pub async fn json(State(state): State<IngressState>) -> Json<StatusBody> {
         time_to_drain_s,
         stalled: sample.stalled,
         dead_letters: sample.dead_letters,
-        backends: state.group.backends(Instant::now()),
+        backends: state.group.backends(),
         replies,
         accepted,
         waiting: state.waiters.len() as u64,

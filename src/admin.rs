@@ -26,12 +26,12 @@ impl Readiness {
         self.gauge.set(i64::from(ready));
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
     }
 
     /// Exports it as `ready` in `registry` (give it the role's sub-registry).
-    pub fn register(&self, registry: &mut Registry) {
+    pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "ready",
             "1 while /readyz answers 200 (the role can do its job), else 0",

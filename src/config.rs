@@ -13,9 +13,9 @@
 use serde::Deserialize;
 
 /// Environment variable prefix; `SLUICE__KAFKA__GROUP_ID` sets `kafka.group_id`.
-pub const ENV_PREFIX: &str = "SLUICE";
+pub(crate) const ENV_PREFIX: &str = "SLUICE";
 /// Separator between prefix, section and key in environment variable names.
-pub const ENV_SEPARATOR: &str = "__";
+pub(crate) const ENV_SEPARATOR: &str = "__";
 
 /// The whole configuration of every role. Each role reads the sections it needs.
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize)]
@@ -168,7 +168,7 @@ impl Config {
 
     /// The producer's largest record: `kafka.client`'s `message.max.bytes`, else
     /// librdkafka's default.
-    pub fn kafka_message_max_bytes(&self) -> Result<usize, ConfigError> {
+    pub(crate) fn kafka_message_max_bytes(&self) -> Result<usize, ConfigError> {
         match self.kafka.client.get("message.max.bytes") {
             None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
             Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
@@ -179,7 +179,7 @@ impl Config {
     }
 
     /// Where the backend's gauges are read: `backend.metrics_url`, else `{backend.url}/metrics`.
-    pub fn backend_metrics_url(&self) -> String {
+    pub(crate) fn backend_metrics_url(&self) -> String {
         self.backend
             .metrics_url
             .clone()
@@ -187,7 +187,7 @@ impl Config {
     }
 
     /// The identity this worker writes into dead letters and logs.
-    pub fn worker_id(&self) -> String {
+    pub(crate) fn worker_id(&self) -> String {
         self.worker.worker_id.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|h| h.trim().to_string())
@@ -197,7 +197,7 @@ impl Config {
     }
 
     /// The Kafka topic a request in `lane` (or the default lane) is written to.
-    pub fn request_topic_for(&self, lane: Option<&str>) -> String {
+    pub(crate) fn request_topic_for(&self, lane: Option<&str>) -> String {
         match lane {
             Some(lane) if lane != DEFAULT_LANE => format!("{}.{lane}", self.kafka.request_topic),
             _ => self.kafka.request_topic.clone(),
@@ -205,7 +205,7 @@ impl Config {
     }
 
     /// Every request topic, highest priority first (see `kafka.lanes`).
-    pub fn lane_topics(&self) -> Vec<String> {
+    pub(crate) fn lane_topics(&self) -> Vec<String> {
         let mut topics: Vec<String> = self
             .kafka
             .lanes
@@ -220,17 +220,17 @@ impl Config {
 }
 
 /// librdkafka's default `message.max.bytes`.
-pub const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+pub(crate) const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// Room a Kafka record needs beyond the submitted body: the envelope's own fields (id,
 /// version, tenant), the id and trace headers, the key and the record batch overhead.
-pub const KAFKA_RECORD_HEADROOM: usize = 16 * 1024;
+pub(crate) const KAFKA_RECORD_HEADROOM: usize = 16 * 1024;
 
 /// The lane name that stands for the plain request topic.
-pub const DEFAULT_LANE: &str = "default";
+pub(crate) const DEFAULT_LANE: &str = "default";
 
 /// Lane names become topic-name suffixes, so they are kept to a safe alphabet.
-pub fn is_valid_lane(lane: &str) -> bool {
+pub(crate) fn is_valid_lane(lane: &str) -> bool {
     (1..=64).contains(&lane.len())
         && lane
             .bytes()
@@ -253,14 +253,14 @@ pub mod tenants;
 mod tests;
 mod worker;
 
-pub use backend::{BackendConfig, SaturationSource};
-pub use breaker::BreakerSettings;
+pub(crate) use backend::{BackendConfig, SaturationSource};
+pub(crate) use breaker::BreakerSettings;
 pub use concurrency::ConcurrencySettings;
-pub use error::ConfigError;
-pub use ingress::IngressConfig;
-pub use kafka::{check_client_properties, KafkaConfig};
-pub use keys::{env_names, unknown_env_warnings};
-pub use rate::RateSettings;
-pub use telemetry::{LogFormat, TelemetryConfig};
+pub(crate) use error::ConfigError;
+pub(crate) use ingress::IngressConfig;
+pub(crate) use kafka::{check_client_properties, KafkaConfig};
+pub use keys::unknown_env_warnings;
+pub(crate) use rate::RateSettings;
+pub(crate) use telemetry::{LogFormat, TelemetryConfig};
 pub use tenants::TenantConfig;
-pub use worker::WorkerConfig;
+pub(crate) use worker::WorkerConfig;

@@ -12,35 +12,31 @@ pub const VERSION: u32 = 1;
 
 /// Kafka header names.
 pub mod headers {
-    /// W3C trace context.
-    pub const TRACEPARENT: &str = "traceparent";
-    /// W3C trace state.
-    pub const TRACESTATE: &str = "tracestate";
     /// The request id, so tools can route without decoding the value.
-    pub const ID: &str = "sluice-id";
+    pub(crate) const ID: &str = "sluice-id";
     /// `final` or `chunk` on the reply topic.
-    pub const KIND: &str = "sluice-kind";
+    pub(crate) const KIND: &str = "sluice-kind";
     /// Dead letters: why the message could not be processed.
-    pub const ERROR_REASON: &str = "sluice-error-reason";
+    pub(crate) const ERROR_REASON: &str = "sluice-error-reason";
     /// Dead letters: the error class (`decode`, `backend`, ...).
-    pub const ERROR_CLASS: &str = "sluice-error-class";
+    pub(crate) const ERROR_CLASS: &str = "sluice-error-class";
     /// Dead letters: when it was dead-lettered, RFC 3339 UTC.
-    pub const ERROR_AT: &str = "sluice-error-at";
+    pub(crate) const ERROR_AT: &str = "sluice-error-at";
     /// Dead letters: how many backend attempts were made.
-    pub const ERROR_ATTEMPTS: &str = "sluice-error-attempts";
+    pub(crate) const ERROR_ATTEMPTS: &str = "sluice-error-attempts";
     /// Dead letters: which worker wrote it.
-    pub const WORKER: &str = "sluice-worker";
+    pub(crate) const WORKER: &str = "sluice-worker";
     /// Dead letters: what was left out because the whole record was too large for the
     /// dead-letter topic (`value (N bytes)`, then `key and original headers`).
-    pub const ERROR_DROPPED: &str = "sluice-error-dropped";
+    pub(crate) const ERROR_DROPPED: &str = "sluice-error-dropped";
     /// Dead letters: the topic, partition and offset the message was read from.
-    pub const SOURCE_TOPIC: &str = "sluice-source-topic";
-    pub const SOURCE_PARTITION: &str = "sluice-source-partition";
-    pub const SOURCE_OFFSET: &str = "sluice-source-offset";
+    pub(crate) const SOURCE_TOPIC: &str = "sluice-source-topic";
+    pub(crate) const SOURCE_PARTITION: &str = "sluice-source-partition";
+    pub(crate) const SOURCE_OFFSET: &str = "sluice-source-offset";
 
     /// Values of [`KIND`].
-    pub const KIND_FINAL: &str = "final";
-    pub const KIND_CHUNK: &str = "chunk";
+    pub(crate) const KIND_FINAL: &str = "final";
+    pub(crate) const KIND_CHUNK: &str = "chunk";
 }
 
 /// A request as it sits on the request topic.
@@ -171,7 +167,7 @@ impl DecodeError {
 }
 
 /// Longest id accepted; ids become Kafka keys and cache keys.
-pub const MAX_ID_LEN: usize = 256;
+pub(crate) const MAX_ID_LEN: usize = 256;
 
 /// Decodes a request value, checking the version before the shape so an old or new
 /// producer gets a version error rather than a confusing field error.
@@ -206,14 +202,14 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
 }
 
 /// Ids are free-form but must be usable as a Kafka key and a URL path segment.
-pub fn is_valid_id(id: &str) -> bool {
+pub(crate) fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.chars().count() <= MAX_ID_LEN
         && !id.chars().any(|c| c.is_control() || c == '/')
 }
 
 /// A fresh, time-ordered request id.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 

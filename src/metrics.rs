@@ -6,13 +6,13 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// Renders the registry in the Prometheus text exposition format.
-pub fn render(registry: &Registry) -> String {
+pub(crate) fn render(registry: &Registry) -> String {
     let mut text = String::new();
     encode(&mut text, registry).expect("writing to a String cannot fail");
     text
 }
 
 /// Latency histogram in seconds from 1 ms to about 10 min.
-pub fn latency_histogram() -> Histogram {
+pub(crate) fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 20))
 }

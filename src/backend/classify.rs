@@ -27,13 +27,13 @@ impl Outcome {
         }
     }
 
-    pub fn is_retryable(self) -> bool {
+    pub(crate) fn is_retryable(self) -> bool {
         matches!(self, Outcome::Retry | Outcome::BackPressure)
     }
 }
 
 /// Classifies one attempt's result.
-pub fn classify(result: &Result<ChatResponse, BackendError>) -> Outcome {
+pub(crate) fn classify(result: &Result<ChatResponse, BackendError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Success,
         Err(BackendError::Status { status, .. }) => classify_status(*status),
@@ -49,7 +49,7 @@ pub fn classify(result: &Result<ChatResponse, BackendError>) -> Outcome {
 }
 
 /// Classifies an HTTP status from the backend.
-pub fn classify_status(status: u16) -> Outcome {
+pub(crate) fn classify_status(status: u16) -> Outcome {
     match status {
         200..=299 => Outcome::Success,
         429 | 503 => Outcome::BackPressure,

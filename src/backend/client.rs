@@ -20,7 +20,7 @@ const MAX_ERROR_BODY: usize = 1024;
 
 /// A client for one backend base URL.
 #[derive(Clone)]
-pub struct OpenAiClient {
+pub(crate) struct OpenAiClient {
     http: reqwest::Client,
     /// `{base}/v1/chat/completions`.
     endpoint: String,
@@ -81,7 +81,10 @@ impl OpenAiClient {
     }
 
     /// One attempt, inside a `chat {model}` CLIENT span.
-    pub async fn send_chat(&self, request: &ChatRequest) -> Result<ChatResponse, BackendError> {
+    pub(crate) async fn send_chat(
+        &self,
+        request: &ChatRequest,
+    ) -> Result<ChatResponse, BackendError> {
         let span = semconv::chat_span(request.model(), &self.provider, request.max_tokens());
         let result = self.send(request, &span).instrument(span.clone()).await;
         match &result {
@@ -260,7 +263,7 @@ fn streaming_body(body: &Map<String, Value>) -> Map<String, Value> {
 }
 
 /// `usage.prompt_tokens` / `usage.completion_tokens` of a completion or final chunk.
-pub fn parse_usage(body: &Value) -> Option<Usage> {
+pub(crate) fn parse_usage(body: &Value) -> Option<Usage> {
     let usage = body.get("usage")?;
     Some(Usage {
         prompt_tokens: usage.get("prompt_tokens")?.as_u64()?,

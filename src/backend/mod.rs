@@ -10,12 +10,12 @@
 //! too.
 
 pub mod breaker;
-pub mod classify;
+pub(crate) mod classify;
 pub mod client;
 pub mod concurrency;
 pub mod rate;
 pub mod retry;
-pub mod saturation;
+pub(crate) mod saturation;
 pub mod stack;
 pub mod stream;
 pub mod timeout;
@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::envelope::Usage;
 
 /// `max_tokens` assumed for cost estimates when a request does not set it.
-pub const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 256;
+pub(crate) const DEFAULT_MAX_TOKENS_ESTIMATE: u64 = 256;
 
 /// One chat-completion call, as the worker hands it to the backend path.
 #[derive(Debug, Clone)]
@@ -51,26 +51,21 @@ impl ChatRequest {
     }
 
     /// The same call, streamed into `sink`.
-    pub fn streaming(mut self, sink: stream::ChunkSink) -> Self {
+    pub(crate) fn streaming(mut self, sink: stream::ChunkSink) -> Self {
         self.stream = Some(sink);
         self
     }
 
     /// Chunks already passed on by a streamed call (0 for others): a retry after any
     /// would replay tokens.
-    pub fn chunks_relayed(&self) -> u64 {
+    pub(crate) fn chunks_relayed(&self) -> u64 {
         self.stream.as_ref().map_or(0, stream::ChunkSink::relayed)
-    }
-
-    /// Estimated prompt tokens: about four characters of message text per token.
-    pub fn estimated_prompt_tokens(&self) -> u64 {
-        estimated_prompt_tokens(&self.body)
     }
 
     /// What the call may cost in tokens: estimated prompt plus `max_tokens`
     /// (or [`DEFAULT_MAX_TOKENS_ESTIMATE`]). Used by the tokens/min budget and to
     /// normalise latency for the concurrency controller.
-    pub fn estimated_tokens(&self) -> u64 {
+    pub(crate) fn estimated_tokens(&self) -> u64 {
         estimated_tokens(&self.body)
     }
 
@@ -90,7 +85,7 @@ impl ChatRequest {
 
 /// Estimated prompt tokens of a chat request body: about four characters of message
 /// text per token.
-pub fn estimated_prompt_tokens(body: &Map<String, Value>) -> u64 {
+pub(crate) fn estimated_prompt_tokens(body: &Map<String, Value>) -> u64 {
     let chars: usize = body
         .get("messages")
         .and_then(Value::as_array)
@@ -109,7 +104,7 @@ pub fn estimated_prompt_tokens(body: &Map<String, Value>) -> u64 {
 
 /// Estimated prompt plus `max_tokens` (or [`DEFAULT_MAX_TOKENS_ESTIMATE`]) of a chat
 /// request body.
-pub fn estimated_tokens(body: &Map<String, Value>) -> u64 {
+pub(crate) fn estimated_tokens(body: &Map<String, Value>) -> u64 {
     estimated_prompt_tokens(body) + max_tokens(body).unwrap_or(DEFAULT_MAX_TOKENS_ESTIMATE)
 }
 

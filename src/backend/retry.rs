@@ -20,7 +20,7 @@ use crate::envelope::now_ms;
 
 /// How a request is retried.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Most attempts, the first included.
     pub max_attempts: u32,
     /// Upper bound of the first backoff; doubles per retry.
@@ -30,7 +30,7 @@ pub struct RetryPolicy {
 }
 
 impl RetryPolicy {
-    pub fn from_config(config: &BackendConfig) -> Self {
+    pub(crate) fn from_config(config: &BackendConfig) -> Self {
         Self {
             max_attempts: config.max_attempts,
             initial_backoff: Duration::from_millis(config.retry_initial_backoff_ms),
@@ -41,7 +41,7 @@ impl RetryPolicy {
     /// The wait after failed attempt number `attempt` (1-based). A Retry-After from the
     /// backend is obeyed (plus up to 10% jitter so waiters do not return in lockstep);
     /// otherwise full jitter over the exponential bound.
-    pub fn backoff(
+    pub(crate) fn backoff(
         &self,
         attempt: u32,
         retry_after: Option<Duration>,
@@ -60,7 +60,7 @@ impl RetryPolicy {
     /// retries also wait for permits of the concurrency and rate layers below, so they
     /// cannot storm the backend, and the longest backoff would idle them for seconds after
     /// a moment of refusals. Any other failure waits the longest backoff.
-    pub fn slowed(
+    pub(crate) fn slowed(
         &self,
         attempt: u32,
         outcome: Outcome,
@@ -98,10 +98,10 @@ pub enum Finished {
 
 /// Shared retry budget: every request deposits, every retry withdraws, so retries add
 /// at most `retry_budget_ratio` of recent traffic (plus a small floor).
-pub type RetryBudget = Arc<TpsBudget>;
+pub(crate) type RetryBudget = Arc<TpsBudget>;
 
 /// Builds a budget from `[backend]` settings (10-second memory, as tower's default).
-pub fn budget_from_config(config: &BackendConfig) -> RetryBudget {
+pub(crate) fn budget_from_config(config: &BackendConfig) -> RetryBudget {
     Arc::new(TpsBudget::new(
         Duration::from_secs(10),
         config.retry_budget_min_per_second,
@@ -110,11 +110,11 @@ pub fn budget_from_config(config: &BackendConfig) -> RetryBudget {
 }
 
 /// Called with the classified outcome of every attempt (for metrics).
-pub type AttemptObserver = Arc<dyn Fn(Outcome) + Send + Sync>;
+pub(crate) type AttemptObserver = Arc<dyn Fn(Outcome) + Send + Sync>;
 
 /// Retries a request through the layers below it.
 #[derive(Clone)]
-pub struct RetryLayer {
+pub(crate) struct RetryLayer {
     policy: RetryPolicy,
     budget: RetryBudget,
     observer: AttemptObserver,

@@ -16,11 +16,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::concurrency::{Controller, Gauges};
-pub use crate::config::SaturationSource;
+pub(crate) use crate::config::SaturationSource;
 
 /// Which server's gauges a scrape held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Publisher {
+pub(crate) enum Publisher {
     Vllm,
     Llamacpp,
 }
@@ -45,7 +45,7 @@ impl Publisher {
 
 /// One reading of the server's own load.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Signal {
+pub(crate) struct Signal {
     pub publisher: Publisher,
     /// Requests the server is serving now (all its clients').
     pub running: f64,
@@ -57,7 +57,7 @@ pub struct Signal {
 
 impl Signal {
     /// The reading as the concurrency controller takes it.
-    pub fn gauges(self) -> Gauges {
+    pub(crate) fn gauges(self) -> Gauges {
         Gauges {
             running: self.running,
             waiting: self.waiting,
@@ -133,7 +133,7 @@ pub fn parse(text: &str, source: SaturationSource) -> Option<Signal> {
 }
 
 /// Polls the backend's metrics and hands each reading to the controller until `stop`.
-pub struct Poller {
+pub(crate) struct Poller {
     pub url: String,
     pub source: SaturationSource,
     pub interval: Duration,

@@ -21,7 +21,7 @@ use crate::config::BackendConfig;
 pub type Attempts = BoxCloneService<ChatRequest, ChatResponse, BackendError>;
 
 /// The whole call path; `ready()` it before taking a message, then `call` it.
-pub type BackendStack = Retry<Attempts>;
+pub(crate) type BackendStack = Retry<Attempts>;
 
 /// The stack and the handles the worker uses to steer and observe it.
 pub struct Stack {
@@ -35,7 +35,7 @@ pub struct Stack {
 }
 
 /// Builds the stack over the real HTTP client.
-pub fn build_stack(
+pub(crate) fn build_stack(
     config: &BackendConfig,
     observer: AttemptObserver,
 ) -> Result<Stack, BackendError> {
@@ -58,7 +58,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the stack over any innermost service (simulations and tests use a model), with
 /// `probe` for the circuit breaker to ask whether the backend is back.
-pub fn build_stack_over<S>(
+pub(crate) fn build_stack_over<S>(
     config: &BackendConfig,
     observer: AttemptObserver,
     innermost: S,

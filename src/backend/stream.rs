@@ -51,14 +51,14 @@ impl ChunkSink {
 
 /// Splits a server-sent-events byte stream into the `data:` payloads of its events.
 #[derive(Debug, Default)]
-pub struct SseReader {
+pub(crate) struct SseReader {
     buffer: Vec<u8>,
     data: String,
 }
 
 impl SseReader {
     /// Feeds bytes as they come; returns the data of every event they completed.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
         self.buffer.extend_from_slice(bytes);
         let mut events = Vec::new();
         while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
@@ -101,7 +101,7 @@ impl SseReader {
 /// Builds the `chat.completion` a stream amounts to, chunk by chunk: each choice's
 /// role, content (and reasoning content), tool calls and finish reason, plus the usage.
 #[derive(Debug, Default)]
-pub struct Assembler {
+pub(crate) struct Assembler {
     head: Map<String, Value>,
     choices: Vec<Choice>,
     usage: Option<Value>,

@@ -13,7 +13,7 @@ use super::{BackendError, ChatRequest};
 
 /// Applies a per-attempt time limit.
 #[derive(Debug, Clone, Copy)]
-pub struct TimeoutLayer {
+pub(crate) struct TimeoutLayer {
     limit: Duration,
 }
 
@@ -36,7 +36,7 @@ impl<S> Layer<S> for TimeoutLayer {
 
 /// See [`TimeoutLayer`].
 #[derive(Debug, Clone)]
-pub struct Timeout<S> {
+pub(crate) struct Timeout<S> {
     inner: S,
     limit: Duration,
 }

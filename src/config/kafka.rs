@@ -52,7 +52,7 @@ impl Default for KafkaConfig {
 
 /// Checks `kafka.client` with librdkafka itself: an unknown property or a bad value is
 /// named with librdkafka's reason.
-pub fn check_client_properties(client: &BTreeMap<String, String>) -> Result<(), String> {
+pub(crate) fn check_client_properties(client: &BTreeMap<String, String>) -> Result<(), String> {
     let mut config = ClientConfig::new();
     for (key, value) in client {
         config.set(key, value);

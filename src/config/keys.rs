@@ -12,7 +12,7 @@ const NOT_SETTINGS: &[&str] = &["SLUICE_CONFIG"];
 
 /// The environment variable of every key (`SLUICE__WORKER__MAX_IN_FLIGHT`, ...);
 /// `kafka.client` takes any property beneath it and appears as `SLUICE__KAFKA__CLIENT__`.
-pub fn env_names() -> Vec<String> {
+pub(crate) fn env_names() -> Vec<String> {
     let defaults =
         serde_json::to_value(Config::default()).expect("the configuration always serializes");
     let mut names = Vec::new();

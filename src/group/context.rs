@@ -25,7 +25,7 @@ const REGAIN_TURN: Duration = Duration::from_millis(500);
 /// This worker's place in its group, as the controller's [`Peers`]. Built by the pacer
 /// from the group's view at every tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupContext {
+pub(crate) struct GroupContext {
     share: GroupShare,
 }
 

@@ -32,7 +32,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 const SILENT: Duration = Duration::from_secs(5);
 
 /// Writes state records to the control topic.
-pub struct KafkaBus {
+pub(crate) struct KafkaBus {
     producer: FutureProducer<KafkaLog>,
     topic: String,
 }
@@ -82,7 +82,7 @@ impl Bus for KafkaBus {
 
 /// Starts reading the control topic; the records arrive on the returned channel until
 /// `shutdown`.
-pub fn start_reader(
+pub(crate) fn start_reader(
     kafka: &KafkaConfig,
     topic: &str,
     shutdown: CancellationToken,

@@ -25,13 +25,13 @@
 //! - [`control_topic`]: the Kafka producer and reader of the control topic.
 
 pub mod context;
-pub mod control_topic;
-pub mod pacer;
+pub(crate) mod control_topic;
+pub(crate) mod pacer;
 pub mod record;
 pub mod share;
 pub mod view;
 
-pub use pacer::{GroupStatus, Load, Pacer};
+pub(crate) use pacer::{GroupStatus, Load, Pacer};
 
 #[cfg(test)]
 mod simulation;

@@ -29,10 +29,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// worker's share changes, or its demand starts or stops.
 const PUBLISH_EVERY: Duration = Duration::from_millis(250);
 /// A record not read back within this long means the control topic does not work for us.
-pub const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
+pub(crate) const UNREACHABLE_AFTER: Duration = Duration::from_secs(3);
 
 /// Where records go: the control topic, or anything standing in for it.
-pub trait Bus: Send + 'static {
+pub(crate) trait Bus: Send + 'static {
     /// Hands a record over for writing; does not wait for it to be written.
     fn publish(&self, record: &StateRecord);
 
@@ -74,7 +74,7 @@ pub struct GroupStatus {
 
 impl GroupStatus {
     /// Whether this worker paces with the group now (false: on its own).
-    pub fn grouped(&self) -> bool {
+    pub(crate) fn grouped(&self) -> bool {
         self.grouped.load(Ordering::Relaxed)
     }
     /// Live members, this worker included.
@@ -92,7 +92,7 @@ impl GroupStatus {
 }
 
 /// The task's parts.
-pub struct Pacer<B> {
+pub(crate) struct Pacer<B> {
     pub backend: String,
     pub worker: String,
     pub controller: Arc<Controller>,

@@ -11,7 +11,7 @@ pub const VERSION: u32 = 1;
 
 /// One worker's state for one backend, as of `at_ms`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateRecord {
+pub(crate) struct StateRecord {
     pub v: u32,
     /// The backend this state is about (its URL).
     pub backend: String,
@@ -38,7 +38,7 @@ pub struct StateRecord {
 
 /// [`Estimate`] on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EstimateRecord {
+pub(crate) struct EstimateRecord {
     pub limit: usize,
     pub recover_to: usize,
     pub version: u64,

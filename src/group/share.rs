@@ -7,7 +7,7 @@ use std::time::Duration;
 
 /// Another member of the group, as its last state record described it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
+pub(crate) struct Member {
     /// Stable identity, for tie-breaks every member resolves the same way.
     pub key: String,
     /// Calls in flight plus messages buffered, waiting for a permit.
@@ -21,7 +21,7 @@ pub struct Member {
 
 /// This worker's view of its group, set by the group-pacing task.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupShare {
+pub(crate) struct GroupShare {
     /// This worker's key and demand.
     pub key: String,
     pub demand: usize,
@@ -43,7 +43,7 @@ impl GroupShare {
     }
 
     /// Permits of the others, in use or not.
-    pub fn others_held(&self) -> usize {
+    pub(crate) fn others_held(&self) -> usize {
         self.others.iter().map(|m| m.held).sum()
     }
 
@@ -54,7 +54,7 @@ impl GroupShare {
     /// fill its share of the current limit (as far as its demand goes) as far as this
     /// worker fills its own: they pace the same increase on the same schedule. What a
     /// member last reported in flight is a floor.
-    pub fn others_in_flight(&self, limit: usize, in_flight: usize) -> usize {
+    pub(crate) fn others_in_flight(&self, limit: usize, in_flight: usize) -> usize {
         let shares = self.allocation(limit);
         let mine = shares[self.others.len()];
         let fill = in_flight as f64 / mine.max(in_flight).max(1) as f64;
@@ -76,7 +76,7 @@ impl GroupShare {
     }
 
     /// This worker's part of [`Self::allocation`].
-    pub fn fair_share(&self, limit: usize) -> usize {
+    pub(crate) fn fair_share(&self, limit: usize) -> usize {
         self.allocation(limit)[self.others.len()]
     }
 

@@ -14,17 +14,17 @@ use super::share::{GroupShare, Member};
 use crate::backend::concurrency::Estimate;
 
 /// A member not heard from for this long has left (or died): its share is free.
-pub const MEMBER_TTL: Duration = Duration::from_secs(2);
+pub(crate) const MEMBER_TTL: Duration = Duration::from_secs(2);
 /// A record written longer ago than this (by its writer's clock, so with room for clock
 /// skew) describes no live member, whenever it is read (a compacted topic keeps the last
 /// record of workers long gone).
-pub const RECORD_MAX_AGE_MS: u64 = 10_000;
+pub(crate) const RECORD_MAX_AGE_MS: u64 = 10_000;
 /// An estimate written longer ago than this is not adopted: the backend may have changed.
-pub const ESTIMATE_MAX_AGE_MS: u64 = 60_000;
+pub(crate) const ESTIMATE_MAX_AGE_MS: u64 = 60_000;
 
 /// What a record read from the topic was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Observed {
+pub(crate) enum Observed {
     /// This worker's own record, `seq` as written: the topic works both ways.
     Own { seq: u64 },
     /// Another member's.
@@ -41,7 +41,7 @@ struct Seen {
 
 /// See the module documentation. Lives as long as the worker.
 #[derive(Debug)]
-pub struct GroupView {
+pub(crate) struct GroupView {
     backend: String,
     me: String,
     /// Other members' latest records, by worker id.
@@ -61,12 +61,12 @@ impl GroupView {
     }
 
     /// The group seen from outside it (the ingress): every record is another member's.
-    pub fn observer(backend: &str) -> Self {
+    pub(crate) fn observer(backend: &str) -> Self {
         Self::new(backend, "")
     }
 
     /// Takes a record read from the control topic at `now` (`now_ms` on the wall clock).
-    pub fn observe(&mut self, record: StateRecord, now: Instant, now_ms: u64) -> Observed {
+    pub(crate) fn observe(&mut self, record: StateRecord, now: Instant, now_ms: u64) -> Observed {
         if record.backend != self.backend {
             return Observed::Ignored;
         }
@@ -103,7 +103,7 @@ impl GroupView {
     }
 
     /// Forgets members not heard from within [`MEMBER_TTL`].
-    pub fn expire(&mut self, now: Instant) {
+    pub(crate) fn expire(&mut self, now: Instant) {
         self.members
             .retain(|_, seen| now.duration_since(seen.received) < MEMBER_TTL);
     }
@@ -141,7 +141,7 @@ impl GroupView {
     }
 
     /// The newest group estimate seen, if recent enough to adopt.
-    pub fn newest_estimate(&self, now_ms: u64) -> Option<Estimate> {
+    pub(crate) fn newest_estimate(&self, now_ms: u64) -> Option<Estimate> {
         self.newest
             .filter(|(_, at_ms)| now_ms.saturating_sub(*at_ms) <= ESTIMATE_MAX_AGE_MS)
             .map(|(estimate, _)| estimate)
@@ -149,12 +149,12 @@ impl GroupView {
 
     /// Members that pace on their own now, and what they hold (to rebuild a group
     /// estimate when the control topic comes back).
-    pub fn held_by_others(&self) -> usize {
+    pub(crate) fn held_by_others(&self) -> usize {
         self.members.values().map(|seen| seen.record.held()).sum()
     }
 
     /// Whether any live member paces with the group (its estimate is the group's).
-    pub fn any_grouped(&self) -> bool {
+    pub(crate) fn any_grouped(&self) -> bool {
         self.members.values().any(|seen| seen.record.grouped)
     }
 }

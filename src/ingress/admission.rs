@@ -62,7 +62,7 @@ struct View {
 
 /// What the sampler saw last, for the status page.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Backlog per request topic, highest priority first.
     pub backlog: Vec<(String, u64)>,
     /// Messages per second the workers drained while busy.
@@ -128,7 +128,7 @@ impl Admission {
 
     /// The expected wait on `topic`: `Duration::MAX` when the workers are stalled,
     /// `None` when not known (no rate measured yet, or an unknown topic).
-    pub fn expected_wait(&self, topic: &str) -> Option<Duration> {
+    pub(crate) fn expected_wait(&self, topic: &str) -> Option<Duration> {
         let index = self.topics.iter().position(|t| t == topic)?;
         // Read under the lock, not copied: this runs for every request with a deadline.
         let view = self.lock();
@@ -145,7 +145,7 @@ impl Admission {
 
     /// Samples until `shutdown` while `ready` (Kafka answers), a blocking task: the
     /// sampler's calls block. Its clients are dropped while Kafka is away.
-    pub fn run_blocking(
+    pub(crate) fn run_blocking(
         self: Arc<Self>,
         config: Arc<Config>,
         interval: Duration,
@@ -238,7 +238,7 @@ impl Admission {
     }
 
     /// The last sample's figures.
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let view = self.lock().clone();
         Snapshot {
             backlog: self

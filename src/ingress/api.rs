@@ -10,7 +10,7 @@ use crate::envelope::Reply;
 
 /// Every error: `{"error": {...}}`, OpenAI's shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     pub error: ErrorDetail,
 }
 
@@ -69,7 +69,7 @@ pub struct RequestStatus {
 /// The body of `POST /v1/requests` (also each item of a batch).
 #[derive(Debug, Clone, PartialEq, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Submission {
+pub(crate) struct Submission {
     /// Idempotency key; a UUIDv7 is made when absent. 1-256 characters, no `/`.
     pub id: Option<String>,
     /// An OpenAI `chat.completions` request; `messages` is required.
@@ -94,7 +94,7 @@ pub struct Submission {
 /// An OpenAI chat completions request, passed to the backend as it is (only `messages`
 /// and `stream` are read by sluice).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct ChatCompletionRequest {
+pub(crate) struct ChatCompletionRequest {
     pub model: Option<String>,
     /// The conversation; at least one message.
     #[schema(min_items = 1)]
@@ -110,7 +110,7 @@ pub struct ChatCompletionRequest {
 /// `POST /v1/requests:batch`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchRequest {
+pub(crate) struct BatchRequest {
     /// Each a `POST /v1/requests` body; an item that is not valid is answered on its own.
     #[schema(value_type = Vec<Object>, min_items = 1)]
     pub requests: Vec<Value>,
@@ -118,7 +118,7 @@ pub struct BatchRequest {
 
 /// `207` for a batch: one result per item, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct BatchResponse {
+pub(crate) struct BatchResponse {
     pub results: Vec<BatchResult>,
 }
 

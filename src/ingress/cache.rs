@@ -31,11 +31,11 @@ pub enum Recorded {
 
 /// A submission's identity for idempotency: a hash of its canonical form (everything but
 /// the id, as parsed: key order and whitespace do not count).
-pub type Fingerprint = u64;
+pub(crate) type Fingerprint = u64;
 
 /// What is known about one id: see [`ReplyCache::lookup`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct Known {
+pub(crate) struct Known {
     pub entry: Entry,
     /// Set for ids accepted by this instance; `None` for replies of requests it did not take.
     pub fingerprint: Option<Fingerprint>,
@@ -81,7 +81,7 @@ impl ReplyCache {
 
     /// Remembers an accepted request (`Queued` or `Elsewhere`) of `tenant` unless its
     /// id is already known; a final reply that arrived first gains the fingerprint.
-    pub fn mark_accepted(
+    pub(crate) fn mark_accepted(
         &self,
         id: &str,
         entry: Entry,
@@ -99,7 +99,7 @@ impl ReplyCache {
     }
 
     /// Records a final reply; the first one for an id wins.
-    pub fn record_final(&self, reply: impl Into<Arc<Reply>>) -> Recorded {
+    pub(crate) fn record_final(&self, reply: impl Into<Arc<Reply>>) -> Recorded {
         let reply = reply.into();
         let mut inner = self.lock();
         let recorded = match inner.slots.get_mut(&reply.id) {
@@ -129,7 +129,7 @@ impl ReplyCache {
 
     /// What is known about `id`: its entry, the fingerprint it was accepted with here
     /// and its tenant.
-    pub fn lookup(&self, id: &str) -> Option<Known> {
+    pub(crate) fn lookup(&self, id: &str) -> Option<Known> {
         let mut inner = self.lock();
         self.evict(&mut inner, Instant::now());
         inner.slots.get(id).map(|slot| Known {

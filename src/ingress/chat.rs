@@ -26,13 +26,13 @@ use crate::envelope;
 use crate::telemetry::semconv;
 
 /// Per-request wait, in milliseconds (overrides `ingress.sync_timeout_ms`).
-pub const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
+pub(crate) const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
 /// Priority lane of the request (one of `kafka.lanes`).
-pub const LANE_HEADER: &str = "x-sluice-lane";
+pub(crate) const LANE_HEADER: &str = "x-sluice-lane";
 /// Requests with the same ordering key are processed in order.
-pub const ORDERING_KEY_HEADER: &str = "x-sluice-ordering-key";
+pub(crate) const ORDERING_KEY_HEADER: &str = "x-sluice-ordering-key";
 /// The sluice id of the request, on every answer.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The route. Its span ([`super::traced`]) and metric cover the answer's head; a stream
 /// goes on after.
@@ -141,7 +141,10 @@ pub struct CallOptions {
 }
 
 impl CallOptions {
-    pub fn from_headers(headers: &HeaderMap, default_wait_ms: u64) -> Result<Self, AppError> {
+    pub(crate) fn from_headers(
+        headers: &HeaderMap,
+        default_wait_ms: u64,
+    ) -> Result<Self, AppError> {
         let text = |name: &str| -> Result<Option<String>, AppError> {
             headers
                 .get(name)

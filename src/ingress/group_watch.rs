@@ -59,7 +59,7 @@ impl GroupWatch {
     }
 
     /// Takes a record read at `now` (`now_ms` on the wall clock).
-    pub fn observe(&self, record: StateRecord, now: Instant, now_ms: u64) {
+    pub(crate) fn observe(&self, record: StateRecord, now: Instant, now_ms: u64) {
         let mut views = self.lock();
         let view = views
             .entry(record.backend.clone())

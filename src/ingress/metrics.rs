@@ -19,7 +19,7 @@ pub struct TopicLabel {
 }
 
 /// A gauge of seconds.
-pub type SecondsGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+pub(crate) type SecondsGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
 
 /// `POST /v1/chat/completions` answers: the HTTP status and whether it was streamed.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,7 +56,7 @@ pub struct IngressMetrics {
 }
 
 impl IngressMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self {
             submissions: Family::default(),
             enqueue_seconds: crate::metrics::latency_histogram(),

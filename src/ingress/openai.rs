@@ -13,7 +13,7 @@ use crate::envelope::{Reply, ReplyError, Status};
 
 /// A final reply as the backend would have answered it: the completion, or the error
 /// with the backend's status (502 or 504 when there was none).
-pub fn reply_response(reply: &Reply) -> Response {
+pub(crate) fn reply_response(reply: &Reply) -> Response {
     match (reply.status, &reply.body, &reply.error) {
         (Status::Ok, Some(body), _) => (StatusCode::OK, Json(body.clone())).into_response(),
         (status, _, error) => {
@@ -36,7 +36,7 @@ pub fn reply_response(reply: &Reply) -> Response {
 }
 
 /// OpenAI's `error.type` for a status.
-pub fn openai_type(status: StatusCode) -> &'static str {
+pub(crate) fn openai_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 404 | 409 | 413 | 415 | 422 => "invalid_request_error",
         401 | 403 => "authentication_error",
@@ -47,7 +47,7 @@ pub fn openai_type(status: StatusCode) -> &'static str {
 }
 
 /// `{"error": {"message", "type", "param", "code"}}` with `status`.
-pub fn openai_error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
+pub(crate) fn openai_error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response {
     (
         status,
         Json(ErrorBody::new(kind, message.to_string(), code)),

@@ -48,7 +48,7 @@ use crate::envelope;
     modifiers(&BearerKeys),
     security((), ("api_key" = [])),
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// `Authorization: Bearer <key>`, required when `ingress.auth` is on.
 struct BearerKeys;

@@ -23,7 +23,7 @@ pub struct Level {
 
 impl Quota {
     /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers.
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         for (what, level) in [("requests", self.requests), ("tokens", self.tokens)] {
             let Some(level) = level else { continue };
             for (part, value) in [
@@ -44,7 +44,7 @@ impl Quota {
 }
 
 /// A duration as OpenAI writes it in rate-limit headers: `20ms`, `1.5s`, `6m0s`.
-pub fn openai_duration(d: Duration) -> String {
+pub(crate) fn openai_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         return format!("{ms}ms");

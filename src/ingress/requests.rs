@@ -30,7 +30,7 @@ use crate::telemetry::semconv;
         (status = 429, description = "The tenant is over a limit; see Retry-After", body = ErrorBody),
         (status = 503, description = "Kafka did not take it, or its deadline ends before its expected turn; see Retry-After", body = ErrorBody),
     ))]
-pub async fn submit_request(
+pub(crate) async fn submit_request(
     State(state): State<IngressState>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,

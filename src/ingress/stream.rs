@@ -28,7 +28,7 @@ use crate::envelope::{Chunk, Reply, Status};
 
 /// The response for a streamed request, once its first event came or a keep-alive
 /// interval passed.
-pub async fn respond(
+pub(crate) async fn respond(
     waiter: Waiter,
     until: Instant,
     keepalive: Duration,
@@ -208,7 +208,7 @@ impl Relay {
 }
 
 /// A whole completion as one `chat.completion.chunk`: each choice's message as its delta.
-pub fn as_chunk(completion: &Value) -> Value {
+pub(crate) fn as_chunk(completion: &Value) -> Value {
     let choices: Vec<Value> = completion["choices"]
         .as_array()
         .into_iter()

@@ -14,7 +14,7 @@ use crate::envelope::{self, Request};
 
 /// The body of `POST /v1/requests` ([`super::api::Submission`]). Unknown fields are
 /// rejected so a misspelt `deadline_ms` fails loudly instead of being ignored.
-pub use super::api::Submission as SubmitBody;
+pub(crate) use super::api::Submission as SubmitBody;
 
 /// Parses and validates a submission into the envelope written to Kafka.
 pub fn parse(bytes: &[u8], config: &Config, tenant: Option<String>) -> Result<Request, AppError> {
@@ -35,7 +35,7 @@ pub fn parse(bytes: &[u8], config: &Config, tenant: Option<String>) -> Result<Re
 /// The body of a JSON route: no content type is taken as JSON (as sent by many simple
 /// clients); any other than JSON (curl's form default, text/plain) is refused rather
 /// than guessed at.
-pub fn json_body(
+pub(crate) fn json_body(
     config: &Config,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -56,7 +56,7 @@ pub fn json_body(
 
 /// Whether the content type names JSON (`application/json`, `application/*+json`), by
 /// its media type alone (parameters such as `charset` do not count).
-pub fn is_json_content_type(value: &str) -> bool {
+pub(crate) fn is_json_content_type(value: &str) -> bool {
     let essence = value
         .split(';')
         .next()
@@ -73,7 +73,7 @@ pub fn is_json_content_type(value: &str) -> bool {
 /// which is canonical (fields in a fixed order, object keys sorted, no whitespace). Two
 /// submissions are the same when their JSON values are: key order and spacing do not
 /// count, `1` and `1.0` do.
-pub fn fingerprint(payload: &[u8]) -> u64 {
+pub(crate) fn fingerprint(payload: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     payload.hash(&mut hasher);
@@ -98,7 +98,7 @@ fn top_level_kind(bytes: &[u8]) -> &'static str {
     }
 }
 
-pub fn into_request(
+pub(crate) fn into_request(
     submit: SubmitBody,
     config: &Config,
     tenant: Option<String>,
@@ -166,7 +166,7 @@ pub fn into_request(
 }
 
 /// Kafka's own rule for topic names.
-pub fn is_valid_topic(name: &str) -> bool {
+pub(crate) fn is_valid_topic(name: &str) -> bool {
     (1..=249).contains(&name.len())
         && name != "."
         && name != ".."

@@ -47,7 +47,7 @@ struct Limits {
 }
 
 impl Tenants {
-    pub fn from_config(config: &IngressConfig) -> Self {
+    pub(crate) fn from_config(config: &IngressConfig) -> Self {
         let mut tenants = Tenants {
             auth: config.auth,
             queued_ttl: Duration::from_millis(config.result_ttl_ms),
@@ -69,7 +69,7 @@ impl Tenants {
     }
 
     /// The caller's tenant: `None` with auth off, 401 for a missing or unknown key.
-    pub fn identify(&self, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, AppError> {
+    pub(crate) fn identify(&self, headers: &HeaderMap) -> Result<Option<Arc<Tenant>>, AppError> {
         if !self.auth {
             return Ok(None);
         }
@@ -102,7 +102,7 @@ impl Tenants {
         }
     }
 
-    pub fn queued_ttl(&self) -> Duration {
+    pub(crate) fn queued_ttl(&self) -> Duration {
         self.queued_ttl
     }
 }
@@ -127,7 +127,12 @@ impl Tenant {
 
     /// Takes one request of `tokens` estimated tokens from the limits and counts `id` as
     /// queued; or 429 with when to retry, taking nothing.
-    pub fn admit(&self, id: &str, tokens: u64, queued_ttl: Duration) -> Result<Quota, AppError> {
+    pub(crate) fn admit(
+        &self,
+        id: &str,
+        tokens: u64,
+        queued_ttl: Duration,
+    ) -> Result<Quota, AppError> {
         let mut limits = self.lock();
         let now = Instant::now();
         let mut waits = Vec::new();

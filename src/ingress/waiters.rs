@@ -41,7 +41,7 @@ pub struct Waiter {
 
 impl Waiters {
     /// A map whose size `gauge` follows.
-    pub fn with_gauge(gauge: Gauge) -> Self {
+    pub(crate) fn with_gauge(gauge: Gauge) -> Self {
         Self {
             gauge,
             ..Self::default()
@@ -49,7 +49,7 @@ impl Waiters {
     }
 
     /// Starts waiting for `id`'s chunks and final reply.
-    pub fn register(self: &Arc<Self>, id: &str) -> Waiter {
+    pub(crate) fn register(self: &Arc<Self>, id: &str) -> Waiter {
         let (sender, receiver) = mpsc::unbounded_channel();
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let mut by_id = self.lock();
@@ -68,7 +68,7 @@ impl Waiters {
     }
 
     /// Hands `event` to everyone waiting for `id`; a final reply ends their wait.
-    pub fn notify(&self, id: &str, event: ReplyEvent) {
+    pub(crate) fn notify(&self, id: &str, event: ReplyEvent) {
         let mut by_id = self.lock();
         let Some(senders) = by_id.get_mut(id) else {
             return;

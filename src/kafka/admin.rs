@@ -11,7 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::config::KafkaConfig;
 
 /// Creates each `(name, partitions)` topic that does not exist yet.
-pub async fn ensure_topics(
+pub(crate) async fn ensure_topics(
     kafka: &KafkaConfig,
     topics: &[(String, i32)],
 ) -> Result<(), KafkaError> {
@@ -39,7 +39,7 @@ pub async fn ensure_topics(
 /// partition, each key's latest record kept, records older than an hour dropped. Best
 /// effort: a cluster that refuses (no rights, no CreateTopics) leaves it to the
 /// operator, and the workers say so if they cannot use it.
-pub async fn ensure_control_topic(kafka: &KafkaConfig) {
+pub(crate) async fn ensure_control_topic(kafka: &KafkaConfig) {
     let topic = &kafka.control_topic;
     let created = async {
         let admin: AdminClient<DefaultClientContext> =

@@ -90,11 +90,11 @@ impl ConsumerContext for WorkerContext {
 }
 
 /// The worker's consumer type.
-pub type WorkerConsumer = StreamConsumer<WorkerContext>;
+pub(crate) type WorkerConsumer = StreamConsumer<WorkerContext>;
 
 /// Creates the consumer; the caller subscribes. Fetch buffers are bounded so memory
 /// does not grow with lag.
-pub fn worker_consumer(
+pub(crate) fn worker_consumer(
     kafka: &KafkaConfig,
     tracker: Arc<Mutex<OffsetTracker>>,
     joined: Readiness,

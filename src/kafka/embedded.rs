@@ -47,7 +47,12 @@ impl EmbeddedBroker {
 
     /// Makes broker `broker_id` tell clients to connect to `host:port` (something there
     /// must forward to it: see `dev`'s fixed address).
-    pub fn advertise(&mut self, broker_id: i32, host: &str, port: u16) -> Result<(), KafkaError> {
+    pub(crate) fn advertise(
+        &mut self,
+        broker_id: i32,
+        host: &str,
+        port: u16,
+    ) -> Result<(), KafkaError> {
         let host_c = std::ffi::CString::new(host)
             .map_err(|_| KafkaError::ClientCreation("host contains a NUL byte".into()))?;
         // SAFETY: the handle belongs to `owner`, alive for this call; librdkafka copies

@@ -15,11 +15,11 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use serde::Deserialize;
 
 /// Longest silence while Kafka stays unreachable.
-pub const REPEAT_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const REPEAT_EVERY: Duration = Duration::from_secs(10);
 
 /// How often librdkafka reports its statistics to these contexts, which is how a
 /// recovery is noticed: `statistics.interval.ms` for clients created with them.
-pub const STATS_INTERVAL_MS: &str = "1000";
+pub(crate) const STATS_INTERVAL_MS: &str = "1000";
 
 /// Creates a client from `config` with a [`KafkaLog`] context (and the statistics it
 /// needs to notice recovery).
@@ -79,7 +79,7 @@ impl KafkaLog {
     }
 
     /// Whether the client is in an outage it has reported.
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         self.lock().down_since.is_some()
     }
 
@@ -126,7 +126,7 @@ impl KafkaLog {
     }
 
     /// [`ClientContext::log`] for contexts that embed this one.
-    pub fn on_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+    pub(crate) fn on_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
         if is_connection_failure(facility, message) {
             return self.unreachable(message, Instant::now());
         }
@@ -148,7 +148,7 @@ impl KafkaLog {
     }
 
     /// [`ClientContext::error`] for contexts that embed this one.
-    pub fn on_error(&self, error: KafkaError, reason: &str) {
+    pub(crate) fn on_error(&self, error: KafkaError, reason: &str) {
         if is_transport_error(&error) {
             return self.unreachable(reason, Instant::now());
         }
@@ -156,7 +156,7 @@ impl KafkaLog {
     }
 
     /// [`ClientContext::stats_raw`] for contexts that embed this one: notices recovery.
-    pub fn on_stats(&self, statistics: &[u8]) {
+    pub(crate) fn on_stats(&self, statistics: &[u8]) {
         if !self.is_down() {
             return;
         }
@@ -197,7 +197,7 @@ struct BrokerState {
 }
 
 /// Errors that mean "the brokers cannot be reached (yet)".
-pub fn is_transport_error(error: &KafkaError) -> bool {
+pub(crate) fn is_transport_error(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(

@@ -11,7 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 /// Why a topic's partitions could not be listed.
 #[derive(Debug, thiserror::Error)]
-pub enum TopicError {
+pub(crate) enum TopicError {
     /// The metadata request itself failed (a broker away, a timeout).
     #[error("reading metadata of topic {topic}")]
     Metadata {
@@ -34,14 +34,14 @@ pub enum TopicError {
 impl TopicError {
     /// The broker answered and has no partitions of the topic to give (as opposed to
     /// not answering): a reader that waits for the topic to be created waits on.
-    pub fn is_absent(&self) -> bool {
+    pub(crate) fn is_absent(&self) -> bool {
         !matches!(self, TopicError::Metadata { .. })
     }
 }
 
 /// The partition ids of `topic`, in order, from a metadata request. Blocking: call it
 /// off the async threads.
-pub fn partition_ids<C, K>(
+pub(crate) fn partition_ids<C, K>(
     consumer: &K,
     topic: &str,
     timeout: Duration,

@@ -111,7 +111,7 @@ pub fn client_config(
 /// A consumer configuration for readers that assign partitions themselves and never
 /// join a group or commit (the ingress's reply reader, loadgen, the DLQ tools).
 /// librdkafka still wants a `group.id` for offset lookups: see [`unjoined_group_id`].
-pub fn unjoined_reader_config(
+pub(crate) fn unjoined_reader_config(
     kafka: &KafkaConfig,
     purpose: &str,
     defaults: &[(&str, &str)],
@@ -136,12 +136,12 @@ pub fn unjoined_reader_config(
 /// and offset lookups without one): a fresh `sluice-<purpose>-<uuid>` that no member ever
 /// joins (no subscribe) and that never commits, so it leaves no trace on the broker and
 /// shares nothing.
-pub fn unjoined_group_id(purpose: &str) -> String {
+pub(crate) fn unjoined_group_id(purpose: &str) -> String {
     format!("sluice-{purpose}-{}", crate::envelope::new_id())
 }
 
 /// Owned copy of a message's headers as (key, value) pairs, for dead letters and tests.
-pub fn header_pairs<H: rdkafka::message::Headers>(
+pub(crate) fn header_pairs<H: rdkafka::message::Headers>(
     headers: Option<&H>,
 ) -> Vec<(String, Option<Vec<u8>>)> {
     headers

@@ -92,7 +92,7 @@ impl OffsetTracker {
 
     /// Whether the ticket still belongs to the current assignment of its partition
     /// (false once the partition was revoked, even if it was assigned again since).
-    pub fn is_current(&self, ticket: &Ticket) -> bool {
+    pub(crate) fn is_current(&self, ticket: &Ticket) -> bool {
         self.partitions
             .get(&(ticket.topic.clone(), ticket.partition))
             .is_some_and(|s| {
@@ -101,18 +101,13 @@ impl OffsetTracker {
     }
 
     /// Forgets a revoked partition: its in-flight work may finish but commits nothing.
-    pub fn revoke(&mut self, topic: &str, partition: i32) {
+    pub(crate) fn revoke(&mut self, topic: &str, partition: i32) {
         self.partitions.remove(&(topic.to_string(), partition));
-    }
-
-    /// Forgets every partition (the consumer left the group).
-    pub fn revoke_all(&mut self) {
-        self.partitions.clear();
     }
 
     /// The first offset of the partition not yet done in this assignment: the lowest still
     /// pending, else the one after the highest taken; `None` before anything was taken.
-    pub fn first_not_done(&self, topic: &str, partition: i32) -> Option<i64> {
+    pub(crate) fn first_not_done(&self, topic: &str, partition: i32) -> Option<i64> {
         let state = self.partitions.get(&(topic.to_string(), partition))?;
         Some(
             state
@@ -139,7 +134,7 @@ impl OffsetTracker {
 ///
 /// `store` runs under the lock the consumer's rebalance callback also takes, so it must
 /// not wait on anything: librdkafka's `store_offsets` only records the offset locally.
-pub fn complete_and_store(
+pub(crate) fn complete_and_store(
     tracker: &Mutex<OffsetTracker>,
     ticket: &Ticket,
     store: impl FnOnce(i64),
@@ -236,16 +231,6 @@ mod tests {
         assert_eq!(t.complete(&a), None);
         let mut other = OffsetTracker::new();
         assert_eq!(other.complete(&a), None);
-    }
-
-    #[test]
-    fn revoke_all_forgets_everything() {
-        let mut t = OffsetTracker::new();
-        let a = t.begin("r", 0, 0);
-        t.begin("r", 1, 0);
-        t.revoke_all();
-        assert_eq!(t.in_flight(), 0);
-        assert_eq!(t.complete(&a), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::config::KafkaConfig;
 use crate::telemetry::{propagation, semconv};
 
 /// Longest a transaction call (init, send offsets, commit, abort) may block.
-pub const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where an acknowledged message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,7 @@ pub struct Outgoing<'a> {
 
 /// Whether Kafka refused a record for its size (librdkafka's `message.max.bytes`, or the
 /// broker's limit): the same record can never be written, so retrying cannot help.
-pub fn is_too_large(e: &KafkaError) -> bool {
+pub(crate) fn is_too_large(e: &KafkaError) -> bool {
     matches!(
         e.rdkafka_error_code(),
         Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::MessageBatchTooLarge)
@@ -71,7 +71,7 @@ impl Producer {
 
     /// A transactional producer (`transactional.id`), initialised: blocking, run it on a
     /// blocking thread. Starting it fences any older producer with the same id.
-    pub fn transactional_blocking(
+    pub(crate) fn transactional_blocking(
         kafka: &KafkaConfig,
         limits: ProducerLimits,
         transactional_id: &str,
@@ -109,12 +109,12 @@ impl Producer {
     }
 
     /// Starts a transaction (transactional producers only).
-    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+    pub(crate) fn begin_transaction(&self) -> Result<(), KafkaError> {
         self.inner.begin_transaction()
     }
 
     /// Adds consumed offsets to the open transaction. Blocking.
-    pub fn send_offsets_blocking(
+    pub(crate) fn send_offsets_blocking(
         &self,
         offsets: &TopicPartitionList,
         group: &ConsumerGroupMetadata,
@@ -124,12 +124,12 @@ impl Producer {
     }
 
     /// Commits the open transaction. Blocking.
-    pub fn commit_transaction_blocking(&self) -> Result<(), KafkaError> {
+    pub(crate) fn commit_transaction_blocking(&self) -> Result<(), KafkaError> {
         self.inner.commit_transaction(TRANSACTION_TIMEOUT)
     }
 
     /// Aborts the open transaction. Blocking.
-    pub fn abort_transaction_blocking(&self) -> Result<(), KafkaError> {
+    pub(crate) fn abort_transaction_blocking(&self) -> Result<(), KafkaError> {
         self.inner.abort_transaction(TRANSACTION_TIMEOUT)
     }
 
@@ -168,12 +168,12 @@ impl Producer {
 
     /// Asks the cluster for metadata: true when a broker answered within `timeout`.
     /// Blocking; run it on a blocking thread.
-    pub fn probe_blocking(&self, timeout: Duration) -> bool {
+    pub(crate) fn probe_blocking(&self, timeout: Duration) -> bool {
         self.inner.client().fetch_metadata(None, timeout).is_ok()
     }
 
     /// Waits up to `timeout` for queued messages to be delivered. Blocking.
-    pub fn flush_blocking(&self, timeout: Duration) -> Result<(), KafkaError> {
+    pub(crate) fn flush_blocking(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.inner.flush(timeout)
     }
 }

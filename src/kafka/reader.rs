@@ -23,7 +23,7 @@ use crate::config::KafkaConfig;
 
 /// Where a newly assigned partition starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Start {
+pub(crate) enum Start {
     /// Its first record.
     Beginning,
     /// What is written after the first fetch.
@@ -42,7 +42,7 @@ pub enum Start {
 
 /// Why partitions could not be assigned.
 #[derive(Debug, thiserror::Error)]
-pub enum ReaderError {
+pub(crate) enum ReaderError {
     #[error(transparent)]
     Topic(#[from] TopicError),
     #[error("looking up offsets by time on {topic}")]
@@ -68,13 +68,13 @@ pub enum ReaderError {
 
 impl ReaderError {
     /// The broker has no partitions of the topic to give (it does not exist yet).
-    pub fn is_absent(&self) -> bool {
+    pub(crate) fn is_absent(&self) -> bool {
         matches!(self, ReaderError::Topic(e) if e.is_absent())
     }
 }
 
 /// A consumer assigned to every partition of one topic.
-pub struct TopicReader {
+pub(crate) struct TopicReader {
     /// Shared with the blocking lookups; dropped off the async threads by [`Self::close`].
     consumer: Arc<StreamConsumer<KafkaLog>>,
     topic: String,
@@ -104,20 +104,11 @@ impl TopicReader {
         })
     }
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
-    /// Partitions assigned so far.
-    pub fn partitions(&self) -> usize {
-        self.assigned
-    }
-
     /// Assigns, at `start`, the partitions the topic gained since the last call (every
     /// one the first time); returns how many are assigned now. A topic that cannot be
     /// found once some are assigned keeps them (a metadata answer without it changes
     /// nothing being read).
-    pub async fn assign_new(&mut self, start: Start) -> Result<usize, ReaderError> {
+    pub(crate) async fn assign_new(&mut self, start: Start) -> Result<usize, ReaderError> {
         let (consumer, topic) = (self.consumer.clone(), self.topic.clone());
         let (known, timeout) = (self.assigned, self.lookup_timeout);
         let assigned = tokio::task::spawn_blocking(move || {
@@ -138,7 +129,7 @@ impl TopicReader {
     /// The next message. A failed receive (a broker away fails every one at once) goes
     /// to `on_error`, for each reader to log at its own level, and is followed by `pause`
     /// before `None`, so a reader that loops on this does not spin.
-    pub async fn recv_or_pause(
+    pub(crate) async fn recv_or_pause(
         &self,
         pause: Duration,
         on_error: impl FnOnce(&KafkaError),

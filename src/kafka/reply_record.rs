@@ -53,7 +53,7 @@ pub fn decode_parts(chunk: bool, payload: &[u8]) -> Result<ReplyRecord, ReplyDec
 }
 
 /// Whether the record is a stream chunk (`sluice-kind: chunk`).
-pub fn is_chunk<M: Message>(message: &M) -> bool {
+pub(crate) fn is_chunk<M: Message>(message: &M) -> bool {
     message.headers().is_some_and(|h| {
         h.iter().any(|header| {
             header.key == headers::KIND && header.value == Some(headers::KIND_CHUNK.as_bytes())

@@ -47,7 +47,7 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// Why a [`Sampler`] could not start or sample.
 #[derive(Debug, thiserror::Error)]
-pub enum SampleError {
+pub(crate) enum SampleError {
     #[error("creating the committed-offsets client")]
     GroupClient(#[source] KafkaError),
     #[error("creating the end-offset probe")]
@@ -137,7 +137,7 @@ impl ClientContext for StatsContext {
 impl ConsumerContext for StatsContext {}
 
 /// Samples committed and end offsets of every partition of some topics.
-pub struct Sampler {
+pub(crate) struct Sampler {
     /// Carries the group id; only ever asked for committed offsets.
     group: BaseConsumer<KafkaLog>,
     /// Assigned at the end of every partition, never commits; feeds [`StatsContext`].
@@ -302,7 +302,7 @@ fn samples(
 
 /// librdkafka's last-known high watermark of a partition, from `consumer`'s latest Fetch
 /// response (no broker request); -1 when unknown.
-pub fn cached_high_watermark<C, K>(consumer: &K, topic: &str, partition: i32) -> i64
+pub(crate) fn cached_high_watermark<C, K>(consumer: &K, topic: &str, partition: i32) -> i64
 where
     C: ConsumerContext,
     K: Consumer<C>,
@@ -331,7 +331,7 @@ where
 
 /// A partition's `(low, high)` watermarks by ListOffsets: exact on Kafka, low on tansu
 /// (see the module comment), never high. Blocking.
-pub fn listed_watermarks<C, K>(
+pub(crate) fn listed_watermarks<C, K>(
     consumer: &K,
     topic: &str,
     partition: i32,

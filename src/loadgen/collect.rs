@@ -32,7 +32,7 @@ const CLOCK_MARGIN_MS: u64 = 5_000;
 const ERROR_PAUSE: Duration = Duration::from_millis(200);
 
 /// A reader positioned on every partition of the reply topic.
-pub struct ReplyReader {
+pub(crate) struct ReplyReader {
     reader: TopicReader,
     pub partitions: usize,
 }

@@ -50,7 +50,7 @@ pub struct Outcome {
 
 /// Counts and samples gathered so far; a snapshot of the ledger.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Books {
+pub(crate) struct Books {
     pub sent: u64,
     pub accepted: u64,
     /// Sent and not yet answered by the target.
@@ -88,7 +88,7 @@ impl Books {
 
 /// Headline counts, see [`Books`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Progress {
+pub(crate) struct Progress {
     pub sent: u64,
     pub accepted: u64,
     pub pending: u64,
@@ -214,12 +214,12 @@ impl Ledger {
     }
 
     /// A copy of the books as they stand.
-    pub fn snapshot(&self) -> Books {
+    pub(crate) fn snapshot(&self) -> Books {
         self.lock().books.clone()
     }
 
     /// The progress loop's cheap view.
-    pub fn progress(&self) -> Progress {
+    pub(crate) fn progress(&self) -> Progress {
         let b = &self.lock().books;
         Progress {
             sent: b.sent,

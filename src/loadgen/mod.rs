@@ -15,12 +15,12 @@
 pub mod collect;
 pub mod direct;
 pub mod ledger;
-pub mod plan;
+pub(crate) mod plan;
 pub mod plot;
 pub mod report;
 pub mod scrape;
 pub mod send;
-pub mod timeline;
+pub(crate) mod timeline;
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -38,7 +38,7 @@ use report::Report;
 use send::{Payload, Target};
 
 /// Exit status when some accepted request got no final reply by the timeout.
-pub const EXIT_LOST: u8 = 3;
+pub(crate) const EXIT_LOST: u8 = 3;
 /// How often the wait loop checks for completion and redraws progress.
 const TICK: Duration = Duration::from_millis(100);
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Parses `500ms`, `30s`, `1.5s`, `2m`, `1h`: a non-negative number and a unit.
 /// A bare number is refused, so `--timeout 120` cannot silently mean milliseconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -31,7 +31,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// How many requests, and how they are spread in time.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Plan {
+pub(crate) struct Plan {
     /// Requests to send; at least 1.
     pub requests: u64,
     /// Requests per second, open loop; `None` sends as fast as `concurrency` allows.
@@ -78,15 +78,9 @@ impl Plan {
     }
 
     /// When request `index` is due, counted from the start of sending; `None` without a rate.
-    pub fn due(&self, index: u64) -> Option<Duration> {
+    pub(crate) fn due(&self, index: u64) -> Option<Duration> {
         self.rate
             .map(|rate| Duration::from_secs_f64(index as f64 / rate))
-    }
-
-    /// The expected sending time, for the header line (zero without a rate).
-    pub fn nominal_duration(&self) -> Duration {
-        self.due(self.requests.saturating_sub(1))
-            .unwrap_or_default()
     }
 }
 
@@ -127,8 +121,8 @@ mod tests {
         assert_eq!(plan.due(0), Some(Duration::ZERO));
         assert_eq!(plan.due(400), Some(Duration::from_secs(2)));
         assert_eq!(
-            plan.nominal_duration(),
-            Duration::from_secs_f64(5999.0 / 200.0)
+            plan.due(5999),
+            Some(Duration::from_secs_f64(5999.0 / 200.0))
         );
     }
 
@@ -136,7 +130,7 @@ mod tests {
     fn requests_alone_go_as_fast_as_allowed() {
         let plan = Plan::new(Some(10), None, None, 4).unwrap();
         assert_eq!(plan.due(9), None);
-        assert_eq!(plan.nominal_duration(), Duration::ZERO);
+        assert_eq!(plan.due(plan.requests - 1), None, "no rate: no schedule");
         let paced = Plan::new(Some(10), Some(5.0), None, 4).unwrap();
         assert_eq!(paced.due(5), Some(Duration::from_secs(1)));
     }

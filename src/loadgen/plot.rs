@@ -17,11 +17,11 @@ const DARK_GREEN: RGBColor = RGBColor(0, 150, 0);
 const SIZE: (u32, u32) = (1000, 900);
 
 /// `(seconds, value)` pairs of one line.
-pub type Line = Vec<(f64, f64)>;
+pub(crate) type Line = Vec<(f64, f64)>;
 
 /// The lines of the picture, derived from the samples.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Series {
+pub(crate) struct Series {
     /// Requests sent per second.
     pub arrivals: Line,
     /// Calls the backend received per second (every outcome, 429s included).
@@ -41,7 +41,7 @@ pub struct Series {
 impl Series {
     /// Derives the lines from `points`. `queued` says whether the target queues requests
     /// before the backend (everything but `--direct`).
-    pub fn from_points(points: &[Point], queued: bool) -> Series {
+    pub(crate) fn from_points(points: &[Point], queued: bool) -> Series {
         let with_backend: Vec<(f64, &super::scrape::BackendSample)> = points
             .iter()
             .filter_map(|p| p.backend.as_ref().map(|b| (p.t, b)))
@@ -117,7 +117,7 @@ struct Drawn<'a> {
 }
 
 /// Draws `series` as an SVG document under `title`.
-pub fn render(series: &Series, title: &str) -> Result<String, String> {
+pub(crate) fn render(series: &Series, title: &str) -> Result<String, String> {
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();

@@ -13,7 +13,7 @@ use super::scrape::BackendSample;
 
 /// Nearest-rank percentiles of a sample, in the sample's unit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub count: usize,
     pub p50: f64,
     pub p95: f64,
@@ -37,7 +37,7 @@ impl Percentiles {
 }
 
 /// The smallest value with at least `p` percent of the sample at or below it.
-pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -47,7 +47,7 @@ pub fn nearest_rank(sorted: &[f64], p: f64) -> f64 {
 
 /// What the backend did between the two scrapes.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct BackendReport {
+pub(crate) struct BackendReport {
     pub slots: f64,
     /// Calls the backend received (every outcome, 429s included).
     pub calls: f64,
@@ -99,7 +99,7 @@ pub struct DirectCalls {
 
 /// Everything a run reports; serialised as the `--json` object.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// `ingress`, `kafka` or `direct`.
     pub mode: &'static str,
     pub target: String,

@@ -20,7 +20,7 @@ use crate::envelope::{self, headers, Request};
 use crate::kafka::producer::{Outgoing, Producer, ProducerLimits};
 
 /// How long one `POST /v1/requests` may take before it counts as refused (`transport`).
-pub const INGRESS_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const INGRESS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every request asks for.
 #[derive(Debug, Clone)]
@@ -185,7 +185,7 @@ pub fn target(
 /// Starts every request of `plan` on schedule, each in its own task; returns once the
 /// last one has started. Tasks still running when the run ends are dropped with the
 /// runtime.
-pub async fn send_all(
+pub(crate) async fn send_all(
     plan: Plan,
     target: Arc<Target>,
     payload: Payload,

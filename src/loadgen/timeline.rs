@@ -11,13 +11,13 @@ use super::ledger::Ledger;
 use super::scrape::{self, BackendSample};
 
 /// Time between two samples.
-pub const INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const INTERVAL: Duration = Duration::from_millis(250);
 /// How long one in-run scrape may take before the point goes without backend figures.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One instant of the run.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
+pub(crate) struct Point {
     /// Seconds since sampling started (just before the first send).
     pub t: f64,
     /// Requests sent so far.

@@ -48,7 +48,7 @@ pub struct Overloaded {
 
 /// A snapshot of the model's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CapacityStats {
+pub(crate) struct CapacityStats {
     /// Configured slots.
     pub slots: usize,
     /// Requests whose slot has been released (served to the end or abandoned).
@@ -65,17 +65,7 @@ pub struct CapacityStats {
     pub busy: Duration,
 }
 
-impl CapacityStats {
-    /// Fraction of slot-time spent serving over `wall`: busy / (slots × wall).
-    /// Counts released slots only, so read it once the requests of interest finished.
-    pub fn utilisation(&self, wall: Duration) -> f64 {
-        let capacity = self.slots as f64 * wall.as_secs_f64();
-        if capacity == 0.0 {
-            return 0.0;
-        }
-        self.busy.as_secs_f64() / capacity
-    }
-}
+impl CapacityStats {}
 
 /// Counters shared by the model and its slot guards; they live as long as either.
 #[derive(Debug, Default)]
@@ -137,7 +127,7 @@ impl CapacityModel {
     /// Changes the slots at run time (another tenant takes some, or gives them back):
     /// more are free at once; fewer take effect as held slots are released, so requests
     /// already served are never cut short. At least 1.
-    pub fn set_slots(&self, slots: usize) {
+    pub(crate) fn set_slots(&self, slots: usize) {
         let slots = slots.clamp(1, Semaphore::MAX_PERMITS);
         let c = &self.counters;
         let before = c.slots.swap(slots, Ordering::SeqCst);
@@ -171,7 +161,7 @@ impl CapacityModel {
 
     /// Time a request generating `tokens` tokens holds its slot:
     /// `latency + per_token × tokens`, saturating at `u64::MAX` nanoseconds.
-    pub fn service_time(&self, tokens: u64) -> Duration {
+    pub(crate) fn service_time(&self, tokens: u64) -> Duration {
         let per_token = self
             .settings
             .per_token
@@ -184,7 +174,7 @@ impl CapacityModel {
     /// Takes a slot: at once if one is free; otherwise waits in FIFO order (queue mode) or
     /// fails with [`Overloaded`] (reject mode). Dropping the guard frees the slot.
     /// Cancel-safe: a caller dropped while queued leaves the queue.
-    pub async fn admit(&self) -> Result<SlotGuard, Overloaded> {
+    pub(crate) async fn admit(&self) -> Result<SlotGuard, Overloaded> {
         let permit = match self.settings.overflow {
             Overflow::Reject => match Arc::clone(&self.slots).try_acquire_owned() {
                 Ok(permit) => permit,
@@ -220,7 +210,7 @@ impl CapacityModel {
         Ok(Served { queued, service })
     }
 
-    pub fn stats(&self) -> CapacityStats {
+    pub(crate) fn stats(&self) -> CapacityStats {
         let c = &self.counters;
         CapacityStats {
             slots: c.slots.load(Ordering::Relaxed),
@@ -236,7 +226,7 @@ impl CapacityModel {
 
 /// A held slot; dropping it frees the slot and adds the time held to the busy total.
 #[derive(Debug)]
-pub struct SlotGuard {
+pub(crate) struct SlotGuard {
     /// Released after `Drop::drop` has updated the counters, so `in_flight` never
     /// exceeds the slots even momentarily; forgotten instead while the slots shrink.
     permit: Option<OwnedSemaphorePermit>,
@@ -253,11 +243,6 @@ impl SlotGuard {
             counters,
             since: Instant::now(),
         }
-    }
-
-    /// How long this slot has been held.
-    pub fn held(&self) -> Duration {
-        self.since.elapsed()
     }
 }
 

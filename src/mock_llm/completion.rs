@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use super::request::ChatRequest;
 
 /// Model name echoed when a request names none, and listed by `GET /v1/models`.
-pub const DEFAULT_MODEL: &str = "mock";
+pub(crate) const DEFAULT_MODEL: &str = "mock";
 
 /// The words generated, in order, cycling; one word is one token.
 const WORDS: [&str; 8] = [
@@ -16,7 +16,7 @@ const WORDS: [&str; 8] = [
 
 /// How many tokens a request generates when it does not say, and at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TokenLimits {
+pub(crate) struct TokenLimits {
     /// Tokens generated when the request sets neither `max_completion_tokens` nor `max_tokens`.
     pub default: u64,
     /// Most tokens generated for one request, whatever it asks.
@@ -58,7 +58,7 @@ pub struct Reply {
 
 impl Reply {
     /// Plans the reply to `request`; `seq` numbers the id.
-    pub fn plan(request: &ChatRequest, limits: TokenLimits, seq: u64, created: u64) -> Self {
+    pub(crate) fn plan(request: &ChatRequest, limits: TokenLimits, seq: u64, created: u64) -> Self {
         let wanted = request.max_tokens.unwrap_or(limits.default);
         let completion_tokens = wanted.min(limits.cap);
         let finish_reason = match request.max_tokens {
@@ -97,13 +97,13 @@ impl Reply {
     }
 
     /// The first chunk of a stream: the role, no content yet.
-    pub fn role_chunk(&self) -> Value {
+    pub(crate) fn role_chunk(&self) -> Value {
         self.chunk(json!({"role": "assistant"}), None)
     }
 
     /// The chunk carrying token `index` (from 0); their contents concatenate to
     /// [`content`]`(completion_tokens)`.
-    pub fn content_chunk(&self, index: u64) -> Value {
+    pub(crate) fn content_chunk(&self, index: u64) -> Value {
         let text = if index == 0 {
             word(index).to_owned()
         } else {
@@ -113,12 +113,12 @@ impl Reply {
     }
 
     /// The chunk saying why generation stopped.
-    pub fn finish_chunk(&self) -> Value {
+    pub(crate) fn finish_chunk(&self) -> Value {
         self.chunk(json!({}), Some(self.finish_reason))
     }
 
     /// The last chunk when the request asked for `stream_options.include_usage`.
-    pub fn usage_chunk(&self) -> Value {
+    pub(crate) fn usage_chunk(&self) -> Value {
         let mut chunk = self.chunk_frame(json!([]));
         chunk["usage"] = self.usage();
         chunk

@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use super::capacity::CapacityModel;
 
 /// Prefix of every mock metric name.
-pub const PREFIX: &str = "sluice_mock";
+pub(crate) const PREFIX: &str = "sluice_mock";
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
@@ -27,7 +27,7 @@ const OUTCOMES: [&str; 4] = ["ok", "rejected", "invalid", "cancelled"];
 
 /// The counters the request handlers update.
 #[derive(Debug, Clone)]
-pub struct MockMetrics {
+pub(crate) struct MockMetrics {
     requests: Family<OutcomeLabel, Counter>,
     completion_tokens: Counter,
 }
@@ -78,7 +78,7 @@ impl MockMetrics {
 /// One request's entry in `requests_total`: exactly one outcome per request, `cancelled`
 /// when the handler or the stream is dropped before it settles.
 #[derive(Debug)]
-pub struct Tally {
+pub(crate) struct Tally {
     metrics: MockMetrics,
     settled: bool,
 }

@@ -26,13 +26,13 @@ pub mod stream;
 #[cfg(test)]
 mod tests;
 
-pub use capacity::{
-    CapacityModel, CapacitySettings, CapacityStats, Overflow, Overloaded, SlotGuard,
-};
-pub use server::{app, MockState};
+pub(crate) use capacity::{CapacitySettings, Overflow};
+pub use server::app;
+pub(crate) use server::MockState;
 
 /// Default `--listen`.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
+pub(crate) const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8000));
 
 /// Most `--slots`: what a tokio semaphore can count.
 const SLOTS_MAX: u64 = tokio::sync::Semaphore::MAX_PERMITS as u64;
@@ -90,7 +90,7 @@ impl MockLlmArgs {
         Duration::from_millis(self.retry_after_ms.unwrap_or(self.latency_ms.max(1)))
     }
 
-    pub fn capacity_settings(&self) -> CapacitySettings {
+    pub(crate) fn capacity_settings(&self) -> CapacitySettings {
         CapacitySettings {
             slots: self.slots,
             latency: Duration::from_millis(self.latency_ms),
@@ -100,7 +100,7 @@ impl MockLlmArgs {
         }
     }
 
-    pub fn token_limits(&self) -> completion::TokenLimits {
+    pub(crate) fn token_limits(&self) -> completion::TokenLimits {
         completion::TokenLimits {
             default: self.default_max_tokens,
             cap: self.max_tokens_cap,
@@ -125,7 +125,7 @@ pub async fn serve(
 }
 
 /// Like [`serve`], with a state the caller keeps a handle on (to read capacity stats).
-pub async fn serve_state(
+pub(crate) async fn serve_state(
     listener: TcpListener,
     state: MockState,
     shutdown: CancellationToken,

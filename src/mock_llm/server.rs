@@ -26,7 +26,7 @@ use super::MockLlmArgs;
 use crate::admin::{self, AdminState, Readiness};
 
 /// `retry-after-ms`: the retry delay in milliseconds, as OpenAI sends it next to `Retry-After`.
-pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+pub(crate) const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
 /// What the routes share: the capacity model, the settings and the metrics. Cheap to clone.
 #[derive(Clone)]
@@ -175,7 +175,7 @@ async fn models() -> Json<Value> {
 
 /// Every refusal of a chat request, answered in OpenAI's error shape.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// 400 `invalid_request_error`.
     #[error(transparent)]
     Invalid(#[from] InvalidRequest),

@@ -16,7 +16,7 @@ use super::metrics::Tally;
 
 /// How fast a stream is generated; together they make up the capacity model's service time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Pace {
+pub(crate) struct Pace {
     /// Before the first event.
     pub latency: Duration,
     /// Before each content event.
@@ -24,7 +24,7 @@ pub struct Pace {
 }
 
 /// The SSE response for `reply`, generated at `pace` while holding `slot`.
-pub fn respond(
+pub(crate) fn respond(
     reply: Reply,
     slot: SlotGuard,
     tally: Tally,

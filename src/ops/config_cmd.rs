@@ -71,7 +71,7 @@ pub fn run(config: &Config, command: &ConfigCommand) -> u8 {
 }
 
 /// The configuration as TOML with secrets masked.
-pub fn render(config: &Config) -> String {
+pub(crate) fn render(config: &Config) -> String {
     let mut value = Value::try_from(config).expect("the configuration always serializes");
     mask(&mut value, "");
     format!(

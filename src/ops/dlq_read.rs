@@ -31,7 +31,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One dead letter as read from the DLQ topic, owned.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct DlqRecord {
+pub(crate) struct DlqRecord {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
@@ -45,12 +45,12 @@ pub struct DlqRecord {
 }
 
 /// Headers that describe the dead-lettering, not the request.
-pub fn is_dead_letter_header(key: &str) -> bool {
+pub(crate) fn is_dead_letter_header(key: &str) -> bool {
     key.starts_with("sluice-error-") || key.starts_with("sluice-source-") || key == headers::WORKER
 }
 
 impl DlqRecord {
-    pub fn from_message<M: Message>(message: &M) -> Self {
+    pub(crate) fn from_message<M: Message>(message: &M) -> Self {
         Self {
             topic: message.topic().to_string(),
             partition: message.partition(),
@@ -87,15 +87,15 @@ impl DlqRecord {
         self.header(headers::WORKER)
     }
 
-    pub fn source_topic(&self) -> Option<String> {
+    pub(crate) fn source_topic(&self) -> Option<String> {
         self.header(headers::SOURCE_TOPIC).filter(|t| !t.is_empty())
     }
 
-    pub fn source_partition(&self) -> Option<i32> {
+    pub(crate) fn source_partition(&self) -> Option<i32> {
         self.header(headers::SOURCE_PARTITION)?.parse().ok()
     }
 
-    pub fn source_offset(&self) -> Option<i64> {
+    pub(crate) fn source_offset(&self) -> Option<i64> {
         self.header(headers::SOURCE_OFFSET)?.parse().ok()
     }
 
@@ -120,7 +120,7 @@ impl DlqRecord {
     /// The request's own headers: those before sluice's first dead-letter header (what
     /// the dead-letter write appended after them, such as its trace context, is not the
     /// request's), without any dead-letter header. All headers if there is none.
-    pub fn original_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
+    pub(crate) fn original_headers(&self) -> Vec<(String, Option<Vec<u8>>)> {
         let end = self
             .headers
             .iter()
@@ -149,7 +149,7 @@ impl ConsumerContext for ReaderContext {}
 
 /// What a read covered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReadSummary {
+pub(crate) struct ReadSummary {
     pub partitions: usize,
     /// Records read (matching or not).
     pub read: u64,

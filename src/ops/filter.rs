@@ -37,7 +37,7 @@ pub struct FilterArgs {
 
 /// The compiled selection: every given condition must hold.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Lower-cased substring of the reason.
     reason: Option<String>,
     class: Option<String>,
@@ -91,7 +91,7 @@ impl Filter {
     }
 
     /// Whether `matched` records are all that may be taken.
-    pub fn limit_reached(&self, matched: u64) -> bool {
+    pub(crate) fn limit_reached(&self, matched: u64) -> bool {
         self.limit.is_some_and(|limit| matched >= limit)
     }
 }

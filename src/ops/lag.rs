@@ -158,7 +158,7 @@ fn measure(
 }
 
 /// The report as an aligned table and a few lines of rates.
-pub fn render(report: &LagReport) -> String {
+pub(crate) fn render(report: &LagReport) -> String {
     let mut out = format!("consumer group {}", report.group);
     match report.interval_s {
         Some(s) => out.push_str(&format!(", sampled {s:.1} s apart\n\n")),
@@ -217,7 +217,7 @@ fn human_duration(secs: f64) -> String {
 }
 
 /// Parses `5s`, `500ms`, `1.5s`, `2m`, or a bare number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let (number, unit_s) = if let Some(n) = t.strip_suffix("ms") {
         (n, 0.001)

@@ -13,14 +13,14 @@
 //! - [`config_cmd`]: `sluice config print | check | reference`.
 
 pub mod config_cmd;
-pub mod dlq_read;
+pub(crate) mod dlq_read;
 pub mod filter;
 pub mod inspect;
 pub mod lag;
 pub mod pace;
 pub mod preview;
 pub mod replay;
-pub mod rfc3339;
+pub(crate) mod rfc3339;
 
 use tokio_util::sync::CancellationToken;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Parses `--rate`: `N`, `N/s` or `N/m`, N > 0; returns records per second.
-pub fn parse_rate(text: &str) -> Result<f64, String> {
+pub(crate) fn parse_rate(text: &str) -> Result<f64, String> {
     let (number, per_seconds) = match text.trim().split_once('/') {
         None => (text.trim(), 1.0),
         Some((n, "s" | "sec")) => (n, 1.0),
@@ -22,7 +22,7 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
 }
 
 /// Spaces writes evenly at a fixed rate; an idle spell does not buy a burst.
-pub struct Pacer {
+pub(crate) struct Pacer {
     period: Duration,
     /// When the next write may go; `None` before the first.
     next: Option<Instant>,

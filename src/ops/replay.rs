@@ -24,7 +24,7 @@ use summary::{reason_kind, render_summary, summary_json, Summary};
 use writer::Writer;
 
 /// Header added to every replayed record: `<dlq topic>/<partition>/<offset>`.
-pub const REPLAYED_FROM: &str = "sluice-replayed-from";
+pub(crate) const REPLAYED_FROM: &str = "sluice-replayed-from";
 
 /// Flags of `sluice dlq replay`.
 #[derive(clap::Args, Debug, Clone)]
@@ -47,7 +47,7 @@ pub struct ReplayArgs {
 
 /// One record to write back.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Replay {
+pub(crate) struct Replay {
     pub topic: String,
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
@@ -58,7 +58,7 @@ pub struct Replay {
 
 /// The write that re-drives `record`: to `to`, else its source topic, else `request_topic`;
 /// the request's own headers, without an older [`REPLAYED_FROM`], plus a new one.
-pub fn plan(record: &DlqRecord, to: Option<&str>, request_topic: &str) -> Replay {
+pub(crate) fn plan(record: &DlqRecord, to: Option<&str>, request_topic: &str) -> Replay {
     let from = format!("{}/{}/{}", record.topic, record.partition, record.offset);
     let mut headers: Vec<_> = record
         .original_headers()

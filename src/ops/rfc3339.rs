@@ -4,7 +4,7 @@
 
 /// Parses an RFC 3339 timestamp (`2026-11-22T03:30:00Z`, `...00.123+02:00`, a space for
 /// `T` and a lower-case `z` allowed) into unix milliseconds.
-pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
     let bad = || format!("{text:?} is not an RFC 3339 time such as 2026-11-22T03:30:00Z");
     let b = text.trim().as_bytes();
     let num = |range: std::ops::Range<usize>| -> Result<i64, String> {

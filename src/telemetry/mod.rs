@@ -5,8 +5,8 @@
 //! stops: the exporter's blocking HTTP client must not be dropped on an async thread,
 //! and queued spans are lost unless flushed.
 
-pub mod propagation;
-pub mod semconv;
+pub(crate) mod propagation;
+pub(crate) mod semconv;
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
@@ -18,7 +18,7 @@ use tracing_subscriber::EnvFilter;
 use crate::config::{LogFormat, TelemetryConfig};
 
 /// Standard OpenTelemetry variable honoured when `telemetry.otlp_endpoint` is unset.
-pub const OTEL_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub(crate) const OTEL_ENDPOINT_ENV: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
 
 /// Owns the tracer provider; flushes and shuts it down on [`Telemetry::shutdown`].
 pub struct Telemetry {
@@ -39,7 +39,7 @@ pub enum TelemetryError {
 }
 
 /// The OTLP base URL in force: config first, then the standard environment variable.
-pub fn otlp_endpoint(config: &TelemetryConfig) -> Option<String> {
+pub(crate) fn otlp_endpoint(config: &TelemetryConfig) -> Option<String> {
     config
         .otlp_endpoint
         .clone()

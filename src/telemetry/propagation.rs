@@ -7,7 +7,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Collects injected fields so they can be turned into Kafka or HTTP headers.
 #[derive(Debug, Default)]
-pub struct FieldCollector(pub Vec<(String, String)>);
+pub(crate) struct FieldCollector(pub Vec<(String, String)>);
 
 impl Injector for FieldCollector {
     fn set(&mut self, key: &str, value: String) {
@@ -16,7 +16,7 @@ impl Injector for FieldCollector {
 }
 
 /// The trace-context fields (`traceparent`, `tracestate`) of `span`.
-pub fn context_fields(span: &tracing::Span) -> Vec<(String, String)> {
+pub(crate) fn context_fields(span: &tracing::Span) -> Vec<(String, String)> {
     let cx = span.context();
     let mut collector = FieldCollector::default();
     opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut collector));
@@ -24,7 +24,7 @@ pub fn context_fields(span: &tracing::Span) -> Vec<(String, String)> {
 }
 
 /// Appends the trace context of `span` to Kafka headers.
-pub fn inject_kafka(span: &tracing::Span, mut headers: OwnedHeaders) -> OwnedHeaders {
+pub(crate) fn inject_kafka(span: &tracing::Span, mut headers: OwnedHeaders) -> OwnedHeaders {
     for (key, value) in context_fields(span) {
         headers = headers.insert(Header {
             key: &key,
@@ -35,7 +35,7 @@ pub fn inject_kafka(span: &tracing::Span, mut headers: OwnedHeaders) -> OwnedHea
 }
 
 /// Reads trace context from Kafka headers (first occurrence of each key wins).
-pub struct KafkaHeaderExtractor<'a, H: Headers>(pub &'a H);
+pub(crate) struct KafkaHeaderExtractor<'a, H: Headers>(pub &'a H);
 
 impl<H: Headers> Extractor for KafkaHeaderExtractor<'_, H> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -52,7 +52,7 @@ impl<H: Headers> Extractor for KafkaHeaderExtractor<'_, H> {
 }
 
 /// The remote context carried by Kafka headers (empty when there is none).
-pub fn extract_kafka<H: Headers>(headers: Option<&H>) -> Context {
+pub(crate) fn extract_kafka<H: Headers>(headers: Option<&H>) -> Context {
     match headers {
         Some(h) => {
             opentelemetry::global::get_text_map_propagator(|p| p.extract(&KafkaHeaderExtractor(h)))
@@ -62,7 +62,7 @@ pub fn extract_kafka<H: Headers>(headers: Option<&H>) -> Context {
 }
 
 /// Reads trace context from HTTP headers.
-pub struct HttpHeaderExtractor<'a>(pub &'a http::HeaderMap);
+pub(crate) struct HttpHeaderExtractor<'a>(pub &'a http::HeaderMap);
 
 impl Extractor for HttpHeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
@@ -75,14 +75,14 @@ impl Extractor for HttpHeaderExtractor<'_> {
 }
 
 /// The remote context carried by incoming HTTP headers.
-pub fn extract_http(headers: &http::HeaderMap) -> Context {
+pub(crate) fn extract_http(headers: &http::HeaderMap) -> Context {
     opentelemetry::global::get_text_map_propagator(|p| p.extract(&HttpHeaderExtractor(headers)))
 }
 
 /// Makes `span` a child of `remote` (and links it), then records its `trace_id` field
 /// for logs. Must run before the span is entered: otherwise the current span would
 /// become the parent and hide a broken propagation.
-pub fn adopt_remote_parent(span: &tracing::Span, remote: Context) {
+pub(crate) fn adopt_remote_parent(span: &tracing::Span, remote: Context) {
     use opentelemetry::trace::TraceContextExt;
     let remote_span = remote.span().span_context().clone();
     if remote_span.is_valid() {
@@ -94,16 +94,10 @@ pub fn adopt_remote_parent(span: &tracing::Span, remote: Context) {
 
 /// Records the span's OpenTelemetry trace and span ids in its `trace_id` and `span_id`
 /// log fields, so log lines can be found from Jaeger and back.
-pub fn record_trace_id(span: &tracing::Span) {
+pub(crate) fn record_trace_id(span: &tracing::Span) {
     use opentelemetry::trace::TraceContextExt;
     let cx = span.context();
     let context = cx.span().span_context().clone();
     span.record("trace_id", tracing::field::display(context.trace_id()));
     span.record("span_id", tracing::field::display(context.span_id()));
-}
-
-/// The hex trace id of `span`, for tests and replies.
-pub fn trace_id_of(span: &tracing::Span) -> String {
-    use opentelemetry::trace::TraceContextExt;
-    span.context().span().span_context().trace_id().to_string()
 }

@@ -2,44 +2,39 @@
 //! every span sluice creates. Both conventions are still moving, so their names live
 //! here and nowhere else.
 
-use opentelemetry::KeyValue;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-pub const MESSAGING_SYSTEM: &str = "messaging.system";
-pub const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
-pub const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
-pub const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
-pub const MESSAGING_DESTINATION_PARTITION_ID: &str = "messaging.destination.partition.id";
-pub const MESSAGING_KAFKA_OFFSET: &str = "messaging.kafka.offset";
-pub const MESSAGING_KAFKA_MESSAGE_KEY: &str = "messaging.kafka.message.key";
-pub const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
-pub const MESSAGING_MESSAGE_ID: &str = "messaging.message.id";
+pub(crate) const MESSAGING_SYSTEM: &str = "messaging.system";
+pub(crate) const MESSAGING_OPERATION_TYPE: &str = "messaging.operation.type";
+pub(crate) const MESSAGING_OPERATION_NAME: &str = "messaging.operation.name";
+pub(crate) const MESSAGING_DESTINATION_NAME: &str = "messaging.destination.name";
+pub(crate) const MESSAGING_DESTINATION_PARTITION_ID: &str = "messaging.destination.partition.id";
+pub(crate) const MESSAGING_KAFKA_OFFSET: &str = "messaging.kafka.offset";
+pub(crate) const MESSAGING_KAFKA_MESSAGE_KEY: &str = "messaging.kafka.message.key";
+pub(crate) const MESSAGING_CONSUMER_GROUP_NAME: &str = "messaging.consumer.group.name";
 
-pub const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
-pub const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
-pub const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
-pub const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
-pub const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
-pub const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
-pub const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
-pub const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
+pub(crate) const GEN_AI_OPERATION_NAME: &str = "gen_ai.operation.name";
+pub(crate) const GEN_AI_PROVIDER_NAME: &str = "gen_ai.provider.name";
+pub(crate) const GEN_AI_REQUEST_MODEL: &str = "gen_ai.request.model";
+pub(crate) const GEN_AI_REQUEST_MAX_TOKENS: &str = "gen_ai.request.max_tokens";
+pub(crate) const GEN_AI_RESPONSE_MODEL: &str = "gen_ai.response.model";
+pub(crate) const GEN_AI_USAGE_INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+pub(crate) const GEN_AI_USAGE_OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+pub(crate) const GEN_AI_RESPONSE_FINISH_REASONS: &str = "gen_ai.response.finish_reasons";
 
-pub const HTTP_REQUEST_METHOD: &str = "http.request.method";
-pub const HTTP_ROUTE: &str = "http.route";
-pub const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
-pub const SERVER_ADDRESS: &str = "server.address";
+pub(crate) const HTTP_REQUEST_METHOD: &str = "http.request.method";
+pub(crate) const HTTP_ROUTE: &str = "http.route";
+pub(crate) const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
 
-/// sluice's own attributes.
-pub const SLUICE_REQUEST_ID: &str = "sluice.request.id";
-pub const SLUICE_QUEUE_MS: &str = "sluice.queue_ms";
-pub const SLUICE_STATUS: &str = "sluice.status";
-pub const SLUICE_ATTEMPTS: &str = "sluice.attempts";
+pub(crate) const SLUICE_QUEUE_MS: &str = "sluice.queue_ms";
+pub(crate) const SLUICE_STATUS: &str = "sluice.status";
+pub(crate) const SLUICE_ATTEMPTS: &str = "sluice.attempts";
 
 const KAFKA: &str = "kafka";
 
 /// SERVER span for an HTTP route, e.g. `POST /v1/requests`.
-pub fn http_server_span(method: &str, route: &str) -> Span {
+pub(crate) fn http_server_span(method: &str, route: &str) -> Span {
     let span = tracing::info_span!(
         "http",
         otel.name = %format_args!("{method} {route}"),
@@ -55,7 +50,7 @@ pub fn http_server_span(method: &str, route: &str) -> Span {
 }
 
 /// PRODUCER span for writing one message to `topic`.
-pub fn kafka_send_span(topic: &str, key: &str) -> Span {
+pub(crate) fn kafka_send_span(topic: &str, key: &str) -> Span {
     let span = tracing::info_span!(
         "kafka_send",
         otel.name = %format_args!("send {topic}"),
@@ -71,13 +66,13 @@ pub fn kafka_send_span(topic: &str, key: &str) -> Span {
 }
 
 /// Records where a produced message landed.
-pub fn record_delivery(span: &Span, partition: i32, offset: i64) {
+pub(crate) fn record_delivery(span: &Span, partition: i32, offset: i64) {
     span.set_attribute(MESSAGING_DESTINATION_PARTITION_ID, partition.to_string());
     span.set_attribute(MESSAGING_KAFKA_OFFSET, offset);
 }
 
 /// Where a consumed message came from.
-pub struct Consumed<'a> {
+pub(crate) struct Consumed<'a> {
     pub topic: &'a str,
     pub partition: i32,
     pub offset: i64,
@@ -88,7 +83,7 @@ pub struct Consumed<'a> {
 /// CONSUMER span for processing one message. Created without a parent: the caller
 /// sets the remote parent from the message headers before entering it
 /// (`propagation::adopt_remote_parent`).
-pub fn kafka_process_span(consumed: &Consumed<'_>) -> Span {
+pub(crate) fn kafka_process_span(consumed: &Consumed<'_>) -> Span {
     let span = tracing::info_span!(
         parent: None,
         "kafka_process",
@@ -115,7 +110,7 @@ pub fn kafka_process_span(consumed: &Consumed<'_>) -> Span {
 }
 
 /// CLIENT span for one chat-completion call to the backend.
-pub fn chat_span(model: &str, provider: &str, max_tokens: Option<u64>) -> Span {
+pub(crate) fn chat_span(model: &str, provider: &str, max_tokens: Option<u64>) -> Span {
     let span = tracing::info_span!(
         "chat",
         otel.name = %format_args!("chat {model}"),
@@ -132,7 +127,7 @@ pub fn chat_span(model: &str, provider: &str, max_tokens: Option<u64>) -> Span {
 }
 
 /// Records the backend's answer on a chat span.
-pub fn record_chat_response(
+pub(crate) fn record_chat_response(
     span: &Span,
     response_model: Option<&str>,
     input_tokens: Option<u64>,
@@ -159,12 +154,7 @@ pub fn record_chat_response(
 }
 
 /// Marks a span as failed with `message` (shown as the span status in Jaeger).
-pub fn record_error(span: &Span, message: &str) {
+pub(crate) fn record_error(span: &Span, message: &str) {
     span.record("otel.status_code", "error");
     span.set_attribute("error.type", message.to_string());
-}
-
-/// Attribute list form, for links and events.
-pub fn request_id_attribute(id: &str) -> KeyValue {
-    KeyValue::new(SLUICE_REQUEST_ID, id.to_string())
 }

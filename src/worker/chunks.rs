@@ -15,7 +15,7 @@ use crate::kafka::producer::{Outgoing, Producer};
 
 /// What the relay wrote.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Relayed {
+pub(crate) struct Relayed {
     /// Chunk records acknowledged by Kafka.
     pub records: u64,
     /// Chunk records Kafka did not take; a reader sees a gap in `seq`.
@@ -24,7 +24,7 @@ pub struct Relayed {
 
 /// Writes every chunk `receiver` yields until it closes (the call is over), then
 /// returns once every record is acknowledged.
-pub async fn relay(
+pub(crate) async fn relay(
     producer: Producer,
     topic: String,
     id: String,
@@ -99,7 +99,7 @@ async fn write(producer: &Producer, topic: &str, id: &str, seq: u64, chunk: Valu
 
 /// Appends `next` to `into` when both are one choice's plain text pieces (content or
 /// reasoning content) and `into` has not finished; false leaves both as they were.
-pub fn merge(into: &mut Value, next: &Value) -> bool {
+pub(crate) fn merge(into: &mut Value, next: &Value) -> bool {
     let (Some(a), Some(b)) = (single_text_choice(into), single_text_choice(next)) else {
         return false;
     };

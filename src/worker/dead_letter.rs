@@ -17,7 +17,6 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 
 use crate::envelope::headers;
-use crate::kafka::producer::Outgoing;
 
 /// Why a message is dead-lettered.
 #[derive(Debug, Clone)]
@@ -76,7 +75,7 @@ impl DeadLetter {
     /// A smaller dead letter for a cluster that refused this one as too large: first
     /// without the value, then also without the original key and headers; each step
     /// noted in a `sluice-error-dropped` header. `None` once nothing is left to drop.
-    pub fn shrink(&self) -> Option<DeadLetter> {
+    pub(crate) fn shrink(&self) -> Option<DeadLetter> {
         let mut smaller = self.clone();
         let dropped = if !self.value.is_empty() {
             smaller.value.clear();
@@ -99,22 +98,8 @@ impl DeadLetter {
         Some(smaller)
     }
 
-    /// The record to write to `topic`. A non-UTF-8 key is carried hex-encoded.
-    pub fn outgoing<'a>(&'a self, topic: &'a str, key: &'a str) -> Outgoing<'a> {
-        Outgoing {
-            topic,
-            key,
-            payload: &self.value,
-            headers: self
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_deref()))
-                .collect(),
-        }
-    }
-
     /// The key as text for the producer (original bytes when they are UTF-8).
-    pub fn key_text(&self) -> String {
+    pub(crate) fn key_text(&self) -> String {
         match std::str::from_utf8(&self.key) {
             Ok(text) => text.to_string(),
             Err(_) => self.key.iter().map(|b| format!("{b:02x}")).collect(),
@@ -123,7 +108,7 @@ impl DeadLetter {
 }
 
 /// RFC 3339 UTC timestamp with millisecond precision, e.g. `2026-11-22T03:30:00.123Z`.
-pub fn httpdate_rfc3339(time: std::time::SystemTime) -> String {
+pub(crate) fn httpdate_rfc3339(time: std::time::SystemTime) -> String {
     let since = time
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -41,7 +41,7 @@ const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// How long receiving may stop on a full buffer before the partitions are paused and
 /// receiving resumes (librdkafka drops a consumer that stops polling for
 /// `max.poll.interval.ms`, 300 s by default).
-pub const KEEPALIVE: Duration = Duration::from_secs(10);
+pub(crate) const KEEPALIVE: Duration = Duration::from_secs(10);
 
 /// The buffers between the Kafka consumer and the dispatcher.
 pub struct Intake {

@@ -70,7 +70,7 @@ impl LagMeter {
     }
 
     /// The lag now; starts a broker query in the background when one is due.
-    pub fn measure(&mut self) -> i64 {
+    pub(crate) fn measure(&mut self) -> i64 {
         let assigned = self.assigned();
         self.refresh_if_due(&assigned);
         let positions = self.consumer.position().ok();

@@ -86,7 +86,7 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         let m = Self {
             messages: Family::default(),
             backend_calls: Family::default(),

@@ -31,10 +31,10 @@
 pub mod chunks;
 pub mod dead_letter;
 pub mod housekeeping;
-pub mod intake;
+pub(crate) mod intake;
 pub mod lag;
 pub mod metrics;
-pub mod outbox;
+pub(crate) mod outbox;
 pub mod output;
 pub mod process;
 pub mod scheduler;

@@ -65,7 +65,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Writes with `producer`, then stores the offset.
-    pub fn at_least_once(
+    pub(crate) fn at_least_once(
         producer: Producer,
         tracker: Arc<Mutex<OffsetTracker>>,
         consumer: Arc<WorkerConsumer>,
@@ -119,19 +119,24 @@ impl Outbox {
     }
 
     /// Whether `ticket` still belongs to its partition's current assignment.
-    pub fn is_current(&self, ticket: &Ticket) -> bool {
+    pub(crate) fn is_current(&self, ticket: &Ticket) -> bool {
         self.tracker().is_current(ticket)
     }
 
     /// Stops retrying writes (the grace period is over): their messages are re-delivered.
-    pub fn hard_stop(&self) {
+    pub(crate) fn hard_stop(&self) {
         self.hard_stop.cancel();
     }
 
     /// Writes `output`, the one outcome of the message `ticket` took, then makes its offset
     /// committable. True once both happened; false when abandoned (hard stop) or the
     /// transaction failed, and then the message is re-delivered.
-    pub async fn deliver(&self, output: Output, enqueued_ms: Option<u64>, ticket: Ticket) -> bool {
+    pub(crate) async fn deliver(
+        &self,
+        output: Output,
+        enqueued_ms: Option<u64>,
+        ticket: Ticket,
+    ) -> bool {
         let producer = match &self.flavour {
             Flavour::Transactional { transactions, .. } => {
                 let transactions = transactions

@@ -53,7 +53,7 @@ impl Output {
     /// becomes an `error` reply of type `reply_too_large` without body and metadata (the
     /// metadata is echoed from the request, so request and completion together can
     /// exceed what Kafka takes although each alone did not).
-    pub fn shrink(&self) -> Option<Output> {
+    pub(crate) fn shrink(&self) -> Option<Output> {
         match self {
             Output::DeadLetter(dl) => dl.shrink().map(Output::DeadLetter),
             Output::Reply { reply, .. } if reply.body.is_none() && reply.metadata.is_none() => None,

@@ -5,7 +5,7 @@
 //!
 //! Pure data structure: the pull loop pushes what Kafka delivered and pops what may start.
 
-pub mod fair;
+pub(crate) mod fair;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 

@@ -8,13 +8,13 @@ use tokio::time::Instant;
 use super::metrics::{OutcomeLabel, WorkerMetrics};
 
 /// How often the line is written while busy.
-pub const EVERY: Duration = Duration::from_secs(30);
+pub(crate) const EVERY: Duration = Duration::from_secs(30);
 
 /// Final outcomes, in the order the line gives them.
 const OUTCOMES: [&str; 5] = ["ok", "error", "expired", "rejected", "dead_letter"];
 
 /// Counts at the last line, to report the difference.
-pub struct Summary {
+pub(crate) struct Summary {
     last: [u64; 5],
     at: Instant,
 }

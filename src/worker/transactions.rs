@@ -33,7 +33,7 @@ use crate::kafka::producer::{Outgoing, Producer};
 const MAX_BATCH: usize = 512;
 
 /// One output to write in a transaction, and the message it completes.
-pub struct TxnOutput {
+pub(crate) struct TxnOutput {
     pub topic: String,
     pub key: String,
     pub payload: Vec<u8>,
@@ -50,7 +50,7 @@ struct Pending {
 
 /// Hands outputs to the committer.
 #[derive(Clone)]
-pub struct Transactions {
+pub(crate) struct Transactions {
     queue: mpsc::Sender<Pending>,
 }
 

@@ -13,7 +13,7 @@ use super::{BreakerSettings, BreakerState};
 /// Applies [`BreakerSettings`]. Every service made by one layer (and their clones)
 /// shares one breaker.
 #[derive(Clone)]
-pub struct CircuitBreakerLayer {
+pub(crate) struct CircuitBreakerLayer {
     shared: Arc<Shared>,
 }
 

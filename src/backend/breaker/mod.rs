@@ -38,10 +38,9 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use crate::config::BreakerSettings;
-pub use layer::{BreakerHandle, CircuitBreakerLayer};
-pub use service::{CircuitBreaker, ResponseFuture};
-pub use shared::Probe;
+pub(crate) use crate::config::BreakerSettings;
+pub(crate) use layer::{BreakerHandle, CircuitBreakerLayer};
+pub(crate) use shared::Probe;
 
 /// Where the breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +55,7 @@ pub enum BreakerState {
 
 impl BreakerState {
     /// Gauge value for /metrics, higher is worse: 0 closed, 1 half-open, 2 open.
-    pub fn as_gauge(self) -> i64 {
+    pub(crate) fn as_gauge(self) -> i64 {
         match self {
             BreakerState::Closed => 0,
             BreakerState::HalfOpen => 1,

@@ -18,7 +18,7 @@ use super::state::{verdict, Admitted, Verdict, Wait};
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 
 /// See [`super::CircuitBreakerLayer`]. Clones share the breaker.
-pub struct CircuitBreaker<S> {
+pub(crate) struct CircuitBreaker<S> {
     inner: S,
     shared: Arc<Shared>,
     /// Reused across waits for the end of an open period; created on the first one.
@@ -148,7 +148,7 @@ impl Report {
 }
 
 /// The backend's answer, or `CircuitOpen` without calling it.
-pub struct ResponseFuture<F> {
+pub(crate) struct ResponseFuture<F> {
     kind: Kind<F>,
 }
 

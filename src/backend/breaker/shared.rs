@@ -16,7 +16,7 @@ use super::{BreakerSettings, BreakerState};
 /// Asks the backend whether it is up, without spending anyone's request on it (for the
 /// HTTP backend, `GET /v1/models`): `Ok` when it answered as a live server does, else
 /// why not.
-pub type Probe =
+pub(crate) type Probe =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
 /// After a probe that could not say (it panicked or its task was cancelled), the next one.

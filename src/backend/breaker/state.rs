@@ -98,12 +98,12 @@ impl Policy {
     }
 
     /// The state: any change may unblock a waiter.
-    pub fn snapshot(&self) -> BreakerState {
+    pub(crate) fn snapshot(&self) -> BreakerState {
         self.state()
     }
 
     /// When the current open period ends, if open.
-    pub fn open_until(&self) -> Option<Instant> {
+    pub(crate) fn open_until(&self) -> Option<Instant> {
         match self.phase {
             Phase::Open { until } => Some(until),
             _ => None,
@@ -121,7 +121,7 @@ impl Policy {
     }
 
     /// For `poll_ready`: go ahead (closed), or what to wait for.
-    pub fn reserve(&self) -> Result<(), Wait> {
+    pub(crate) fn reserve(&self) -> Result<(), Wait> {
         match self.phase {
             Phase::Closed => Ok(()),
             Phase::Open { until } => Err(Wait::Until(until)),
@@ -130,7 +130,7 @@ impl Policy {
     }
 
     /// For `call`: admits the call, or says when the next chance may come (`CircuitOpen`).
-    pub fn admit(&self, now: Instant) -> Result<Admitted, Duration> {
+    pub(crate) fn admit(&self, now: Instant) -> Result<Admitted, Duration> {
         match self.phase {
             Phase::Closed => Ok(Admitted { epoch: self.epoch }),
             Phase::Open { until } => Err(until.saturating_duration_since(now)),
@@ -140,7 +140,7 @@ impl Policy {
 
     /// The probe's answer: healthy closes the breaker, a failure opens it again for twice
     /// the previous period (capped).
-    pub fn probed(&mut self, now: Instant, healthy: bool) {
+    pub(crate) fn probed(&mut self, now: Instant, healthy: bool) {
         if self.phase != Phase::HalfOpen {
             return;
         }

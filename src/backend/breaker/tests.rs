@@ -10,6 +10,7 @@ use tower::util::{AndThen, MapErr};
 use tower::{BoxError, Layer, ServiceExt};
 use tower_test::mock;
 
+use super::service::{CircuitBreaker, ResponseFuture};
 use super::*;
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 

@@ -64,25 +64,25 @@ impl Controller {
     }
 
     /// Takes a peer's estimate if it is newer; see [`Estimate`].
-    pub fn adopt(&self, remote: Estimate) -> bool {
+    pub(crate) fn adopt(&self, remote: Estimate) -> bool {
         self.lock().adopt(remote, Instant::now())
     }
 
     /// Takes the peers' estimate whatever its version: on joining them again after pacing
     /// alone (this worker's own estimate then describes only itself).
-    pub fn rejoin(&self, estimate: Estimate) {
+    pub(crate) fn rejoin(&self, estimate: Estimate) {
         self.lock().rejoin(estimate, Instant::now());
     }
 
     /// Paces with `peers` from now on: the limit is then theirs and this worker's together,
     /// and this worker's permits its part of it. With `None`, alone again (back to a limit
     /// of its own).
-    pub fn set_peers(&self, peers: Option<Box<dyn Peers>>) {
+    pub(crate) fn set_peers(&self, peers: Option<Box<dyn Peers>>) {
         self.lock().set_peers(peers, Instant::now());
     }
 
     /// A reading of the backend's own saturation gauges (`None`: none to read).
-    pub fn on_saturation(&self, gauges: Option<Gauges>) {
+    pub(crate) fn on_saturation(&self, gauges: Option<Gauges>) {
         let mut state = self.lock();
         let version = state.policy.version();
         state.on_gauges(gauges, Instant::now());
@@ -101,7 +101,7 @@ impl Controller {
         self.lock().in_flight()
     }
 
-    pub fn stats(&self) -> ControllerStats {
+    pub(crate) fn stats(&self) -> ControllerStats {
         self.lock().stats(Instant::now())
     }
 
@@ -135,7 +135,7 @@ impl Controller {
     /// happens for a round trip: the increase came out at its end, in one piece, and the
     /// limit grew by half a step per round trip instead of a whole one. Called after
     /// anything that may raise the limit; one task at a time.
-    pub fn keep_pacing(self: &Arc<Self>) {
+    pub(crate) fn keep_pacing(self: &Arc<Self>) {
         if self.lock().next_release(Instant::now()).is_none()
             || self.pacing_timer.swap(true, Ordering::SeqCst)
         {

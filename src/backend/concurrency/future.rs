@@ -15,7 +15,7 @@ use crate::backend::{BackendError, ChatResponse};
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct ResponseFuture<F> {
+pub(crate) struct ResponseFuture<F> {
     /// Boxed so this future is `Unpin` and can report on drop; one allocation per call
     /// is nothing next to an LLM call.
     inner: Pin<Box<F>>,

@@ -9,7 +9,7 @@ use super::{AdaptiveConcurrency, ConcurrencySettings, Controller};
 
 /// Wraps a backend service in [`AdaptiveConcurrency`].
 #[derive(Debug, Clone)]
-pub struct AdaptiveConcurrencyLayer {
+pub(crate) struct AdaptiveConcurrencyLayer {
     controller: Arc<Controller>,
 }
 

@@ -46,11 +46,9 @@ pub(crate) mod tests;
 
 pub use crate::config::ConcurrencySettings;
 pub use controller::Controller;
-pub use evidence::Gauges;
-pub use future::ResponseFuture;
-pub use layer::AdaptiveConcurrencyLayer;
-pub use peers::{Peers, REGAIN_PROBE_EVERY};
-pub use policy::Estimate;
-pub use service::AdaptiveConcurrency;
-pub use stats::{BackPressureCounts, ControllerStats};
-pub use ticket::CallTicket;
+pub(crate) use evidence::Gauges;
+pub(crate) use future::ResponseFuture;
+pub(crate) use layer::AdaptiveConcurrencyLayer;
+pub(crate) use peers::{Peers, REGAIN_PROBE_EVERY};
+pub(crate) use policy::Estimate;
+pub(crate) use service::AdaptiveConcurrency;

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 /// Below a level the capacity fell from, a probe falls due at least this often, whatever
 /// the count of calls, so capacity given back is found in seconds.
-pub const REGAIN_PROBE_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const REGAIN_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// See the module documentation. Set on the controller by whoever paces the backend with
 /// others; replaced whenever their view changes.
-pub trait Peers: fmt::Debug + Send {
+pub(crate) trait Peers: fmt::Debug + Send {
     /// This worker's permits under `limit`.
     fn permits(&self, limit: usize) -> usize {
         limit
@@ -75,6 +75,6 @@ pub trait Peers: fmt::Debug + Send {
 
 /// A worker pacing the backend by itself: every provided answer.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Alone;
+pub(crate) struct Alone;
 
 impl Peers for Alone {}

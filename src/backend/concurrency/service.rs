@@ -15,7 +15,7 @@ use crate::backend::{BackendError, ChatRequest, ChatResponse};
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct AdaptiveConcurrency<S> {
+pub(crate) struct AdaptiveConcurrency<S> {
     inner: S,
     controller: Arc<Controller>,
     semaphore: PollSemaphore,
@@ -31,10 +31,6 @@ impl<S> AdaptiveConcurrency<S> {
             controller,
             permit: None,
         }
-    }
-
-    pub fn controller(&self) -> &Arc<Controller> {
-        &self.controller
     }
 }
 

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 /// Back-pressure answers seen, by kind (each is also one overload response).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BackPressureCounts {
+pub(crate) struct BackPressureCounts {
     /// HTTP 429.
     pub too_many_requests: u64,
     /// HTTP 503.
@@ -19,15 +19,11 @@ pub struct BackPressureCounts {
     pub with_retry_after: u64,
 }
 
-impl BackPressureCounts {
-    pub fn total(&self) -> u64 {
-        self.too_many_requests + self.unavailable + self.timeouts
-    }
-}
+impl BackPressureCounts {}
 
 /// A snapshot for metrics and tests.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ControllerStats {
+pub(crate) struct ControllerStats {
     /// The current limit (all the peers' together, when shared with peers).
     pub limit: usize,
     /// This worker's permits: the limit alone, its share of it with peers.
@@ -89,5 +85,12 @@ impl Tallies {
             limit as f64
         };
         (self.limit_seconds, elapsed, mean)
+    }
+}
+
+#[cfg(test)]
+impl BackPressureCounts {
+    pub(crate) fn total(&self) -> u64 {
+        self.too_many_requests + self.unavailable + self.timeouts
     }
 }

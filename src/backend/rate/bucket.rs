@@ -49,7 +49,7 @@ impl Bucket {
     /// Changes rate and capacity from `at` on (from the last update, if that is later).
     /// The saved level is kept (clamped to the new capacity) and debt is kept, so a change
     /// never mints a burst.
-    pub fn set_rate(&mut self, at: Instant, rate: f64, capacity: f64) {
+    pub(crate) fn set_rate(&mut self, at: Instant, rate: f64, capacity: f64) {
         self.refill(at);
         self.rate = rate;
         self.capacity = capacity;
@@ -58,7 +58,7 @@ impl Bucket {
 
     /// When the level reaches `need`: `now` if it already has, `None` if it never will at
     /// the current rate.
-    pub fn ready_at(&mut self, now: Instant, need: f64) -> Option<Instant> {
+    pub(crate) fn ready_at(&mut self, now: Instant, need: f64) -> Option<Instant> {
         self.refill(now);
         let missing = need - self.level;
         if missing <= EPSILON {
@@ -85,7 +85,7 @@ impl Bucket {
     }
 
     #[cfg(test)]
-    pub fn level(&mut self, now: Instant) -> f64 {
+    pub(crate) fn level(&mut self, now: Instant) -> f64 {
         self.refill(now);
         self.level
     }
@@ -120,7 +120,7 @@ impl Limiter {
 
     /// Scales both buckets to `share` (0..=1) of the group's limits from `at` on. The
     /// requests bucket holds at least one request, or no request could ever pass.
-    pub fn set_share(&mut self, at: Instant, share: f64) {
+    pub(crate) fn set_share(&mut self, at: Instant, share: f64) {
         let burst = self.burst.as_secs_f64();
         if let Some((global, bucket)) = &mut self.requests {
             let rate = *global * share;
@@ -139,7 +139,7 @@ impl Limiter {
 
     /// Takes one request if a request is available and the token bucket is not in debt.
     /// Otherwise says when to look again (`None`: not until the share changes).
-    pub fn try_reserve(&mut self, now: Instant) -> Result<(), Option<Instant>> {
+    pub(crate) fn try_reserve(&mut self, now: Instant) -> Result<(), Option<Instant>> {
         let requests_at = match &mut self.requests {
             Some((_, bucket)) => bucket.ready_at(now, 1.0),
             None => Some(now),
@@ -161,14 +161,14 @@ impl Limiter {
     }
 
     /// Returns a request taken by [`Limiter::try_reserve`] that was never sent.
-    pub fn unreserve(&mut self, now: Instant) {
+    pub(crate) fn unreserve(&mut self, now: Instant) {
         if let Some((_, bucket)) = &mut self.requests {
             bucket.give(now, 1.0);
         }
     }
 
     /// Debits a call's estimated tokens; the bucket may go into debt.
-    pub fn charge(&mut self, now: Instant, tokens: u64) {
+    pub(crate) fn charge(&mut self, now: Instant, tokens: u64) {
         if let Some((_, bucket)) = &mut self.tokens {
             bucket.take(now, tokens as f64);
         }
@@ -187,7 +187,7 @@ impl Limiter {
     }
 
     #[cfg(test)]
-    pub fn token_level(&mut self, now: Instant) -> Option<f64> {
+    pub(crate) fn token_level(&mut self, now: Instant) -> Option<f64> {
         self.tokens.as_mut().map(|(_, bucket)| bucket.level(now))
     }
 }

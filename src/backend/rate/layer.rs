@@ -14,7 +14,7 @@ use super::RateSettings;
 
 /// Applies [`RateSettings`] at this worker's [`RateShare`] of them.
 #[derive(Debug, Clone)]
-pub struct RateLimitLayer {
+pub(crate) struct RateLimitLayer {
     /// `None` when neither limit is set: the services pass straight through.
     shared: Option<Arc<Shared>>,
     share: RateShare,
@@ -59,7 +59,7 @@ impl RateLimitLayer {
     }
 
     /// Wait counters for /metrics.
-    pub fn stats(&self) -> RateStats {
+    pub(crate) fn stats(&self) -> RateStats {
         self.stats.clone()
     }
 }

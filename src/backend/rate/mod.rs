@@ -40,7 +40,6 @@ mod share;
 #[cfg(test)]
 mod tests;
 
-pub use crate::config::RateSettings;
-pub use layer::RateLimitLayer;
-pub use service::{RateLimit, ResponseFuture};
-pub use share::{RateShare, RateStats};
+pub(crate) use crate::config::RateSettings;
+pub(crate) use layer::RateLimitLayer;
+pub(crate) use share::{RateShare, RateStats};

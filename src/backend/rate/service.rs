@@ -50,7 +50,7 @@ impl Shared {
 /// See [`super::RateLimitLayer`]. Clones share the buckets; each clone holds at most one
 /// reserved request, returned if the clone is dropped without calling.
 #[derive(Debug)]
-pub struct RateLimit<S> {
+pub(crate) struct RateLimit<S> {
     inner: S,
     /// `None` when no limit is configured: every method goes straight to `inner`.
     shared: Option<Arc<Shared>>,
@@ -217,7 +217,7 @@ impl Settle {
 /// The inner call, settling its token cost when it completes. A call abandoned before it
 /// completes keeps its estimate.
 #[derive(Debug)]
-pub struct ResponseFuture<F> {
+pub(crate) struct ResponseFuture<F> {
     inner: Pin<Box<F>>,
     settle: Option<Settle>,
 }

@@ -55,7 +55,7 @@ impl RateShare {
     /// Sets the share to `assigned / total` partitions (0 when `total` is 0). Call it from
     /// the rebalance callback on every assignment *and* revocation, so a worker losing
     /// partitions slows down before a newcomer speeds up.
-    pub fn set_share(&self, assigned: usize, total: usize) {
+    pub(crate) fn set_share(&self, assigned: usize, total: usize) {
         let share = if total == 0 {
             0.0
         } else {
@@ -115,12 +115,12 @@ struct StatsInner {
 
 impl RateStats {
     /// Calls that had to wait for the rate limit (a counter).
-    pub fn waits_total(&self) -> u64 {
+    pub(crate) fn waits_total(&self) -> u64 {
         self.inner.waits.load(Ordering::Relaxed)
     }
 
     /// Seconds spent waiting for the rate limit, summed over calls (a counter).
-    pub fn wait_seconds_total(&self) -> f64 {
+    pub(crate) fn wait_seconds_total(&self) -> f64 {
         self.inner.waited_nanos.load(Ordering::Relaxed) as f64 / 1e9
     }
 

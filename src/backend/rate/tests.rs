@@ -10,6 +10,7 @@ use tower::util::{AndThen, MapErr};
 use tower::{BoxError, Layer, Service, ServiceExt};
 use tower_test::mock;
 
+use super::service::{RateLimit, ResponseFuture};
 use super::*;
 use crate::backend::{BackendError, ChatRequest, ChatResponse};
 use crate::envelope::Usage;

@@ -8,10 +8,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// A tenant's name, `None` for requests without one.
-pub type TenantKey = Option<Arc<str>>;
+pub(crate) type TenantKey = Option<Arc<str>>;
 
 /// Weight of each tenant by name; unlisted tenants weigh 1.
-pub type Weights = Arc<HashMap<String, u32>>;
+pub(crate) type Weights = Arc<HashMap<String, u32>>;
 
 #[derive(Debug)]
 struct TenantQueue<E> {
@@ -23,7 +23,7 @@ struct TenantQueue<E> {
 
 /// FIFOs per tenant, popped in weighted turns.
 #[derive(Debug)]
-pub struct FairQueue<E> {
+pub(crate) struct FairQueue<E> {
     /// Tenants with items, in the order they arrived (for a stable tie-break).
     active: Vec<TenantKey>,
     queues: HashMap<TenantKey, TenantQueue<E>>,
@@ -47,7 +47,7 @@ impl<E> FairQueue<E> {
     }
 
     /// Puts `item` first in its tenant's queue (it was next before it was set aside).
-    pub fn push_front(&mut self, tenant: TenantKey, item: E) {
+    pub(crate) fn push_front(&mut self, tenant: TenantKey, item: E) {
         self.queue(tenant).items.push_front(item);
         self.len += 1;
     }
@@ -80,10 +80,6 @@ impl<E> FairQueue<E> {
         }
         self.len -= usize::from(item.is_some());
         item
-    }
-
-    pub fn len(&self) -> usize {
-        self.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -129,7 +125,7 @@ mod tests {
         q.push_back(None, ("none", 0));
         let first: Vec<&str> = (0..3).map(|_| q.pop().unwrap().0).collect();
         assert_eq!(first, ["a", "b", "none"], "each tenant in turn");
-        assert_eq!(q.len(), 999);
+        assert_eq!(q.len, 999);
         assert!((0..999).all(|_| q.pop().unwrap().0 == "a"));
         assert!(q.pop().is_none() && q.is_empty());
     }

@@ -24,7 +24,7 @@ const KV_CACHE_FULL: f64 = 0.95;
 
 /// One reading of the backend's own saturation gauges (vLLM, llama.cpp).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Gauges {
+pub(crate) struct Gauges {
     /// Requests the server is serving now (all its clients').
     pub running: f64,
     /// Requests waiting inside the server for a slot.

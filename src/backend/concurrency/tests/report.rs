@@ -3,7 +3,7 @@
 
 use super::scenario::Scenario;
 use super::sim_backend::Record;
-use crate::backend::concurrency::ControllerStats;
+use crate::backend::concurrency::stats::ControllerStats;
 
 /// A 1 s bucket breaches the steady overload target above this fraction.
 const OVERLOAD_TARGET: f64 = 0.01;

@@ -144,7 +144,7 @@ const fn default_rate_burst() -> f64 {
 
 impl BackendParams {
     /// Slots available to us at `secs` after the start.
-    pub fn slots_at(&self, secs: f64) -> usize {
+    pub(crate) fn slots_at(&self, secs: f64) -> usize {
         self.changes
             .iter()
             .rev()
@@ -152,7 +152,7 @@ impl BackendParams {
             .map_or(self.slots, |change| change.slots)
     }
 
-    pub fn most_slots(&self) -> usize {
+    pub(crate) fn most_slots(&self) -> usize {
         self.changes
             .iter()
             .map(|change| change.slots)

@@ -78,7 +78,7 @@ impl SimBackend {
 
     /// Applies the capacity changes at their times. In queue mode "ghost" calls of another
     /// tenant take the missing slots (waiting their turn in the FIFO queue like anyone).
-    pub async fn run_changes(self) {
+    pub(crate) async fn run_changes(self) {
         let shared = &self.shared;
         let mut ghosts: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         let mut apply = |slots: usize| {

@@ -7,37 +7,50 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: typed configuration, layered defaults -> TOML -> `SLUICE__*` env, validated.
-//! - [`envelope`]: the wire contract (request, reply, chunk, header names).
-//! - [`telemetry`]: logs, OTLP export, W3C propagation, semantic-convention names.
-//! - [`shutdown`]: signals -> one cancellation token.
-//! - [`metrics`]: the Prometheus registry and its `/metrics` text endpoint.
-//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` routes shared by every role.
-//! - [`kafka`]: producer, worker consumer, contiguous-prefix offset tracker, embedded
-//!   broker, the one decoder of reply-topic records (`reply_record`), and one kit for
-//!   clients outside any consumer group: `reader` (every partition of a topic from a
-//!   start), `metadata` (a topic's partitions), `watermarks` (where logs end).
-//! - [`backend`]: the call path to the backend, a stack of tower layers (outer to inner):
-//!   `retry` -> `rate` (token buckets) -> `concurrency` (the adaptive limit and its group
-//!   share) -> `breaker` -> `timeout` -> `client` (OpenAI-compatible HTTP), with one
-//!   outcome classifier (`classify`) that every layer reads; `saturation` reads the
-//!   backend's own gauges (vLLM, llama.cpp) for the concurrency controller; `stream`
-//!   reads a streamed answer and assembles it.
-//! - [`group`]: group pacing: the workers share one view of each backend through the
-//!   control topic.
-//! - [`ingress`]: the HTTP API (`sluice ingress`): the router (`routes`), one accept path
-//!   (`enqueue`) behind every route that takes a request, the OpenAI front door (`chat`,
-//!   SSE relay in `stream`, waiters woken by the reply reader), `requests` and `batch`,
-//!   results (reply cache), tenants and their limits, admission, the status page,
-//!   `/openapi.json` generated from `api`.
-//! - [`worker`]: the pull loop (`sluice worker`): intake -> scheduler (lanes, tenants in
-//!   turn, ordering keys) -> process (decide the output; `chunks` relays a stream) ->
-//!   outbox (write it, make the offset committable).
-//! - [`mock_llm`]: a simulated OpenAI-compatible backend with a capacity model (`sluice mock-llm`).
-//! - [`dev`]: everything in one process for a first run (`sluice dev`).
-//! - [`loadgen`]: bursts through sluice or straight to a backend; loss, duplicates,
-//!   latency and backend-utilisation report, and the run drawn over time (`sluice loadgen`).
-//! - [`ops`]: operator tools (`sluice dlq inspect`, `sluice dlq replay`, `sluice lag`).
+//! From the bottom up; no module imports one from a layer above it, and no file imports
+//! one that imports it back.
+//!
+//! - Bottom: [`config`] (typed configuration, layered defaults -> TOML -> `SLUICE__*` env,
+//!   validated; one file per section under `config/`), [`envelope`] (the wire contract:
+//!   request, reply, chunk, header names), [`kafka`] (client configuration, the traced
+//!   producer, the worker's consumer, the contiguous-prefix offset tracker, the reading
+//!   kit for clients outside any consumer group: `reader`, `metadata`, `watermarks`;
+//!   the embedded broker), [`telemetry`] (logs, OTLP export, W3C propagation,
+//!   semantic-convention names), [`shutdown`], `metrics`, [`admin`] (`/healthz`,
+//!   `/readyz`, `/metrics` for every role).
+//! - [`backend`]: the call path, a stack of tower layers (outer to inner) `retry` ->
+//!   `rate` -> `concurrency` -> `breaker` -> `timeout` -> `client`, with one outcome
+//!   classifier (`classify`) that every layer reads. `concurrency` finds the backend's
+//!   capacity: its `evidence` (windows of round trips, the no-load baseline, noise, the
+//!   backend's own gauges read by `saturation`) feeds a pure `policy` of explicit phases
+//!   (`Search`, `Steady`, `Regain`), whose limit `permits` enforce; `peers` names what
+//!   sharing the backend with other workers changes. `stream` reads a streamed answer.
+//! - `group`: group pacing. Workers share one view of each backend through the control
+//!   topic (`record`, `view`, `control_topic`); `pacer` steers each worker's controller
+//!   with it, and `context` is every rule "in a group" means, as the controller's peers.
+//! - [`worker`] (`sluice worker`). One message from consume to commit: `intake` takes it
+//!   from the consumer and buffers it by lane (`scheduler`: lanes, tenants in turn,
+//!   ordering keys); `Worker::run` dispatches it when the backend stack is ready;
+//!   `process` calls the backend through the stack and decides its one `output` (reply
+//!   or dead letter; `chunks` relays a stream); `outbox` writes it and makes the offset
+//!   committable (`kafka::offsets`: the contiguous prefix), or `transactions` commits
+//!   both at once.
+//! - [`ingress`] (`sluice ingress`). One request from `POST` to the answer: `routes`
+//!   routes it to its handler (`requests`, `batch`, or `chat`, the OpenAI front door);
+//!   `submit` reads the body into an envelope; `enqueue`, the one accept path, admits it
+//!   (`admission`, `tenants`), writes it to Kafka and answers 202, or, for `chat`,
+//!   registers a waiter (`waiters`) that `replies`, the reply-topic reader, wakes with
+//!   the final reply; `chat` answers as the backend would (`openai`), or relays chunks as
+//!   SSE (`stream`). Results wait in `cache`; `status` and `group_watch` show the backlog
+//!   and each backend's group; `/openapi.json` is generated from `api`.
+//! - Tools and the first run: [`mock_llm`] (a simulated backend with a capacity model,
+//!   `sluice mock-llm`), [`loadgen`] (bursts and their report, `sluice loadgen`), [`ops`]
+//!   (`sluice dlq inspect|replay`, `sluice lag`, `sluice config`), [`dev`] (everything in
+//!   one process, `sluice dev`).
+
+// Written for its maintainers: items are crate-private wherever nothing outside needs
+// them, and the docs (`cargo doc --document-private-items`) link to them all the same.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod admin;
 pub mod backend;

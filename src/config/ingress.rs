@@ -15,7 +15,7 @@ pub struct IngressConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body in bytes (413 above). Default 960 KiB (983,040), so
     /// that the envelope written to Kafka fits librdkafka's default `message.max.bytes`
-    /// (1,000,000); must be at least [`KAFKA_RECORD_HEADROOM`] below the effective
+    /// (1,000,000); must be at least [`KAFKA_RECORD_HEADROOM`](super::KAFKA_RECORD_HEADROOM) below the effective
     /// `message.max.bytes` (checked at start-up).
     pub max_body_bytes: usize,
     /// How long a write to Kafka may take before the ingress answers 503.

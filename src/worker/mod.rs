@@ -16,13 +16,13 @@
 //!
 //! One message, from the consumer to the commit:
 //!
-//! 1. [`intake`] receives it, takes a ticket from the [`outbox`] and buffers it by lane
+//! 1. [`intake`] receives it, takes a ticket from the [`outbox`](mod@outbox) and buffers it by lane
 //!    ([`scheduler`]);
 //! 2. [`Worker::run`]'s dispatch loop starts it when an in-flight slot is free and the
 //!    backend stack is ready;
 //! 3. [`process`] decides its one [`output`] (a reply, or a dead letter), calling the
 //!    backend through the stack;
-//! 4. the [`outbox`] writes that output and makes the offset committable (at least once,
+//! 4. the [`outbox`](mod@outbox) writes that output and makes the offset committable (at least once,
 //!    or in a transaction with [`transactions`]).
 //!
 //! Beside the path: [`housekeeping`] (rate share and metrics), group pacing

@@ -65,8 +65,6 @@ pub(crate) struct CapacityStats {
     pub busy: Duration,
 }
 
-impl CapacityStats {}
-
 /// Counters shared by the model and its slot guards; they live as long as either.
 #[derive(Debug, Default)]
 struct Counters {

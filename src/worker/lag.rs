@@ -6,7 +6,8 @@
 //! done. The end of the log is the larger of librdkafka's cached watermark (refreshed by
 //! every fetch response, so current while the worker fetches) and one queried from the
 //! broker every [`REFRESH`] (current when fetching has stopped because the local queue is
-//! full; low on tansu, never high: see [`crate::kafka::watermarks`]). The first offset not done is the offset tracker's, else the consumer's position,
+//! full; low on tansu, never high: see [`crate::kafka::watermarks`]). The first offset
+//! not done is the offset tracker's, else the consumer's position,
 //! else the committed offset. librdkafka's statistics (`consumer_lag`) are not used: they
 //! come every few seconds and measure against the committed offset, and on some brokers
 //! they lack the watermark altogether.

@@ -70,17 +70,7 @@ impl Policy {
             bound = bound.max(peers.overshoot_floor(self.overshoot.proven));
         }
         if self.refusals.last_cut.is_some_and(|cut| started < cut) {
-            // Sent under a higher limit than the current one: already acted upon (one cut
-            // per round of evidence, as TCP cuts once per window of losses). Except while
-            // the search's reading is unconfirmed: the overshoot's refusals come back
-            // together, in any order, and the lowest level among them is the reading of the
-            // capacity. Cut to it now, or every refusal frees a permit for another call
-            // into the same full backend.
-            if !self.confirmed && bound < self.limit {
-                self.set_good(self.good.min(bound));
-                self.set_limit(bound, now);
-            }
-            return;
+            return self.stale_refusal(bound, now);
         }
         let cut = match self.refusals.episode {
             None => self.first_refusal(bound, peers, now),
@@ -111,6 +101,19 @@ impl Policy {
                 "adaptive concurrency: back-pressure cut"
             );
             self.set_limit(cut, now);
+        }
+    }
+
+    /// A refusal of a call sent under a higher limit than the current one: already acted
+    /// upon (one cut per round of evidence, as TCP cuts once per window of losses).
+    /// Except while the search's reading is unconfirmed: the overshoot's refusals come
+    /// back together, in any order, and the lowest level among them is the reading of the
+    /// capacity. Cut to it now, or every refusal frees a permit for another call into the
+    /// same full backend.
+    fn stale_refusal(&mut self, bound: usize, now: Instant) {
+        if !self.confirmed && bound < self.limit {
+            self.set_good(self.good.min(bound));
+            self.set_limit(bound, now);
         }
     }
 

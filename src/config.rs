@@ -24,19 +24,20 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub ingress: IngressConfig,
     pub worker: WorkerConfig,
+    /// The one backend (named `default`, serving every model) when `backends` is empty.
     pub backend: BackendConfig,
+    /// Several backends by name, each serving the models its `models` names. Replaces
+    /// `backend` when set.
+    pub backends: std::collections::BTreeMap<String, BackendConfig>,
+    /// `[models]`: other names for the models the backends serve.
+    pub models: ModelsConfig,
     pub telemetry: TelemetryConfig,
 }
 
 impl Config {
     /// Checks what types alone cannot: non-empty names, positive limits, parseable URLs.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |key: &str, reason: &str| Err(ConfigError::invalid(key, reason));
         let k = &self.kafka;
         for (key, value) in [
             ("kafka.bootstrap_servers", &k.bootstrap_servers),
@@ -51,16 +52,13 @@ impl Config {
             }
         }
         if let Err(reason) = check_client_properties(&k.client) {
-            return Err(ConfigError::Invalid {
-                key: "kafka.client",
-                reason,
-            });
+            return Err(ConfigError::invalid("kafka.client", reason));
         }
         if let Some(lane) = k.lanes.iter().find(|l| !is_valid_lane(l)) {
-            return Err(ConfigError::Invalid {
-                key: "kafka.lanes",
-                reason: format!("lane {lane:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"),
-            });
+            return Err(ConfigError::invalid(
+                "kafka.lanes",
+                format!("lane {lane:?} must be 1-64 characters of a-z, 0-9, '-' or '_'"),
+            ));
         }
         if self.worker.lane_buffer == 0 {
             return invalid("worker.lane_buffer", "must be at least 1");
@@ -130,37 +128,77 @@ impl Config {
         if self.ingress.result_cache_capacity == 0 {
             return invalid("ingress.result_cache_capacity", "must be at least 1");
         }
-        if self.backend.max_attempts == 0 {
-            return invalid("backend.max_attempts", "must be at least 1");
-        }
-        if self.backend.retry_initial_backoff_ms > self.backend.retry_max_backoff_ms {
-            return invalid(
-                "backend.retry_initial_backoff_ms",
-                "must not exceed backend.retry_max_backoff_ms",
-            );
-        }
-        self.backend.rate.validate()?;
-        self.backend.concurrency.validate()?;
-        self.backend.breaker.validate()?;
-        if self.backend.timeout_ms == 0 {
-            return invalid("backend.timeout_ms", "must be at least 1");
-        }
-        match reqwest::Url::parse(&self.backend.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-            Ok(_) => return invalid("backend.url", "must be an http:// or https:// URL"),
-            Err(e) => return invalid("backend.url", &format!("not a URL: {e}")),
-        }
-        if let Some(url) = &self.backend.metrics_url {
-            if reqwest::Url::parse(url).is_err() {
-                return invalid("backend.metrics_url", "not a URL");
-            }
-        }
-        if self.backend.metrics_interval_ms < 100 {
-            return invalid("backend.metrics_interval_ms", "must be at least 100");
-        }
+        self.validate_backends()?;
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             if reqwest::Url::parse(endpoint).is_err() {
                 return invalid("telemetry.otlp_endpoint", "not a URL");
+            }
+        }
+        Ok(())
+    }
+
+    /// The backends, each by name: `[backends.<name>]`, or `[backend]` alone as the one
+    /// named `default` serving every model (the single-backend setup).
+    pub(crate) fn named_backends(&self) -> Vec<(&str, &BackendConfig)> {
+        if self.backends.is_empty() {
+            vec![(DEFAULT_BACKEND, &self.backend)]
+        } else {
+            self.backends
+                .iter()
+                .map(|(name, backend)| (name.as_str(), backend))
+                .collect()
+        }
+    }
+
+    /// `[backend]` or `[backends.*]`, each backend's settings, and the model aliases.
+    fn validate_backends(&self) -> Result<(), ConfigError> {
+        if !self.backends.is_empty() && self.backend != BackendConfig::default() {
+            return Err(ConfigError::invalid(
+                "backend",
+                "set [backend] (SLUICE__BACKEND__*) for one backend, or [backends.<name>] for \
+                 several, not both: with [backends.*] the [backend] settings would be ignored",
+            ));
+        }
+        for (name, backend) in self.named_backends() {
+            if !is_valid_lane(name) {
+                return Err(ConfigError::invalid(
+                    format!("backends.{name}"),
+                    "a backend's name must be 1-64 characters of a-z, 0-9, '-' or '_'",
+                ));
+            }
+            let section = if self.backends.is_empty() {
+                "backend".to_string()
+            } else {
+                format!("backends.{name}")
+            };
+            backend.validate(&section)?;
+        }
+        let routes = crate::routing::Routes::from_config(self);
+        for (alias, model) in &self.models.aliases {
+            let key = || format!("models.aliases.{alias}");
+            if alias.trim().is_empty() {
+                return Err(ConfigError::invalid(
+                    "models.aliases",
+                    "an alias must not be empty",
+                ));
+            }
+            if routes.serves_by_name(alias) {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!("{alias:?} is a model a backend serves by that name; an alias may not hide it"),
+                ));
+            }
+            if self.models.aliases.contains_key(model) {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!("{model:?} is an alias itself; name the model it stands for"),
+                ));
+            }
+            if routes.pool(model).is_none() {
+                return Err(ConfigError::invalid(
+                    key(),
+                    format!("no backend serves {model:?} (see each backend's `models`)"),
+                ));
             }
         }
         Ok(())
@@ -171,19 +209,13 @@ impl Config {
     pub(crate) fn kafka_message_max_bytes(&self) -> Result<usize, ConfigError> {
         match self.kafka.client.get("message.max.bytes") {
             None => Ok(LIBRDKAFKA_MESSAGE_MAX_BYTES),
-            Some(value) => value.trim().parse().map_err(|_| ConfigError::Invalid {
-                key: "kafka.client.message.max.bytes",
-                reason: format!("{value:?} is not a number of bytes"),
+            Some(value) => value.trim().parse().map_err(|_| {
+                ConfigError::invalid(
+                    "kafka.client.message.max.bytes",
+                    format!("{value:?} is not a number of bytes"),
+                )
             }),
         }
-    }
-
-    /// Where the backend's gauges are read: `backend.metrics_url`, else `{backend.url}/metrics`.
-    pub(crate) fn backend_metrics_url(&self) -> String {
-        self.backend
-            .metrics_url
-            .clone()
-            .unwrap_or_else(|| format!("{}/metrics", self.backend.url.trim_end_matches('/')))
     }
 
     /// The identity this worker writes into dead letters and logs.
@@ -226,6 +258,9 @@ pub(crate) const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// version, tenant), the id and trace headers, the key and the record batch overhead.
 pub(crate) const KAFKA_RECORD_HEADROOM: usize = 16 * 1024;
 
+/// The name of the one backend of `[backend]` (the single-backend setup).
+pub(crate) const DEFAULT_BACKEND: &str = "default";
+
 /// The lane name that stands for the plain request topic.
 pub(crate) const DEFAULT_LANE: &str = "default";
 
@@ -246,6 +281,7 @@ mod ingress;
 mod kafka;
 mod keys;
 mod load;
+mod models;
 mod rate;
 mod telemetry;
 pub mod tenants;
@@ -253,13 +289,15 @@ pub mod tenants;
 mod tests;
 mod worker;
 
-pub(crate) use backend::{BackendConfig, SaturationSource};
+pub use backend::BackendConfig;
+pub(crate) use backend::SaturationSource;
 pub(crate) use breaker::BreakerSettings;
 pub use concurrency::ConcurrencySettings;
 pub(crate) use error::ConfigError;
 pub(crate) use ingress::IngressConfig;
 pub(crate) use kafka::{check_client_properties, KafkaConfig};
 pub use keys::unknown_env_warnings;
+pub(crate) use models::ModelsConfig;
 pub(crate) use rate::RateSettings;
 pub(crate) use telemetry::{LogFormat, TelemetryConfig};
 pub use tenants::TenantConfig;

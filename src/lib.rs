@@ -64,6 +64,7 @@ pub mod loadgen;
 pub(crate) mod metrics;
 pub mod mock_llm;
 pub mod ops;
+pub mod routing;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -581,3 +581,89 @@ async fn cors_and_gzip_only_when_configured() {
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("ingress.cors_allowed_origins"), "{e}");
 }
+
+/// Two backends by model and an alias: a request for an unknown model is refused before
+/// Kafka with OpenAI's 404 `model_not_found` on every route; an alias is written as its
+/// model; `GET /v1/models` lists the names served and the aliases.
+#[tokio::test]
+async fn the_model_picks_its_route_and_an_unknown_one_is_refused_before_kafka() {
+    let broker = EmbeddedBroker::start(1).unwrap();
+    broker.create_topic("req", 1).unwrap();
+    broker.create_topic("req.batch", 1).unwrap();
+    let mut config = config_for(broker.bootstrap_servers());
+    for (name, models) in [("big", "llama-3-70b"), ("small", "smollm2-*")] {
+        let backend = sluice::config::BackendConfig {
+            models: vec![models.into()],
+            ..Default::default()
+        };
+        config.backends.insert(name.into(), backend);
+    }
+    config
+        .models
+        .aliases
+        .insert("fast".into(), "smollm2-135m".into());
+    let app = app_for(config);
+
+    let (status, _, value) = call(&app, "GET", "/v1/models", Body::empty()).await;
+    assert_eq!(status, StatusCode::OK, "{value}");
+    assert_eq!(value["object"], "list");
+    let ids: Vec<&str> = value["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["fast", "llama-3-70b"],
+        "names and aliases, not patterns"
+    );
+
+    let chat = |model: &str| {
+        format!(
+            r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}],"max_tokens":4}}"#
+        )
+    };
+    let (status, _, value) = call(&app, "POST", "/v1/chat/completions", chat("gpt-5")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+    assert_eq!(value["error"]["code"], "model_not_found");
+    assert_eq!(value["error"]["type"], "invalid_request_error");
+    assert!(
+        value["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-5"),
+        "{value}"
+    );
+    let body = format!(r#"{{"id":"unknown-model","body":{}}}"#, chat("gpt-5"));
+    let (status, _, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+    assert_eq!(value["error"]["code"], "model_not_found");
+    let batch = format!(r#"{{"requests":[{{"body":{}}}]}}"#, chat("gpt-5"));
+    let (_, _, value) = call(&app, "POST", "/v1/requests:batch", batch).await;
+    assert_eq!(value["results"][0]["status"], 404, "{value}");
+
+    let body = format!(r#"{{"id":"by-alias","body":{}}}"#, chat("fast"));
+    let (status, _, value) = call(&app, "POST", "/v1/requests", body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{value}");
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", broker.bootstrap_servers())
+        .set("group.id", "check-routes")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["req"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut written = Vec::new();
+    while Instant::now() < deadline && written.is_empty() {
+        if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
+            written.push(serde_json::from_slice::<Value>(message.payload().unwrap()).unwrap());
+        }
+    }
+    assert_eq!(written.len(), 1, "only the served request reached Kafka");
+    assert_eq!(written[0]["id"], "by-alias");
+    assert_eq!(
+        written[0]["body"]["model"], "smollm2-135m",
+        "written as the model"
+    );
+}

@@ -13,6 +13,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/requests"),
     ("get", "/v1/requests/{id}"),
     ("post", "/v1/requests:batch"),
+    ("get", "/v1/models"),
     ("get", "/healthz"),
     ("get", "/readyz"),
     ("get", "/metrics"),

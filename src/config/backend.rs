@@ -6,14 +6,19 @@ use serde::Deserialize;
 
 use super::breaker::BreakerSettings;
 use super::concurrency::ConcurrencySettings;
+use super::error::ConfigError;
 use super::rate::RateSettings;
 
 /// `[backend]`: the OpenAI-compatible LLM server.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackendConfig {
     /// Base URL; `/v1/chat/completions` is appended. Default `http://127.0.0.1:8000`.
     pub url: String,
+    /// The models this backend serves: names, or patterns with `*` (`llama-3-*`). A
+    /// request goes to the backends that serve its `model`; with several, to the one with
+    /// the most room. Default `["*"]`: every model.
+    pub models: Vec<String>,
     /// Bearer token sent to the backend. Never logged. Default unset.
     pub api_key: Option<String>,
     /// Per-attempt timeout. Default 120,000 ms.
@@ -69,6 +74,7 @@ impl Default for BackendConfig {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:8000".into(),
+            models: vec!["*".into()],
             api_key: None,
             timeout_ms: 120_000,
             provider: "openai".into(),
@@ -84,5 +90,57 @@ impl Default for BackendConfig {
             rate: Default::default(),
             breaker: Default::default(),
         }
+    }
+}
+
+impl BackendConfig {
+    /// Checks what types alone cannot, naming keys under `section` (`backend`, or
+    /// `backends.<name>`).
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: String| {
+            Err(ConfigError::invalid(format!("{section}.{key}"), reason))
+        };
+        if self.models.is_empty() || self.models.iter().any(|m| m.trim().is_empty()) {
+            return invalid(
+                "models",
+                "must name at least one model (or \"*\" for every one), none empty".into(),
+            );
+        }
+        if self.max_attempts == 0 {
+            return invalid("max_attempts", "must be at least 1".into());
+        }
+        if self.retry_initial_backoff_ms > self.retry_max_backoff_ms {
+            return invalid(
+                "retry_initial_backoff_ms",
+                format!("must not exceed {section}.retry_max_backoff_ms"),
+            );
+        }
+        self.rate.validate(section)?;
+        self.concurrency.validate(section)?;
+        self.breaker.validate(section)?;
+        if self.timeout_ms == 0 {
+            return invalid("timeout_ms", "must be at least 1".into());
+        }
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+            Ok(_) => return invalid("url", "must be an http:// or https:// URL".into()),
+            Err(e) => return invalid("url", format!("not a URL: {e}")),
+        }
+        if let Some(url) = &self.metrics_url {
+            if reqwest::Url::parse(url).is_err() {
+                return invalid("metrics_url", "not a URL".into());
+            }
+        }
+        if self.metrics_interval_ms < 100 {
+            return invalid("metrics_interval_ms", "must be at least 100".into());
+        }
+        Ok(())
+    }
+
+    /// Where the backend's gauges are read: `metrics_url`, else `{url}/metrics`.
+    pub(crate) fn metrics_url(&self) -> String {
+        self.metrics_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/metrics", self.url.trim_end_matches('/')))
     }
 }

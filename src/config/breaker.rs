@@ -28,29 +28,30 @@ pub struct BreakerSettings {
 
 impl BreakerSettings {
     /// Checks what types alone cannot; the error names the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
+    /// `section` is the backend's (`backend`, or `backends.<name>`), for the key named.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::invalid(
+                format!("{section}.{key}"),
+                reason.replace("{section}", section),
+            ))
         };
         if self.error_ratio.is_nan() || self.error_ratio <= 0.0 {
-            return invalid("backend.breaker.error_ratio", "must be above 0");
+            return invalid("breaker.error_ratio", "must be above 0");
         }
         if self.min_calls == 0 {
-            return invalid("backend.breaker.min_calls", "must be at least 1");
+            return invalid("breaker.min_calls", "must be at least 1");
         }
         if self.window_ms < 10 {
-            return invalid("backend.breaker.window_ms", "must be at least 10");
+            return invalid("breaker.window_ms", "must be at least 10");
         }
         if self.open_ms == 0 {
-            return invalid("backend.breaker.open_ms", "must be at least 1");
+            return invalid("breaker.open_ms", "must be at least 1");
         }
         if self.max_open_ms < self.open_ms {
             return invalid(
-                "backend.breaker.max_open_ms",
-                "must be at least backend.breaker.open_ms",
+                "breaker.max_open_ms",
+                "must be at least {section}.breaker.open_ms",
             );
         }
         Ok(())

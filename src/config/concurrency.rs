@@ -40,42 +40,34 @@ pub struct ConcurrencySettings {
 
 impl ConcurrencySettings {
     /// Checks the ranges documented on each field, naming the bad key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
+    /// `section` is the backend's (`backend`, or `backends.<name>`), for the key named.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::invalid(
+                format!("{section}.{key}"),
+                reason.replace("{section}", section),
+            ))
         };
         if self.min == 0 {
-            return invalid("backend.concurrency.min", "must be at least 1");
+            return invalid("concurrency.min", "must be at least 1");
         }
         if self.max < self.min {
-            return invalid("backend.concurrency.max", "must not be below min");
+            return invalid("concurrency.max", "must not be below min");
         }
         if !(self.min..=self.max).contains(&self.initial) {
-            return invalid("backend.concurrency.initial", "must be between min and max");
+            return invalid("concurrency.initial", "must be between min and max");
         }
         if !(self.queue_tolerance > 0.0 && self.queue_tolerance <= 0.5) {
-            return invalid("backend.concurrency.queue_tolerance", "must be in (0, 0.5]");
+            return invalid("concurrency.queue_tolerance", "must be in (0, 0.5]");
         }
         if self.probe_after_calls == 0 {
-            return invalid(
-                "backend.concurrency.probe_after_calls",
-                "must be at least 1",
-            );
+            return invalid("concurrency.probe_after_calls", "must be at least 1");
         }
         if self.max_probe_backoff == 0 {
-            return invalid(
-                "backend.concurrency.max_probe_backoff",
-                "must be at least 1",
-            );
+            return invalid("concurrency.max_probe_backoff", "must be at least 1");
         }
         if self.baseline_window_ms < 1000 {
-            return invalid(
-                "backend.concurrency.baseline_window_ms",
-                "must be at least 1000",
-            );
+            return invalid("concurrency.baseline_window_ms", "must be at least 1000");
         }
         Ok(())
     }

@@ -15,5 +15,15 @@ pub enum ConfigError {
     #[error("configuration from the environment (SLUICE__*): {0}")]
     Env(config::ConfigError),
     #[error("configuration key `{key}`: {reason}")]
-    Invalid { key: &'static str, reason: String },
+    Invalid { key: String, reason: String },
+}
+
+impl ConfigError {
+    /// `key` is invalid for `reason`.
+    pub fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
 }

@@ -34,10 +34,19 @@ fn collect(value: &Value, prefix: String, names: &mut Vec<String>) {
     }
 }
 
-/// Sections whose keys are the operator's own: librdkafka properties, tenant names.
+/// Sections whose keys are the operator's own: librdkafka properties, tenant names,
+/// backend names, model aliases.
 fn is_open_map(prefix: &str) -> bool {
-    prefix.ends_with("KAFKA__CLIENT") || prefix.ends_with("INGRESS__TENANTS")
+    OPEN_MAPS.iter().any(|map| prefix.ends_with(map))
 }
+
+/// See [`is_open_map`].
+const OPEN_MAPS: &[&str] = &[
+    "KAFKA__CLIENT",
+    "INGRESS__TENANTS",
+    "SLUICE__BACKENDS",
+    "MODELS__ALIASES",
+];
 
 /// A warning for each variable of `names` that looks meant for sluice but is not read:
 /// `SLUICE_`-prefixed in any case without the exact `SLUICE__` form. (Misspelt keys in
@@ -54,7 +63,7 @@ pub fn unknown_env_warnings(names: impl IntoIterator<Item = String>) -> Vec<Stri
             let meant = known.iter().find(|k| {
                 let k = squash(k);
                 k == squashed
-                    || ((k.ends_with("CLIENT") || k.ends_with("TENANTS"))
+                    || (OPEN_MAPS.iter().any(|map| k.ends_with(&squash(map)))
                         && squashed.starts_with(&k))
             });
             match meant {

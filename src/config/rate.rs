@@ -23,26 +23,24 @@ pub struct RateSettings {
 
 impl RateSettings {
     /// Checks what types alone cannot; the error names the key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
+    /// `section` is the backend's (`backend`, or `backends.<name>`), for the key named.
+    pub fn validate(&self, section: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| {
+            Err(ConfigError::invalid(
+                format!("{section}.{key}"),
+                reason.replace("{section}", section),
+            ))
         };
         if let Some(rps) = self.requests_per_second {
             if !(rps.is_finite() && rps > 0.0) {
-                return invalid(
-                    "backend.rate.requests_per_second",
-                    "must be a number above 0",
-                );
+                return invalid("rate.requests_per_second", "must be a number above 0");
             }
         }
         if self.tokens_per_minute == Some(0) {
-            return invalid("backend.rate.tokens_per_minute", "must be at least 1");
+            return invalid("rate.tokens_per_minute", "must be at least 1");
         }
         if self.burst_ms > 60_000 {
-            return invalid("backend.rate.burst_ms", "must be at most 60000");
+            return invalid("rate.burst_ms", "must be at most 60000");
         }
         Ok(())
     }

@@ -181,3 +181,79 @@ fn the_body_limit_must_fit_in_a_kafka_record() {
     .unwrap();
     assert_eq!(raised.kafka_message_max_bytes().unwrap(), 2_000_000);
 }
+
+#[test]
+fn several_backends_load_from_toml_with_their_models_and_aliases() {
+    let file = toml_file(
+        r#"
+[backends.big]
+url = "http://gpu-a:8000"
+models = ["llama-3-70b"]
+[backends.big.concurrency]
+max = 64
+
+[backends.small]
+url = "http://cpu-1:8080"
+models = ["smollm2-*"]
+
+[models.aliases]
+fast = "smollm2-135m"
+"#,
+    );
+    let c = Config::load_from(
+        Some(file.path()),
+        env(&[("SLUICE__BACKENDS__SMALL__TIMEOUT_MS", "5000")]),
+    )
+    .unwrap();
+    let named: Vec<&str> = c.named_backends().iter().map(|(name, _)| *name).collect();
+    assert_eq!(named, ["big", "small"]);
+    assert_eq!(c.backends["big"].concurrency.max, 64);
+    assert_eq!(
+        c.backends["small"].timeout_ms, 5000,
+        "the environment reaches a named backend"
+    );
+    assert_eq!(c.models.aliases["fast"], "smollm2-135m");
+    let single = Config::load_from(None, env(&[])).unwrap();
+    assert_eq!(single.named_backends()[0].0, "default");
+    assert_eq!(single.backend.models, ["*"]);
+}
+
+#[test]
+fn bad_backends_and_aliases_name_the_key() {
+    let with = |text: &str, vars: &[(&str, &str)]| {
+        let file = toml_file(text);
+        Config::load_from(Some(file.path()), env(vars))
+            .unwrap_err()
+            .to_string()
+    };
+    let two = "[backends.big]\nmodels = [\"m\"]\n";
+    let err = with(two, &[("SLUICE__BACKEND__URL", "http://elsewhere:8000")]);
+    assert!(
+        err.contains("`backend`") && err.contains("not both"),
+        "{err}"
+    );
+    let err = with("[backends.big]\nurl = \"ftp://x\"\n", &[]);
+    assert!(err.contains("backends.big.url"), "{err}");
+    let err = with("[backends.big.concurrency]\nmin = 0\n", &[]);
+    assert!(err.contains("backends.big.concurrency.min"), "{err}");
+    let err = with("[backends.Big]\n", &[]);
+    assert!(err.contains("backends.Big") && err.contains("a-z"), "{err}");
+    let err = with("[backends.big]\nmodels = []\n", &[]);
+    assert!(err.contains("backends.big.models"), "{err}");
+    let err = with(
+        "[backends.big]\nmodels = [\"m\"]\n[models.aliases]\nfast = \"other\"\n",
+        &[],
+    );
+    assert!(
+        err.contains("models.aliases.fast") && err.contains("no backend serves"),
+        "{err}"
+    );
+    let err = with(
+        "[backends.big]\nmodels = [\"m\"]\n[models.aliases]\nm = \"m\"\n",
+        &[],
+    );
+    assert!(
+        err.contains("models.aliases.m") && err.contains("may not hide"),
+        "{err}"
+    );
+}

@@ -48,7 +48,7 @@ pub async fn submit(
             async move {
                 let id = item.as_ref().ok().map(|r| r.id.clone());
                 let outcome = match item {
-                    Ok(request) => enqueue::accept(state, tenant, &request, Then::Poll)
+                    Ok(request) => enqueue::accept(state, tenant, request, Then::Poll)
                         .await
                         .map(|enqueued| enqueued.body),
                     Err(e) => Err(e),

@@ -113,7 +113,7 @@ async fn answer(
     let id = request.id.clone();
     let streamed = request.body.get("stream") == Some(&Value::Bool(true));
     tracing::Span::current().record("request_id", id.as_str());
-    let enqueued = match enqueue::accept(state, tenant.as_deref(), &request, Then::Wait).await {
+    let enqueued = match enqueue::accept(state, tenant.as_deref(), request, Then::Wait).await {
         Ok(enqueued) => enqueued,
         Err(e) => return (Some(id), streamed, Err(e)),
     };

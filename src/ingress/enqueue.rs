@@ -1,13 +1,14 @@
 //! The one way a request enters Kafka from the HTTP API, for every route that takes
 //! one (`POST /v1/requests`, each item of a batch, `POST /v1/chat/completions`): an
-//! idempotent repeat is answered from the cache, then admission control and the
-//! tenant's limits, then the write, answered only once Kafka acknowledged it (acks=all).
+//! model nobody serves is refused, an idempotent repeat is answered from the cache, then
+//! admission control and the tenant's limits, then the write, answered only once Kafka acknowledged it (acks=all).
 //! A write that fails gives the tenant's place back; one that succeeds is in the cache
 //! before the caller hears of it. Every route updates the same metrics here.
 
 use std::time::{Duration, Instant};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use serde_json::Value;
 
 use super::api::Accepted;
 use super::cache::Entry;
@@ -47,9 +48,11 @@ pub struct Enqueued {
 pub async fn accept(
     state: &IngressState,
     tenant: Option<&Tenant>,
-    request: &Request,
+    mut request: Request,
     then: Then,
 ) -> Result<Enqueued, AppError> {
+    route(state, &mut request)?;
+    let request = &request;
     let payload =
         serde_json::to_vec(request).expect("a Request always serializes: string keys, no NaN");
     let fingerprint = submit::fingerprint(&payload);
@@ -92,6 +95,24 @@ pub async fn accept(
         quota,
         waiter,
     })
+}
+
+/// A model no backend serves is refused here (404 `model_not_found`, as OpenAI answers)
+/// rather than after a trip through Kafka; an alias becomes the model it stands for, so
+/// the worker, the backend and the reply all see the model's own name.
+fn route(state: &IngressState, request: &mut Request) -> Result<(), AppError> {
+    let asked = request.body.get("model").and_then(Value::as_str);
+    let Some(route) = state.routes.resolve(asked) else {
+        return Err(AppError::ModelNotFound(
+            asked.unwrap_or_default().to_string(),
+        ));
+    };
+    if asked.is_some_and(|asked| asked != route.model) {
+        request
+            .body
+            .insert("model".into(), Value::String(route.model));
+    }
+    Ok(())
 }
 
 /// Takes the request from its tenant's limits (nothing without a tenant).

@@ -50,6 +50,9 @@ pub enum AppError {
     NoRoute,
     #[error("this route does not take that HTTP method")]
     MethodNotAllowed,
+    /// No backend serves the model named (see `GET /v1/models`).
+    #[error("The model `{}` does not exist or you do not have access to it.", shorten(.0))]
+    ModelNotFound(String),
     /// `ingress.auth` is on and the caller's key is missing or unknown.
     #[error("{0}")]
     Unauthorized(&'static str),
@@ -79,6 +82,7 @@ impl AppError {
                 StatusCode::NOT_FOUND
             }
             AppError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Conflict(_) => StatusCode::CONFLICT,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -97,6 +101,7 @@ impl AppError {
             AppError::NotFound(_) | AppError::NoRoute => "not_found",
             AppError::NotTracked { .. } => "not_tracked",
             AppError::MethodNotAllowed => "method_not_allowed",
+            AppError::ModelNotFound(_) => "model_not_found",
             AppError::UnsupportedMediaType(_) => "unsupported_media_type",
             AppError::Conflict(_) => "conflict",
             AppError::Unavailable { .. } => "unavailable",
@@ -108,8 +113,16 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        // OpenAI's error shape (SDKs read `message`); `code` repeats the type.
-        let body = Json(ErrorBody::new(self.kind(), self.to_string(), self.kind()));
+        // OpenAI's error shape (SDKs read `message`); `code` repeats the type, except
+        // where OpenAI has a code of its own under a type of its own.
+        let body = match &self {
+            AppError::ModelNotFound(_) => Json(ErrorBody::new(
+                "invalid_request_error",
+                self.to_string(),
+                self.kind(),
+            )),
+            _ => Json(ErrorBody::new(self.kind(), self.to_string(), self.kind())),
+        };
         let mut response = (self.status(), body).into_response();
         let headers = response.headers_mut();
         match self {

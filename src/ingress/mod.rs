@@ -7,10 +7,11 @@
 //! - [`routes`]: the router and its layers; [`openapi`] documents the handlers.
 //! - Handlers, one module per thing served: [`requests`] (`POST /v1/requests`,
 //!   `GET /v1/requests/{id}`), [`batch`], [`chat`] (the OpenAI front door; its streamed
-//!   answers in [`stream`], replies shaped as OpenAI answers in [`openai`]), [`status`].
+//!   answers in [`stream`], replies shaped as OpenAI answers in [`openai`]), [`models`]
+//!   (`GET /v1/models`), [`status`].
 //! - [`enqueue`]: the one accept path every handler that takes a request goes through
-//!   (idempotent repeats, [`admission`], [`tenants`]' limits, the Kafka write, the
-//!   cache, the metrics).
+//!   (the model's route, idempotent repeats, [`admission`], [`tenants`]' limits, the
+//!   Kafka write, the cache, the metrics).
 //! - [`state`]: what the handlers share; [`api`]: the bodies as types; [`submit`] reads a
 //!   body into an envelope; [`error`] is every failure's answer; [`quota`] the rate-limit
 //!   headers.
@@ -26,6 +27,7 @@ pub mod enqueue;
 pub mod error;
 pub(crate) mod group_watch;
 pub mod metrics;
+pub mod models;
 pub mod openai;
 pub mod openapi;
 pub(crate) mod quota;
@@ -93,6 +95,7 @@ pub fn build_state(config: Arc<Config>, registry: &mut Registry) -> anyhow::Resu
         waiters: Arc::new(waiters::Waiters::with_gauge(metrics.waiters.clone())),
         tenants: Arc::new(tenants::Tenants::from_config(&config.ingress)),
         group: Arc::new(group_watch::GroupWatch::default()),
+        routes: Arc::new(crate::routing::Routes::from_config(&config)),
         admission: Arc::new(admission::Admission::new(
             &config,
             metrics.expected_wait_seconds.clone(),

@@ -66,7 +66,7 @@ async fn submit_one(
     let bytes = submit::json_body(config, headers, body)?;
     let request = submit::parse(&bytes, config, tenant.as_ref().map(|t| t.name.to_string()))?;
     tracing::Span::current().record("request_id", request.id.as_str());
-    let enqueued = enqueue::accept(state, tenant.as_deref(), &request, Then::Poll).await?;
+    let enqueued = enqueue::accept(state, tenant.as_deref(), request, Then::Poll).await?;
     let mut response = (StatusCode::ACCEPTED, Json(enqueued.body)).into_response();
     enqueued.quota.apply(response.headers_mut());
     Ok(response)

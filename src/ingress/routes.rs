@@ -14,7 +14,7 @@ use tower_http::cors::{AllowHeaders, AllowOrigin, CorsLayer, ExposeHeaders};
 
 use super::error::AppError;
 use super::state::IngressState;
-use super::{batch, chat, openapi, requests, status, traced};
+use super::{batch, chat, models, openapi, requests, status, traced};
 use crate::admin::{self, AdminState};
 
 /// The ingress router: API routes plus `/healthz`, `/readyz`, `/metrics`, with CORS and
@@ -31,6 +31,8 @@ pub fn app(state: IngressState, admin: AdminState) -> Router {
         // A trace per request, not per poll of its status: only the routes above.
         .route_layer(axum::middleware::from_fn(traced::span))
         .route("/v1/requests/{id}", get(requests::get_request))
+        .route("/v1/models", get(models::list))
+        .route("/models", get(models::list))
         .route("/openapi.json", get(openapi::serve))
         .route("/status", get(status::page))
         .route("/status.json", get(status::json))

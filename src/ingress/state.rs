@@ -1,5 +1,5 @@
 //! What every ingress handler shares: one cheap-to-clone bundle of the config, the
-//! producer, the reply cache, the waiters and the limits. Its own module so that the
+//! routes, the producer, the reply cache, the waiters and the limits. Its own module so that the
 //! handlers depend on it and the router depends on the handlers, never the reverse.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use super::tenants::Tenants;
 use super::waiters::Waiters;
 use crate::config::Config;
 use crate::kafka::producer::Producer;
+use crate::routing::Routes;
 
 /// Everything a route needs; cheap to clone.
 #[derive(Clone)]
@@ -24,5 +25,7 @@ pub struct IngressState {
     pub admission: Arc<Admission>,
     /// The workers' view of each backend, from the control topic (status page).
     pub group: Arc<GroupWatch>,
+    /// Which models are served, and by which backends.
+    pub routes: Arc<Routes>,
     pub metrics: IngressMetrics,
 }

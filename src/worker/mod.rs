@@ -211,7 +211,7 @@ impl Worker {
         let after_drain = CancellationToken::new();
         let mut companions = vec![tokio::spawn(
             saturation::Poller {
-                url: config.backend_metrics_url(),
+                url: config.backend.metrics_url(),
                 source: config.backend.saturation,
                 interval: Duration::from_millis(config.backend.metrics_interval_ms),
                 api_key: config.backend.api_key.clone(),

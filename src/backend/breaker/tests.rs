@@ -383,12 +383,15 @@ async fn results_from_before_an_opening_are_ignored() {
 
 #[test]
 fn settings_are_validated_by_key() {
-    assert!(BreakerSettings::default().validate().is_ok());
+    assert!(BreakerSettings::default().validate("backend").is_ok());
     let bad = BreakerSettings {
         max_open_ms: 1_000,
         ..BreakerSettings::default()
     };
-    let error = bad.validate().expect_err("max below open").to_string();
+    let error = bad
+        .validate("backend")
+        .expect_err("max below open")
+        .to_string();
     assert!(error.contains("backend.breaker.max_open_ms"), "{error}");
 }
 

@@ -355,7 +355,7 @@ fn services_and_futures_can_move_to_tasks() {
 
 #[test]
 fn settings_are_validated_by_key() {
-    assert!(RateSettings::default().validate().is_ok());
+    assert!(RateSettings::default().validate("backend").is_ok());
     for (bad, key) in [
         (
             settings(Some(0.0), None),
@@ -367,7 +367,7 @@ fn settings_are_validated_by_key() {
         ),
         (settings(None, Some(0)), "backend.rate.tokens_per_minute"),
     ] {
-        let error = bad.validate().expect_err("invalid").to_string();
+        let error = bad.validate("backend").expect_err("invalid").to_string();
         assert!(error.contains(key), "{error}");
     }
 }

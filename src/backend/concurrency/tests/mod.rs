@@ -21,7 +21,7 @@ fn settings_parse_with_defaults_and_reject_unknown_keys() {
         ConcurrencySettings::default().queue_tolerance
     );
     assert!(toml::from_str::<ConcurrencySettings>("maximum = 3\n").is_err());
-    assert!(ConcurrencySettings::default().validate().is_ok());
+    assert!(ConcurrencySettings::default().validate("backend").is_ok());
 }
 
 #[test]
@@ -78,7 +78,7 @@ fn settings_validation_names_the_bad_key() {
         ),
     ];
     for (settings, key) in cases {
-        let error = settings.validate().expect_err(key).to_string();
+        let error = settings.validate("backend").expect_err(key).to_string();
         assert!(error.contains(key), "{error}");
     }
 }

@@ -1,0 +1,187 @@
+//! Which backends serve a request: the model it names (an alias resolved first) picks its
+//! pool, the backends whose `models` match it. Built once from the configuration; the
+//! ingress refuses a model nothing serves and lists what is served, and the worker sends
+//! each request to one backend of its pool.
+
+use std::collections::BTreeMap;
+
+use crate::config::Config;
+
+/// See the module documentation. Cheap to share; lives as long as its role.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    /// Backend names, in configuration order: a pool is a list of indices into it.
+    backends: Vec<String>,
+    /// Each backend's model patterns (names, or globs with `*`).
+    patterns: Vec<Vec<String>>,
+    /// alias -> model.
+    aliases: BTreeMap<String, String>,
+}
+
+/// Where one request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The model the backends are called with (an alias resolved).
+    pub model: String,
+    /// The backends that serve it, by index, never empty.
+    pub pool: Vec<usize>,
+}
+
+impl Routes {
+    /// The routes of `config`'s backends ([`Config::named_backends`]) and aliases.
+    pub fn from_config(config: &Config) -> Self {
+        let named = config.named_backends();
+        Self {
+            backends: named.iter().map(|(name, _)| name.to_string()).collect(),
+            patterns: named
+                .iter()
+                .map(|(_, backend)| backend.models.clone())
+                .collect(),
+            aliases: config.models.aliases.clone(),
+        }
+    }
+
+    /// The backend names, indexed as pools index them.
+    pub fn backends(&self) -> &[String] {
+        &self.backends
+    }
+
+    /// The route of a request for `model` (`None` when it names no model: as `""`), or
+    /// `None` when no backend serves it.
+    pub fn resolve(&self, model: Option<&str>) -> Option<Route> {
+        let asked = model.unwrap_or("");
+        let model = self.aliases.get(asked).map_or(asked, String::as_str);
+        let pool = self.pool(model)?;
+        Some(Route {
+            model: model.to_string(),
+            pool,
+        })
+    }
+
+    /// The backends that serve `model` by name or pattern (aliases not resolved).
+    pub(crate) fn pool(&self, model: &str) -> Option<Vec<usize>> {
+        let pool: Vec<usize> = (0..self.backends.len())
+            .filter(|&i| self.patterns[i].iter().any(|p| matches(p, model)))
+            .collect();
+        (!pool.is_empty()).then_some(pool)
+    }
+
+    /// Whether a backend names `model` exactly (not through a pattern).
+    pub(crate) fn serves_by_name(&self, model: &str) -> bool {
+        self.patterns.iter().flatten().any(|p| p == model)
+    }
+
+    /// The models served by name, and the aliases, sorted: what `GET /v1/models` lists.
+    /// Patterns are not listed (`*` would be every name).
+    pub fn models(&self) -> Vec<String> {
+        let mut models: Vec<String> = self
+            .patterns
+            .iter()
+            .flatten()
+            .filter(|p| !p.contains('*'))
+            .cloned()
+            .chain(self.aliases.keys().cloned())
+            .collect();
+        models.sort();
+        models.dedup();
+        models
+    }
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+fn matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BackendConfig;
+
+    fn config(backends: &[(&str, &[&str])], aliases: &[(&str, &str)]) -> Config {
+        let mut config = Config::default();
+        for (name, models) in backends {
+            let backend = BackendConfig {
+                models: models.iter().map(|m| m.to_string()).collect(),
+                ..BackendConfig::default()
+            };
+            config.backends.insert(name.to_string(), backend);
+        }
+        for (alias, model) in aliases {
+            config
+                .models
+                .aliases
+                .insert(alias.to_string(), model.to_string());
+        }
+        config
+    }
+
+    #[test]
+    fn patterns_match_names_with_any_run_for_a_star() {
+        assert!(matches("*", ""));
+        assert!(matches("*", "llama-3-70b"));
+        assert!(matches("llama-3-*", "llama-3-70b"));
+        assert!(!matches("llama-3-*", "llama-2-70b"));
+        assert!(matches("*-instruct", "qwen-7b-instruct"));
+        assert!(matches("qwen-*-instruct", "qwen-7b-instruct"));
+        assert!(!matches("qwen-*-instruct", "qwen-instruct"));
+        assert!(matches("a*b*c", "abc"));
+        assert!(!matches("a*b*c", "acb"));
+        assert!(matches("gpt-4o", "gpt-4o"));
+        assert!(!matches("gpt-4o", "gpt-4o-mini"));
+    }
+
+    #[test]
+    fn one_backend_alone_serves_every_model_as_before() {
+        let routes = Routes::from_config(&Config::default());
+        assert_eq!(routes.backends(), ["default"]);
+        let route = routes.resolve(Some("anything")).expect("served");
+        assert_eq!(route.pool, [0]);
+        assert_eq!(routes.resolve(None).expect("served").model, "");
+        assert!(routes.models().is_empty(), "a pattern lists nothing");
+    }
+
+    #[test]
+    fn a_model_picks_the_backends_that_serve_it_and_an_alias_its_model() {
+        let config = config(
+            &[
+                ("big", &["llama-3-70b"]),
+                ("small-1", &["smollm2-135m"]),
+                ("small-2", &["smollm2-*"]),
+                ("hosted", &["gpt-4o-mini"]),
+            ],
+            &[("fast", "smollm2-135m")],
+        );
+        let routes = Routes::from_config(&config);
+        // Configuration order is by name (a BTreeMap): big, hosted, small-1, small-2.
+        assert_eq!(routes.backends(), ["big", "hosted", "small-1", "small-2"]);
+        assert_eq!(routes.resolve(Some("llama-3-70b")).unwrap().pool, [0]);
+        let fast = routes.resolve(Some("fast")).unwrap();
+        assert_eq!(
+            (fast.model.as_str(), fast.pool.as_slice()),
+            ("smollm2-135m", &[2, 3][..])
+        );
+        assert_eq!(routes.resolve(Some("smollm2-360m")).unwrap().pool, [3]);
+        assert_eq!(routes.resolve(Some("gpt-5")), None);
+        assert_eq!(routes.resolve(None), None, "no model, no pattern for it");
+        assert_eq!(
+            routes.models(),
+            ["fast", "gpt-4o-mini", "llama-3-70b", "smollm2-135m"]
+        );
+    }
+}

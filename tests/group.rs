@@ -78,7 +78,7 @@ async fn the_workers_of_a_group_share_one_estimate() {
     wait_for(
         "both workers see a group of two",
         &[&first, &second],
-        &backend,
+        "default",
         Duration::from_secs(20),
         |g| g.iter().all(|g| g.paced == 1.0 && g.members == 2.0),
     )
@@ -101,7 +101,7 @@ async fn the_workers_of_a_group_share_one_estimate() {
     let settled = wait_for(
         "one estimate, shares within it",
         &[&first, &second],
-        &backend,
+        "default",
         Duration::from_secs(10),
         |g| g[0].estimate == g[1].estimate && g[0].share + g[1].share <= g[0].estimate,
     )
@@ -155,7 +155,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
     wait_for(
         "both workers pace with the group",
         &[&first, &second],
-        &backend,
+        "default",
         Duration::from_secs(20),
         |g| g.iter().all(|g| g.paced == 1.0 && g.members == 2.0),
     )
@@ -168,7 +168,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
     wait_for(
         "both fall back to their own controllers",
         &[&first, &second],
-        &backend,
+        "default",
         Duration::from_secs(20),
         |g| g.iter().all(|g| g.paced == 0.0),
     )
@@ -235,7 +235,7 @@ async fn without_the_control_topic_workers_serve_on_their_own_and_rejoin() {
     wait_for(
         "both pace with the group again",
         &[&first, &second],
-        &backend,
+        "default",
         Duration::from_secs(30),
         |g| g.iter().all(|g| g.paced == 1.0 && g.members == 2.0),
     )

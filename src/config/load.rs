@@ -43,6 +43,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("kafka.lanes")
                 .with_list_parse_key("ingress.cors_allowed_origins")
+                .with_list_parse_key("backend.models")
                 .try_parsing(true)
                 .source(Some(env)),
         );

@@ -31,7 +31,8 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(2);
 /// No record for this long: the reader is stuck, not the topic quiet (see [`read`]).
 const SILENT: Duration = Duration::from_secs(5);
 
-/// Writes state records to the control topic.
+/// Writes state records to the control topic; clones share one producer.
+#[derive(Clone)]
 pub(crate) struct KafkaBus {
     producer: FutureProducer<KafkaLog>,
     topic: String,
@@ -180,4 +181,25 @@ async fn read(
         start = Start::End;
         current.close().await;
     }
+}
+
+/// Hands every record of `source` to each of `count` receivers (one per backend's pacer:
+/// each keeps its own backend's records). A receiver that is gone is skipped; the others
+/// go on.
+pub(crate) fn fan_out(
+    mut source: mpsc::Receiver<StateRecord>,
+    count: usize,
+) -> Vec<mpsc::Receiver<StateRecord>> {
+    if count == 1 {
+        return vec![source];
+    }
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..count).map(|_| mpsc::channel(QUEUE)).unzip();
+    tokio::spawn(async move {
+        while let Some(record) = source.recv().await {
+            for sender in &senders {
+                let _ = sender.send(record.clone()).await;
+            }
+        }
+    });
+    receivers
 }

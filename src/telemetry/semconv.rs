@@ -30,6 +30,8 @@ pub(crate) const HTTP_RESPONSE_STATUS_CODE: &str = "http.response.status_code";
 pub(crate) const SLUICE_QUEUE_MS: &str = "sluice.queue_ms";
 pub(crate) const SLUICE_STATUS: &str = "sluice.status";
 pub(crate) const SLUICE_ATTEMPTS: &str = "sluice.attempts";
+/// The configured name of the backend that served the request.
+pub(crate) const SLUICE_BACKEND: &str = "sluice.backend";
 
 const KAFKA: &str = "kafka";
 

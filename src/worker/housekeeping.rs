@@ -1,7 +1,7 @@
-//! Periodic upkeep beside the pull loop: keeps this worker's share of the group-wide
-//! rate limits equal to its share of the request topics' partitions, and copies the
-//! backend stack's state (breaker, rate waits, buffers) into the metrics, and writes the
-//! periodic summary line.
+//! Periodic upkeep beside the pull loop: keeps this worker's share of each backend's
+//! group-wide rate limits equal to its share of the request topics' partitions, copies
+//! each backend stack's state (breaker, rate waits, limit, group figures) into the
+//! metrics by backend, and writes the periodic summary line.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,20 +38,40 @@ pub struct Upkeep {
     pub consumer: Arc<WorkerConsumer>,
     pub topics: Vec<String>,
     pub total: PartitionTotal,
-    pub stack: StackHandles,
+    /// Every backend, by its configured name (the `backend` label).
+    pub backends: Vec<Observed>,
     pub intake: Arc<Intake>,
     pub metrics: WorkerMetrics,
     /// Measures this worker's lag each tick.
     pub lag: LagMeter,
-    /// The backend's URL, the label of the group figures.
-    pub backend: String,
-    /// Group pacing's figures, when it is on.
-    pub group: Option<Arc<GroupStatus>>,
     /// `worker.max_in_flight`, for `desired_workers`.
     pub max_in_flight: usize,
 }
 
+/// One backend as the upkeep sees it.
+pub struct Observed {
+    /// Its configured name.
+    pub name: String,
+    pub stack: StackHandles,
+    /// Group pacing's figures, when it is on.
+    pub group: Option<Arc<GroupStatus>>,
+    /// Last values of the stack's running totals, to feed counters by difference.
+    seen: Seen,
+}
+
+impl Observed {
+    pub fn new(name: &str, stack: StackHandles, group: Option<Arc<GroupStatus>>) -> Self {
+        Self {
+            name: name.to_string(),
+            stack,
+            group,
+            seen: Seen::default(),
+        }
+    }
+}
+
 /// The parts of the stack that are observed (the service itself goes to the pull loop).
+#[derive(Clone)]
 pub struct StackHandles {
     pub rate_share: crate::backend::rate::RateShare,
     pub rate_stats: crate::backend::rate::RateStats,
@@ -74,7 +94,6 @@ impl StackHandles {
 pub async fn run(mut upkeep: Upkeep, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(TICK);
     let mut refreshed: Option<tokio::time::Instant> = None;
-    let mut seen = Seen::default();
     let mut summary = Summary::new(&upkeep.metrics);
     loop {
         tokio::select! {
@@ -102,17 +121,24 @@ pub async fn run(mut upkeep: Upkeep, shutdown: CancellationToken) {
             })
             .unwrap_or(0);
         if upkeep.total.get() > 0 {
-            upkeep
-                .stack
-                .rate_share
-                .set_share(assigned, upkeep.total.get());
+            for backend in &upkeep.backends {
+                backend
+                    .stack
+                    .rate_share
+                    .set_share(assigned, upkeep.total.get());
+            }
         }
-        sample(&mut upkeep, &mut seen);
-        summary.tick(&upkeep.metrics);
+        sample(&mut upkeep);
+        let limit = upkeep
+            .backends
+            .iter()
+            .map(|b| b.stack.concurrency.permits())
+            .sum();
+        summary.tick(&upkeep.metrics, limit);
     }
 }
 
-/// Last values of the handles' running totals, to feed counters by difference.
+/// Last values of a stack's running totals, to feed counters by difference.
 #[derive(Default)]
 struct Seen {
     opens: u64,
@@ -120,25 +146,47 @@ struct Seen {
     wait_seconds: f64,
 }
 
-fn sample(upkeep: &mut Upkeep, seen: &mut Seen) {
-    let m = &upkeep.metrics;
-    let breaker = &upkeep.stack.breaker;
-    m.breaker_state.set(breaker.state().as_gauge());
-    let opens = breaker.opens_total();
-    m.breaker_opens.inc_by(opens.saturating_sub(seen.opens));
+fn sample(upkeep: &mut Upkeep) {
+    let (m, max_in_flight) = (&upkeep.metrics, upkeep.max_in_flight);
+    for backend in &mut upkeep.backends {
+        sample_backend(m, backend, max_in_flight);
+    }
+    m.buffered.set(upkeep.intake.buffered() as i64);
+    m.lag.set(upkeep.lag.measure());
+}
+
+/// One backend's figures, labelled with its name.
+fn sample_backend(m: &WorkerMetrics, backend: &mut Observed, max_in_flight: usize) {
+    let label = BackendLabel {
+        backend: backend.name.clone(),
+    };
+    let (stack, seen) = (&backend.stack, &mut backend.seen);
+    m.breaker_state
+        .get_or_create(&label)
+        .set(stack.breaker.state().as_gauge());
+    let opens = stack.breaker.opens_total();
+    m.breaker_opens
+        .get_or_create(&label)
+        .inc_by(opens.saturating_sub(seen.opens));
     seen.opens = opens;
-    let waits = upkeep.stack.rate_stats.waits_total();
-    m.rate_limit_waits.inc_by(waits.saturating_sub(seen.waits));
+    let waits = stack.rate_stats.waits_total();
+    m.rate_limit_waits
+        .get_or_create(&label)
+        .inc_by(waits.saturating_sub(seen.waits));
     seen.waits = waits;
-    let wait_seconds = upkeep.stack.rate_stats.wait_seconds_total();
+    let wait_seconds = stack.rate_stats.wait_seconds_total();
     m.rate_limit_wait_seconds
+        .get_or_create(&label)
         .inc_by((wait_seconds - seen.wait_seconds).max(0.0));
     seen.wait_seconds = wait_seconds;
-    m.rate_share.set(upkeep.stack.rate_share.share());
-    m.buffered.set(upkeep.intake.buffered() as i64);
-    let concurrency = upkeep.stack.concurrency.stats();
-    m.concurrency_limit.set(concurrency.permits as i64);
-    let (estimate, share, members, paced) = match &upkeep.group {
+    m.rate_share
+        .get_or_create(&label)
+        .set(stack.rate_share.share());
+    let concurrency = stack.concurrency.stats();
+    m.concurrency_limit
+        .get_or_create(&label)
+        .set(concurrency.permits as i64);
+    let (estimate, share, members, paced) = match &backend.group {
         Some(group) => (
             group.estimate(),
             group.permits(),
@@ -146,9 +194,6 @@ fn sample(upkeep: &mut Upkeep, seen: &mut Seen) {
             group.grouped(),
         ),
         None => (concurrency.limit, concurrency.permits, 1, false),
-    };
-    let label = BackendLabel {
-        backend: upkeep.backend.clone(),
     };
     m.group_capacity_estimate
         .get_or_create(&label)
@@ -158,8 +203,7 @@ fn sample(upkeep: &mut Upkeep, seen: &mut Seen) {
     m.group_paced.get_or_create(&label).set(i64::from(paced));
     m.desired_workers
         .get_or_create(&label)
-        .set(desired_workers(estimate, upkeep.max_in_flight) as i64);
-    m.lag.set(upkeep.lag.measure());
+        .set(desired_workers(estimate, max_in_flight) as i64);
 }
 
 /// Workers the backend can keep busy: `estimate` calls at once over workers of

@@ -10,7 +10,14 @@
 //!   consumer's group membership — can go on.
 //! - With several lanes, a full lane's partitions are paused (until it drains below
 //!   half) so the other lanes keep arriving and priority keeps working.
+//!
+//! Each message is buffered with the pool of backends that serve its model
+//! ([`crate::routing`]): one scheduler per pool, so a pool whose backends are full or down
+//! never holds back the messages of another pool once they are buffered. (A lane's buffer
+//! counts every pool's messages, so a pool that stays full long enough still fills it and
+//! pauses the lane's partitions.)
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -18,7 +25,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, TopicPartitionList};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::Outbox;
@@ -27,14 +34,22 @@ use super::scheduler::{Entry, Scheduler};
 use crate::envelope::{self, DecodeError, Request};
 use crate::kafka::consumer::WorkerConsumer;
 use crate::kafka::offsets::Ticket;
+use crate::routing::{Route, Routes};
 
-/// A message taken from Kafka, decoded once.
+/// A message taken from Kafka, decoded once, with where it goes.
 #[derive(Debug)]
 pub struct Taken {
     pub message: OwnedMessage,
     pub request: Result<Request, DecodeError>,
     pub ticket: Ticket,
+    /// The backends that serve its model, and the model's own name; `None` when it does
+    /// not decode or no backend serves its model (it is answered without a backend).
+    pub route: Option<Route>,
 }
+
+/// The backends a buffered message waits for, by index (empty: none, it is answered
+/// without calling a backend).
+pub(crate) type PoolKey = Vec<usize>;
 
 /// Pause after a consumer error before asking again.
 const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
@@ -43,7 +58,7 @@ const CONSUMER_ERROR_PAUSE: Duration = Duration::from_millis(200);
 /// `max.poll.interval.ms`, 300 s by default).
 pub(crate) const KEEPALIVE: Duration = Duration::from_secs(10);
 
-/// The buffers between the Kafka consumer and the dispatcher.
+/// The buffers between the Kafka consumer and the dispatchers (one per pool).
 pub struct Intake {
     consumer: Arc<WorkerConsumer>,
     /// Gives each message its ticket, and says whether a buffered one is still ours.
@@ -51,10 +66,16 @@ pub struct Intake {
     /// The buffers and which lanes are paused, under one lock so a pause decided on a
     /// full buffer cannot land after the buffer was drained (and then never be undone).
     state: Mutex<State>,
-    /// Signalled when an entry is pushed or a key finishes.
-    changed: Notify,
     /// Signalled when an entry leaves the buffer.
     room: Notify,
+    /// Which backends serve which model.
+    routes: Arc<Routes>,
+    /// How each pool's scheduler is made: lanes, each lower lane's minimum share, tenants'
+    /// weights.
+    lanes: (usize, f64, Weights),
+    /// Told of each pool the first time one of its messages arrives (its dispatcher
+    /// starts then).
+    new_pools: mpsc::UnboundedSender<PoolKey>,
     /// Request topics, highest priority first; the index is the lane.
     lane_topics: Vec<String>,
     /// Buffer size per lane that pauses the lane's partitions.
@@ -62,33 +83,57 @@ pub struct Intake {
 }
 
 struct State {
-    scheduler: Scheduler<Taken>,
+    /// Each pool's buffer.
+    pools: BTreeMap<PoolKey, Pool>,
     /// Which lanes are paused now.
     paused: Vec<bool>,
 }
 
+/// The messages waiting for one pool of backends.
+struct Pool {
+    scheduler: Scheduler<Taken>,
+    /// Signalled when an entry is pushed or a key finishes.
+    changed: Arc<Notify>,
+}
+
+impl State {
+    /// Entries buffered in `lane`, over every pool.
+    fn buffered(&self, lane: usize) -> usize {
+        self.pools
+            .values()
+            .map(|p| p.scheduler.buffered(lane))
+            .sum()
+    }
+}
+
 impl Intake {
+    /// The intake, and where it announces each pool as its first message arrives.
     pub fn new(
         consumer: Arc<WorkerConsumer>,
         outbox: Arc<Outbox>,
+        routes: Arc<Routes>,
         lane_topics: Vec<String>,
         lane_buffer: usize,
         lane_min_share: f64,
         tenant_weights: Weights,
-    ) -> Self {
+    ) -> (Self, mpsc::UnboundedReceiver<PoolKey>) {
         let lanes = lane_topics.len();
-        Self {
+        let (new_pools, pools) = mpsc::unbounded_channel();
+        let intake = Self {
             consumer,
             outbox,
             state: Mutex::new(State {
-                scheduler: Scheduler::with_weights(lanes, lane_min_share, tenant_weights),
+                pools: BTreeMap::new(),
                 paused: vec![false; lanes],
             }),
-            changed: Notify::new(),
             room: Notify::new(),
+            routes,
+            lanes: (lanes, lane_min_share, tenant_weights),
+            new_pools,
             lane_topics,
             lane_buffer,
-        }
+        };
+        (intake, pools)
     }
 
     /// Receives until `shutdown`, buffering what arrives.
@@ -129,7 +174,7 @@ impl Intake {
             room.as_mut().enable();
             {
                 let mut state = self.lock_state();
-                if state.scheduler.buffered(0) < self.lane_buffer || state.paused[0] {
+                if state.buffered(0) < self.lane_buffer || state.paused[0] {
                     return true;
                 }
                 if waiting_since.elapsed() >= KEEPALIVE {
@@ -149,6 +194,11 @@ impl Intake {
     fn push(&self, message: OwnedMessage) {
         let ticket = self.outbox.take(&message);
         let request = envelope::decode_request(message.payload().unwrap_or_default());
+        let route = request.as_ref().ok().and_then(|r| {
+            let model = r.body.get("model").and_then(serde_json::Value::as_str);
+            self.routes.resolve(model)
+        });
+        let key = route.as_ref().map_or_else(Vec::new, |r| r.pool.clone());
         let ordering_key = request.as_ref().ok().and_then(|r| r.ordering_key.clone());
         let tenant = request
             .as_ref()
@@ -160,9 +210,18 @@ impl Intake {
             .iter()
             .position(|t| t == message.topic())
             .unwrap_or(self.lane_topics.len() - 1);
-        {
+        let changed = {
             let mut state = self.lock_state();
-            state.scheduler.push(Entry {
+            let pool = state.pools.entry(key.clone()).or_insert_with(|| {
+                // A dispatcher that is gone (the worker is stopping) does not matter.
+                let _ = self.new_pools.send(key);
+                let (lanes, min_share, weights) = self.lanes.clone();
+                Pool {
+                    scheduler: Scheduler::with_weights(lanes, min_share, weights),
+                    changed: Arc::new(Notify::new()),
+                }
+            });
+            pool.scheduler.push(Entry {
                 lane,
                 ordering_key,
                 tenant,
@@ -170,40 +229,43 @@ impl Intake {
                     message,
                     request,
                     ticket,
+                    route,
                 },
             });
+            let changed = pool.changed.clone();
             // Re-pausing a paused lane also covers partitions assigned since the pause.
             let several_lanes = self.lane_topics.len() > 1;
-            if (several_lanes && state.scheduler.buffered(lane) >= self.lane_buffer)
-                || state.paused[lane]
-            {
+            if (several_lanes && state.buffered(lane) >= self.lane_buffer) || state.paused[lane] {
                 self.set_paused(&mut state, lane, true);
             }
-        }
-        self.changed.notify_one();
+            changed
+        };
+        changed.notify_one();
     }
 
-    /// Waits for the next entry allowed to start. Entries of partitions revoked since
-    /// they were buffered are dropped (their new owner processes them).
-    pub async fn next(&self) -> Entry<Taken> {
+    /// Waits for the next entry of `pool` allowed to start (the pool exists: it was
+    /// announced). Entries of partitions revoked since they were buffered are dropped
+    /// (their new owner processes them).
+    pub async fn next(&self, pool: &[usize]) -> Entry<Taken> {
+        let changed = self.lock_state().pools[pool].changed.clone();
         loop {
-            let notified = self.changed.notified();
+            let notified = changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if let Some(entry) = self.pop_current() {
+            if let Some(entry) = self.pop_current(pool) {
                 return entry;
             }
             notified.await;
         }
     }
 
-    fn pop_current(&self) -> Option<Entry<Taken>> {
+    fn pop_current(&self, pool: &[usize]) -> Option<Entry<Taken>> {
         loop {
             let entry = {
                 let mut state = self.lock_state();
-                let entry = state.scheduler.pop()?;
+                let entry = state.pools.get_mut(pool)?.scheduler.pop()?;
                 let lane = entry.lane;
-                if state.paused[lane] && state.scheduler.buffered(lane) <= self.lane_buffer / 2 {
+                if state.paused[lane] && state.buffered(lane) <= self.lane_buffer / 2 {
                     self.set_paused(&mut state, lane, false);
                 }
                 entry
@@ -213,21 +275,44 @@ impl Intake {
             if current {
                 return Some(entry);
             }
-            self.finished(entry.ordering_key.as_deref());
+            self.finished(pool, entry.ordering_key.as_deref());
         }
     }
 
-    /// Lets the next entry with `key` start.
-    pub fn finished(&self, key: Option<&str>) {
-        if key.is_some() {
-            self.lock_state().scheduler.finished(key);
-            self.changed.notify_one();
+    /// Lets the next entry of `pool` with `key` start.
+    pub fn finished(&self, pool: &[usize], key: Option<&str>) {
+        if key.is_none() {
+            return;
         }
+        let changed = {
+            let mut state = self.lock_state();
+            let Some(pool) = state.pools.get_mut(pool) else {
+                return;
+            };
+            pool.scheduler.finished(key);
+            pool.changed.clone()
+        };
+        changed.notify_one();
     }
 
-    /// Entries buffered now, over all lanes.
+    /// Entries buffered now, over all lanes and pools.
     pub fn buffered(&self) -> usize {
-        self.lock_state().scheduler.len()
+        self.lock_state()
+            .pools
+            .values()
+            .map(|p| p.scheduler.len())
+            .sum()
+    }
+
+    /// The entries buffered for `backend`: of each pool it serves, its part (the pool's
+    /// entries over the pool's backends). Its demand, for group pacing.
+    pub fn buffered_for(&self, backend: usize) -> usize {
+        self.lock_state()
+            .pools
+            .iter()
+            .filter(|(key, _)| key.contains(&backend))
+            .map(|(key, pool)| pool.scheduler.len().div_ceil(key.len()))
+            .sum()
     }
 
     fn lock_state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -16,13 +16,15 @@ pub struct OutcomeLabel {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClassLabel {
+    /// The backend's configured name (`default` for `[backend]`).
+    pub backend: String,
     /// The classifier's verdict: `success`, `retry`, `back_pressure`, `fatal`.
     pub class: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BackendLabel {
-    /// The backend's URL.
+    /// The backend's configured name (`default` for `[backend]`), never its URL.
     pub backend: String,
 }
 
@@ -59,17 +61,17 @@ pub struct WorkerMetrics {
     /// Messages buffered between Kafka and the backend (bounded per lane).
     pub buffered: Gauge,
     /// Circuit breaker: 0 closed, 1 half-open, 2 open.
-    pub breaker_state: Gauge,
+    pub breaker_state: Family<BackendLabel, Gauge>,
     /// Times the breaker opened.
-    pub breaker_opens: Counter,
+    pub breaker_opens: Family<BackendLabel, Counter>,
     /// Calls that waited for the rate limit, and the seconds they waited.
-    pub rate_limit_waits: Counter,
-    pub rate_limit_wait_seconds: Counter<f64, AtomicU64>,
+    pub rate_limit_waits: Family<BackendLabel, Counter>,
+    pub rate_limit_wait_seconds: Family<BackendLabel, Counter<f64, AtomicU64>>,
     /// This worker's share of the group-wide rate limits (its share of partitions).
-    pub rate_share: Gauge<f64, AtomicU64>,
+    pub rate_share: Family<BackendLabel, Gauge<f64, AtomicU64>>,
     /// Calls this worker may have in flight now: its adaptive limit alone, its share of
     /// the group's in a group.
-    pub concurrency_limit: Gauge,
+    pub concurrency_limit: Family<BackendLabel, Gauge>,
     /// The group's estimate of the backend's capacity (calls at once, all workers).
     pub group_capacity_estimate: Family<BackendLabel, Gauge>,
     /// This worker's share of that estimate.
@@ -103,12 +105,12 @@ impl WorkerMetrics {
             stream_chunks: Counter::default(),
             stream_chunks_lost: Counter::default(),
             buffered: Gauge::default(),
-            breaker_state: Gauge::default(),
-            breaker_opens: Counter::default(),
-            rate_limit_waits: Counter::default(),
-            rate_limit_wait_seconds: Counter::default(),
-            rate_share: Gauge::default(),
-            concurrency_limit: Gauge::default(),
+            breaker_state: Family::default(),
+            breaker_opens: Family::default(),
+            rate_limit_waits: Family::default(),
+            rate_limit_wait_seconds: Family::default(),
+            rate_share: Family::default(),
+            concurrency_limit: Family::default(),
             group_capacity_estimate: Family::default(),
             group_share: Family::default(),
             group_members: Family::default(),

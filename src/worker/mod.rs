@@ -28,8 +28,10 @@
 //! Beside the path: [`housekeeping`] (rate share and metrics), group pacing
 //! ([`crate::group`]) and the backend's saturation gauges ([`crate::backend::saturation`]).
 
+pub mod backends;
 pub mod chunks;
 pub mod dead_letter;
+pub mod dispatch;
 pub mod housekeeping;
 pub(crate) mod intake;
 pub mod lag;
@@ -49,24 +51,25 @@ use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::admin::{AdminState, Readiness};
 use crate::backend::classify::Outcome;
 use crate::backend::saturation;
-use crate::backend::stack::{build_stack, BackendStack, Stack};
 use crate::config::Config;
 use crate::group::control_topic::{self, KafkaBus};
 use crate::group::{GroupStatus, Load, Pacer};
 use crate::kafka::consumer::{worker_consumer, WorkerConsumer};
 use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::producer::{Producer, ProducerLimits};
-use housekeeping::{PartitionTotal, StackHandles, Upkeep};
-use intake::Intake;
+use crate::routing::Routes;
+use backends::Backends;
+use dispatch::Dispatch;
+use housekeeping::{Observed, PartitionTotal, Upkeep};
+use intake::{Intake, PoolKey};
 use metrics::{ClassLabel, WorkerMetrics};
 use outbox::Outbox;
 use process::Shared;
@@ -108,8 +111,10 @@ pub struct Worker {
     consumer: Arc<WorkerConsumer>,
     intake: Arc<Intake>,
     outbox: Arc<Outbox>,
-    /// The backend call path; its handles went to housekeeping and group pacing.
-    backend: BackendStack,
+    /// The backends' call paths; their handles went to housekeeping and group pacing.
+    backends: Arc<Backends>,
+    /// Each pool of backends as its first message arrives: it gets a dispatcher.
+    new_pools: mpsc::UnboundedReceiver<PoolKey>,
     shared: Arc<Shared>,
     /// Ready while a member of the group.
     ready: Readiness,
@@ -139,18 +144,25 @@ impl Worker {
         metrics
             .max_in_flight
             .set(config.worker.max_in_flight as i64);
-        let stack = build_stack(&config.backend, count_attempts(metrics.clone()))
-            .context("creating the backend client")?;
+        let backends =
+            Arc::new(Backends::build(&config, &metrics).context("creating the backend clients")?);
+        let routes = Arc::new(Routes::from_config(&config));
 
         let tracker = Arc::new(Mutex::new(OffsetTracker::new()));
         let ready = Readiness::default();
         ready.register(registry.sub_registry_with_prefix("sluice_worker"));
         let total_partitions = PartitionTotal::default();
         let on_assignment = {
-            let (share, total) = (stack.rate_share.clone(), total_partitions.clone());
+            let shares: Vec<_> = backends
+                .iter()
+                .map(|b| b.handles.rate_share.clone())
+                .collect();
+            let total = total_partitions.clone();
             Box::new(move |assigned: usize| {
                 if total.get() > 0 || assigned == 0 {
-                    share.set_share(assigned, total.get().max(assigned));
+                    for share in &shares {
+                        share.set_share(assigned, total.get().max(assigned));
+                    }
                 }
             })
         };
@@ -190,14 +202,16 @@ impl Worker {
             )
             .await?,
         );
-        let intake = Arc::new(Intake::new(
+        let (intake, new_pools) = Intake::new(
             consumer.clone(),
             outbox.clone(),
+            routes,
             request_topics.clone(),
             config.worker.lane_buffer,
             config.worker.lane_min_share,
             Arc::new(config.worker.tenant_weights.clone().into_iter().collect()),
-        ));
+        );
+        let intake = Arc::new(intake);
         let shared = Arc::new(Shared {
             config: config.clone(),
             worker_id: config.worker_id(),
@@ -209,33 +223,34 @@ impl Worker {
         });
 
         let after_drain = CancellationToken::new();
-        let mut companions = vec![tokio::spawn(
-            saturation::Poller {
-                url: config.backend.metrics_url(),
-                source: config.backend.saturation,
-                interval: Duration::from_millis(config.backend.metrics_interval_ms),
-                api_key: config.backend.api_key.clone(),
-                controller: stack.concurrency.clone(),
-            }
-            .run(after_drain.clone()),
-        )];
-        let group = if config.worker.group_pacing {
+        let mut companions: Vec<JoinHandle<()>> = config
+            .named_backends()
+            .into_iter()
+            .zip(backends.iter())
+            .map(|((_, settings), backend)| {
+                tokio::spawn(
+                    saturation::Poller {
+                        url: settings.metrics_url(),
+                        source: settings.saturation,
+                        interval: Duration::from_millis(settings.metrics_interval_ms),
+                        api_key: settings.api_key.clone(),
+                        controller: backend.handles.concurrency.clone(),
+                    }
+                    .run(after_drain.clone()),
+                )
+            })
+            .collect();
+        let groups = if config.worker.group_pacing {
             tokio::spawn({
                 let kafka = config.kafka.clone();
                 async move { crate::kafka::admin::ensure_control_topic(&kafka).await }
             });
-            let (status, task) = start_group_pacing(
-                &config,
-                &stack,
-                &intake,
-                &metrics,
-                &stop,
-                after_drain.clone(),
-            )?;
-            companions.push(task);
-            Some(status)
+            let (statuses, tasks) =
+                start_group_pacing(&config, &backends, &intake, &stop, after_drain.clone())?;
+            companions.extend(tasks);
+            statuses.into_iter().map(Some).collect()
         } else {
-            None
+            vec![None; backends.iter().count()]
         };
 
         let admin_app = crate::admin::routes(AdminState {
@@ -259,12 +274,14 @@ impl Worker {
                     consumer: consumer.clone(),
                     topics: request_topics.clone(),
                     total: total_partitions,
-                    stack: StackHandles::of(&stack),
+                    backends: backends
+                        .iter()
+                        .zip(groups)
+                        .map(|(b, group)| Observed::new(&b.name, b.handles.clone(), group))
+                        .collect(),
                     intake: intake.clone(),
                     metrics,
                     lag: LagMeter::new(consumer.clone(), request_topics, tracker),
-                    backend: config.backend.url.clone(),
-                    group,
                     max_in_flight: config.worker.max_in_flight,
                 },
                 stop.clone(),
@@ -279,7 +296,8 @@ impl Worker {
             consumer,
             intake,
             outbox,
-            backend: stack.service,
+            backends,
+            new_pools,
             shared,
             ready,
             stop,
@@ -291,46 +309,31 @@ impl Worker {
         })
     }
 
-    /// Starts buffered messages until the stop signal, then drains.
-    pub async fn run(self) -> anyhow::Result<()> {
+    /// Starts buffered messages until the stop signal, then drains: a dispatcher per pool
+    /// of backends, each started as the pool's first message arrives.
+    pub async fn run(mut self) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(self.config.worker.max_in_flight));
-        let mut backend = self.backend.clone();
+        let dispatch = Arc::new(Dispatch {
+            shared: self.shared.clone(),
+            outbox: self.outbox.clone(),
+            intake: self.intake.clone(),
+            backends: self.backends.clone(),
+            slots: Arc::new(Semaphore::new(self.config.worker.max_in_flight)),
+            tasks: tasks.clone(),
+        });
+        let mut dispatchers = Vec::new();
         loop {
-            let permit = tokio::select! {
+            let pool = tokio::select! {
                 _ = self.stop.cancelled() => break,
-                permit = slots.clone().acquire_owned() => permit.expect("the in-flight semaphore is never closed"),
+                pool = self.new_pools.recv() => pool,
             };
-            let entry = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                entry = self.intake.next() => entry,
-            };
-            let ready = tokio::select! {
-                _ = self.stop.cancelled() => break,
-                ready = backend.ready() => ready.map(|_| ()),
-            };
-            if let Err(e) = ready {
-                // No layer fails readiness today; if one does, the message is re-delivered.
-                tracing::error!(error = %e, "backend stack failed; stopping");
-                break;
-            }
-            // The ready instance holds what readiness reserved; a fresh clone waits for the next.
-            let fresh = backend.clone();
-            let call = std::mem::replace(&mut backend, fresh);
-            let key = entry.ordering_key;
-            let (shared, outbox, intake) = (
-                self.shared.clone(),
-                self.outbox.clone(),
-                self.intake.clone(),
-            );
-            shared.metrics.in_flight.inc();
-            tasks.spawn(async move {
-                process::handle(&shared, &outbox, entry.item, call).await;
-                shared.metrics.in_flight.dec();
-                drop(permit);
-                intake.finished(key.as_deref());
-            });
+            let Some(pool) = pool else { break };
+            dispatchers.push(tokio::spawn(dispatch.clone().run(pool, self.stop.clone())));
         }
+        for dispatcher in dispatchers {
+            let _ = dispatcher.await;
+        }
+        drop(dispatch);
         self.drain(tasks).await
     }
 
@@ -396,12 +399,14 @@ impl Worker {
     }
 }
 
-/// Counts every backend attempt by its classified outcome.
-fn count_attempts(metrics: WorkerMetrics) -> crate::backend::retry::AttemptObserver {
+/// Counts every attempt on `backend` by its classified outcome.
+fn count_attempts(metrics: WorkerMetrics, backend: &str) -> crate::backend::retry::AttemptObserver {
+    let backend = backend.to_string();
     Arc::new(move |outcome: Outcome| {
         metrics
             .backend_calls
             .get_or_create(&ClassLabel {
+                backend: backend.clone(),
                 class: outcome.label().into(),
             })
             .inc();
@@ -450,37 +455,47 @@ async fn outbox(
     ))
 }
 
-/// Starts group pacing: the control topic's reader and writer, and the pacer that
-/// steers the concurrency controller with the group's view, until `stop`. From
+/// A task that outlives the drain (see `Worker::companions`).
+type Companion = JoinHandle<()>;
+
+/// Starts group pacing for every backend: one control-topic reader whose records every
+/// backend's pacer reads (each keeps its own backend's), one writer they share, and a
+/// pacer per backend that steers its controller with the group's view, until `stop`. From
 /// `draining` on, only the calls in flight are demand ([`Load::of`]).
 fn start_group_pacing(
     config: &Config,
-    stack: &Stack,
+    backends: &Arc<Backends>,
     intake: &Arc<Intake>,
-    metrics: &WorkerMetrics,
     draining: &CancellationToken,
     stop: CancellationToken,
-) -> anyhow::Result<(Arc<GroupStatus>, JoinHandle<()>)> {
+) -> anyhow::Result<(Vec<Arc<GroupStatus>>, Vec<Companion>)> {
     let topic = &config.kafka.control_topic;
     let bus = KafkaBus::new(&config.kafka, topic).context("creating the control-topic producer")?;
-    let incoming = control_topic::start_reader(&config.kafka, topic, stop.clone())
+    let reader = control_topic::start_reader(&config.kafka, topic, stop.clone())
         .context("creating the control-topic reader")?;
-    let load = {
-        let (intake, metrics, draining) = (intake.clone(), metrics.clone(), draining.clone());
-        Arc::new(move || {
-            let in_flight = metrics.in_flight.get().max(0) as usize;
-            Load::of(in_flight, intake.buffered(), draining.is_cancelled())
-        })
-    };
-    let status = Arc::new(GroupStatus::default());
-    let pacer = Pacer {
-        backend: config.backend.url.clone(),
-        worker: config.worker_id(),
-        controller: stack.concurrency.clone(),
-        load,
-        bus,
-        incoming,
-        status: status.clone(),
-    };
-    Ok((status, tokio::spawn(pacer.run(stop))))
+    let count = backends.iter().count();
+    let mut incoming = control_topic::fan_out(reader, count).into_iter();
+    let (mut statuses, mut tasks) = (Vec::new(), Vec::new());
+    for (index, backend) in backends.iter().enumerate() {
+        let load = {
+            let (intake, draining, backends) = (intake.clone(), draining.clone(), backends.clone());
+            Arc::new(move || {
+                let busy = backends.get(index).busy();
+                Load::of(busy, intake.buffered_for(index), draining.is_cancelled())
+            })
+        };
+        let status = Arc::new(GroupStatus::default());
+        let pacer = Pacer {
+            backend: backend.name.clone(),
+            worker: config.worker_id(),
+            controller: backend.handles.concurrency.clone(),
+            load,
+            bus: bus.clone(),
+            incoming: incoming.next().expect("one channel per backend"),
+            status: status.clone(),
+        };
+        statuses.push(status);
+        tasks.push(tokio::spawn(pacer.run(stop.clone())));
+    }
+    Ok((statuses, tasks))
 }

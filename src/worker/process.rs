@@ -25,6 +25,7 @@ use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
 use crate::envelope::{self, now_ms, Reply, ReplyError, Request, Status, Timing};
 use crate::kafka::producer::Producer;
+use crate::routing::Route;
 use crate::telemetry::{propagation, semconv};
 
 /// What every message task shares.
@@ -39,14 +40,22 @@ pub struct Shared {
     pub chunk_producer: Producer,
 }
 
+/// The backend a message is sent to: its name and a ready instance of its call path.
+pub struct Call {
+    pub backend: String,
+    pub service: BackendStack,
+}
+
 /// Processes one message inside a `process <topic>` CONSUMER span that continues the
-/// producer's trace, calling the backend through `backend` (a ready instance of the
-/// stack). Returns true once the output is delivered, false if abandoned.
-pub async fn handle(shared: &Shared, outbox: &Outbox, taken: Taken, backend: BackendStack) -> bool {
+/// producer's trace, calling the backend of `call` (`None`: the message needs none, as
+/// it does not decode or no backend serves its model). Returns true once the output is
+/// delivered, false if abandoned.
+pub async fn handle(shared: &Shared, outbox: &Outbox, taken: Taken, call: Option<Call>) -> bool {
     let Taken {
         message,
         request,
         ticket,
+        route,
     } = taken;
     let span = semconv::kafka_process_span(&semconv::Consumed {
         topic: message.topic(),
@@ -56,7 +65,7 @@ pub async fn handle(shared: &Shared, outbox: &Outbox, taken: Taken, backend: Bac
     });
     propagation::adopt_remote_parent(&span, propagation::extract_kafka(message.headers()));
     async {
-        let output = decide(shared, &message, request, backend).await;
+        let output = decide(shared, &message, request, route, call).await;
         let enqueued_ms = match &output {
             Output::Reply { reply, .. } => Some(reply.timing.enqueued_ms),
             Output::DeadLetter(_) => None,
@@ -71,7 +80,8 @@ async fn decide(
     shared: &Shared,
     message: &OwnedMessage,
     request: Result<Request, envelope::DecodeError>,
-    mut backend: BackendStack,
+    route: Option<Route>,
+    call: Option<Call>,
 ) -> Output {
     let started_ms = now_ms();
     let request = match request {
@@ -127,6 +137,24 @@ async fn decide(
     }
     let topic = request.reply_to.clone().unwrap_or(default_topic);
 
+    let (Some(route), Some(call)) = (route, call) else {
+        let model = request.body.get("model").and_then(Value::as_str);
+        let error = ReplyError {
+            kind: "model_not_found".into(),
+            message: format!(
+                "The model `{}` does not exist or you do not have access to it.",
+                model.unwrap_or_default()
+            ),
+            status: Some(404),
+        };
+        return reply_output(topic, &request, Status::Rejected, 0, Err(error), timing);
+    };
+    let Call {
+        backend: name,
+        service: mut backend,
+    } = call;
+    span.set_attribute(semconv::SLUICE_BACKEND, name);
+
     if request.deadline_ms.is_some_and(|d| started_ms >= d) {
         let error = ReplyError {
             kind: "expired".into(),
@@ -136,7 +164,7 @@ async fn decide(
         return reply_output(topic, &request, Status::Expired, 0, Err(error), timing);
     }
 
-    let chat = ChatRequest::new(backend_body(&request), request.deadline_ms);
+    let chat = ChatRequest::new(backend_body(&request, &route.model), request.deadline_ms);
     let (chat, relay) = if is_streamed(&request) {
         let (sink, receiver) = ChunkSink::new(asks_for_usage(&request));
         let relay = tokio::spawn(chunks::relay(
@@ -214,12 +242,20 @@ async fn decide(
     reply_output(topic, &request, status, attempts, result, timing)
 }
 
-/// The body sent to the backend, without the streaming fields: the client sets them
-/// itself for a streamed call ([`ChatRequest::streaming`]).
-fn backend_body(request: &Request) -> serde_json::Map<String, Value> {
+/// The body sent to the backend, for `model` (a model its alias named, sent as the model
+/// the backend serves), without the streaming fields: the client sets them itself for a
+/// streamed call ([`ChatRequest::streaming`]).
+fn backend_body(request: &Request, model: &str) -> serde_json::Map<String, Value> {
     let mut body = request.body.clone();
     body.remove("stream");
     body.remove("stream_options");
+    if body
+        .get("model")
+        .and_then(Value::as_str)
+        .is_some_and(|m| m != model)
+    {
+        body.insert("model".into(), Value::String(model.into()));
+    }
     body
 }
 

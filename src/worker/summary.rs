@@ -27,8 +27,9 @@ impl Summary {
         }
     }
 
-    /// Writes the line when [`EVERY`] has passed since the last one and the worker was busy.
-    pub fn tick(&mut self, metrics: &WorkerMetrics) {
+    /// Writes the line when [`EVERY`] has passed since the last one and the worker was busy;
+    /// `limit`: the concurrency limits of its backends, added up.
+    pub fn tick(&mut self, metrics: &WorkerMetrics, limit: usize) {
         if self.at.elapsed() < EVERY {
             return;
         }
@@ -44,11 +45,10 @@ impl Summary {
             tracing::info!(
                 finished, ok = done[0], error = done[1], expired = done[2], rejected = done[3],
                 dead_lettered = done[4], in_flight, buffered, lag,
-                limit = metrics.concurrency_limit.get(),
+                limit,
                 "last {} s: {finished} finished ({} ok, {} error, {} expired, {} rejected, {} dead-lettered); \
                  {in_flight} in flight, {buffered} buffered, lag {lag}, concurrency limit {}",
-                EVERY.as_secs(), done[0], done[1], done[2], done[3], done[4],
-                metrics.concurrency_limit.get()
+                EVERY.as_secs(), done[0], done[1], done[2], done[3], done[4], limit
             );
         }
         self.last = now;
@@ -81,7 +81,7 @@ mod tests {
         metrics.finished("error");
         assert_eq!(totals(&metrics), [2, 1, 0, 0, 0]);
         summary.at -= EVERY;
-        summary.tick(&metrics);
+        summary.tick(&metrics, 16);
         assert_eq!(summary.last, [2, 1, 0, 0, 0], "the line moved the mark");
         assert!(summary.at.elapsed() < EVERY);
     }

@@ -1,0 +1,152 @@
+//! Several backends in one worker, on tansu with separate processes: each request goes to
+//! a backend that serves its model (an alias to its model), a model served by two
+//! backends is split between them, a model nothing serves ends `rejected` with
+//! `model_not_found` without a backend call, and a backend that is down holds back only
+//! its own model's requests.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::pipeline::{
+    collect_replies, produce_requests_with, reader_config, sluice_env, with_env, MockLlm, Topics,
+    Worker,
+};
+use support::{free_port, Tansu};
+
+/// A request body for `model`.
+fn body(model: &str) -> Value {
+    json!({"body": {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}})
+}
+
+/// A TOML file naming each backend with the models it serves.
+fn backends_file(
+    backends: &[(&str, &str, &str)],
+    aliases: &[(&str, &str)],
+) -> tempfile::NamedTempFile {
+    let mut text = String::new();
+    for (name, url, models) in backends {
+        text += &format!("[backends.{name}]\nurl = \"{url}\"\nmodels = [{models}]\n\n");
+    }
+    text += "[models.aliases]\n";
+    for (alias, model) in aliases {
+        text += &format!("{alias} = \"{model}\"\n");
+    }
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_model_goes_to_the_backends_that_serve_it() {
+    let tansu = Tansu::start();
+    let topics = Topics::fresh();
+    topics.create_on(&tansu).await;
+    let big = MockLlm::start_paced(free_port(), 4, 40, 0).await;
+    let small_a = MockLlm::start_paced(free_port(), 4, 40, 0).await;
+    let small_b = MockLlm::start_paced(free_port(), 4, 40, 0).await;
+    let file = backends_file(
+        &[
+            ("big", &big.url(), r#""llama-3-70b""#),
+            ("small-a", &small_a.url(), r#""smollm2-*""#),
+            ("small-b", &small_b.url(), r#""smollm2-135m""#),
+        ],
+        &[("fast", "smollm2-135m")],
+    );
+    let env: Vec<(String, String)> = sluice_env(&tansu.bootstrap(), &topics, "unused")
+        .into_iter()
+        .filter(|(key, _)| key != "SLUICE__BACKEND__URL")
+        .collect();
+    let config = file.path().to_str().unwrap();
+    let mut worker = Worker::start(&with_env(&env, &[("SLUICE_CONFIG", config)])).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    let bootstrap = tansu.bootstrap();
+    let request = &topics.request;
+    let llama = produce_requests_with(&bootstrap, request, 30, "big", body("llama-3-70b")).await;
+    let fast = produce_requests_with(&bootstrap, request, 60, "fast", body("fast")).await;
+    let unknown = produce_requests_with(&bootstrap, request, 5, "nobody", body("gpt-5")).await;
+    let ids: Vec<String> = [llama.clone(), fast.clone(), unknown.clone()].concat();
+    let replies = collect_replies(
+        reader_config(&bootstrap),
+        &topics.reply,
+        &ids,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(replies.missing(&ids).is_empty(), "every request answered");
+    for id in llama.iter().chain(&fast) {
+        let reply = replies.first(id).expect("answered");
+        assert_eq!(reply["status"], "ok", "{reply}");
+    }
+    for id in &fast {
+        let reply = replies.first(id).unwrap();
+        assert_eq!(
+            reply["body"]["model"], "smollm2-135m",
+            "the alias's model was called"
+        );
+    }
+    for id in &unknown {
+        let reply = replies.first(id).unwrap();
+        assert_eq!(reply["status"], "rejected", "{reply}");
+        assert_eq!(reply["error"]["type"], "model_not_found", "{reply}");
+        assert_eq!(reply["attempts"], 0, "no backend was called");
+    }
+    // Each backend served only its models; the pool of two split the alias's requests.
+    assert_eq!(big.requests("ok").await, 30);
+    let (a, b) = (small_a.requests("ok").await, small_b.requests("ok").await);
+    assert_eq!(a + b, 60);
+    assert!(a >= 10 && b >= 10, "the pool split its work: {a} and {b}");
+    let metrics = worker.metrics().await;
+    for backend in ["big", "small-a", "small-b"] {
+        assert!(
+            metrics
+                .get("sluice_worker_concurrency_limit", &[("backend", backend)])
+                .is_some(),
+            "{backend}'s limit is reported under its name"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_is_down_holds_back_only_its_own_models_requests() {
+    let tansu = Tansu::start();
+    let topics = Topics::fresh();
+    topics.create_on(&tansu).await;
+    let up = MockLlm::start_paced(free_port(), 4, 20, 0).await;
+    // Nothing listens on this port: every call is refused.
+    let down = format!("http://127.0.0.1:{}", free_port());
+    let file = backends_file(
+        &[("up", &up.url(), r#""small""#), ("down", &down, r#""big""#)],
+        &[],
+    );
+    let env: Vec<(String, String)> = sluice_env(&tansu.bootstrap(), &topics, "unused")
+        .into_iter()
+        .filter(|(key, _)| key != "SLUICE__BACKEND__URL")
+        .collect();
+    let config = file.path().to_str().unwrap();
+    let mut worker = Worker::start(&with_env(&env, &[("SLUICE_CONFIG", config)])).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    let bootstrap = tansu.bootstrap();
+    // The dead backend's requests come first, enough to fill what it may take at once.
+    produce_requests_with(&bootstrap, &topics.request, 20, "big", body("big")).await;
+    let small =
+        produce_requests_with(&bootstrap, &topics.request, 40, "small", body("small")).await;
+    let replies = collect_replies(
+        reader_config(&bootstrap),
+        &topics.reply,
+        &small,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(
+        replies.missing(&small).is_empty(),
+        "the live backend's requests were answered while the other backend is down"
+    );
+    assert_eq!(up.requests("ok").await, 40);
+}

@@ -9,7 +9,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test validate-deploy test-chaos lint fmt fuzz sim-open bench-check bench-baseline bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance
+.PHONY: build dev test validate-deploy test-chaos lint fmt fuzz sim-open bench-check bench-baseline bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance bench-backends
 .DEFAULT_GOAL := build
 
 build:
@@ -109,6 +109,12 @@ bench-llama:
 # back at 90%. About 1 minute a run.
 bench-capacity:
 	$(PEERS) && python3 bench/capacity_change.py --runs $(LLAMA_RUNS)
+
+# Several backends behind 2 workers: two models on backends of 16 and 48 slots in one mixed
+# burst (each backend's utilisation and overload), and one model on a pool of 16 and 32
+# slots (the split against the capacities). About 1 minute a run of each.
+bench-backends:
+	$(PEERS) && python3 bench/backends.py --runs $(RUNS)
 
 # A worker joins and another leaves during the reference burst: utilisation over the
 # drain, lost. About 40 s a run.

@@ -28,9 +28,12 @@
 //! - `group`: group pacing. Workers share one view of each backend through the control
 //!   topic (`record`, `view`, `control_topic`); `pacer` steers each worker's controller
 //!   with it, and `context` is every rule "in a group" means, as the controller's peers.
+//! - [`routing`] (bottom layer): which backends serve a model (`[backends.<name>]`), for
+//!   the ingress and the worker.
 //! - [`worker`] (`sluice worker`). One message from consume to commit: `intake` takes it
-//!   from the consumer and buffers it by lane (`scheduler`: lanes, tenants in turn,
-//!   ordering keys); `Worker::run` dispatches it when the backend stack is ready;
+//!   from the consumer and buffers it with its pool of backends, by lane (`scheduler`:
+//!   lanes, tenants in turn, ordering keys); the pool's `dispatch`er starts it when one of
+//!   the pool's `backends` (a stack each) is ready;
 //!   `process` calls the backend through the stack and decides its one `output` (reply
 //!   or dead letter; `chunks` relays a stream); `outbox` writes it and makes the offset
 //!   committable (`kafka::offsets`: the contiguous prefix), or `transactions` commits
@@ -38,7 +41,8 @@
 //! - [`ingress`] (`sluice ingress`). One request from `POST` to the answer: `routes`
 //!   routes it to its handler (`requests`, `batch`, or `chat`, the OpenAI front door);
 //!   `submit` reads the body into an envelope; `enqueue`, the one accept path, admits it
-//!   (`admission`, `tenants`), writes it to Kafka and answers 202, or, for `chat`,
+//!   (`admission`, `tenants`; a model nothing serves is refused), writes it to Kafka and
+//!   answers 202, or, for `chat`,
 //!   registers a waiter (`waiters`) that `replies`, the reply-topic reader, wakes with
 //!   the final reply; `chat` answers as the backend would (`openai`), or relays chunks as
 //!   SSE (`stream`). Results wait in `cache`; `status` and `group_watch` show the backlog

@@ -16,10 +16,11 @@
 //!
 //! One message, from the consumer to the commit:
 //!
-//! 1. [`intake`] receives it, takes a ticket from the [`outbox`](mod@outbox) and buffers it by lane
+//! 1. [`intake`] receives it, takes a ticket from the [`outbox`](mod@outbox) and buffers it
+//!    with the pool of backends that serve its model ([`crate::routing`]), by lane
 //!    ([`scheduler`]);
-//! 2. [`Worker::run`]'s dispatch loop starts it when an in-flight slot is free and the
-//!    backend stack is ready;
+//! 2. the pool's [`dispatch`]er starts it when an in-flight slot is free and one of the
+//!    pool's [`backends`] is ready (each backend has its own stack);
 //! 3. [`process`] decides its one [`output`] (a reply, or a dead letter), calling the
 //!    backend through the stack;
 //! 4. the [`outbox`](mod@outbox) writes that output and makes the offset committable (at least once,

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""bench-backends: several backends behind one group of workers.
+
+Two cases, each RUNS times on a fresh broker, backends and workers (2 workers, defaults):
+
+  models  two models on two mock backends of different capacities (16 and 48 slots x 132 ms,
+          429 above their slots), one mixed burst at 10x each backend's capacity: each
+          backend's utilisation over its own drain (first send -> last outcome of its
+          model) and overload responses per 1,000 of its calls
+  pool    one model served by a pool of two backends (16 and 32 slots): the share of the
+          requests each served against its share of the capacity (1/3 and 2/3), and each
+          one's utilisation over the drain
+
+Usage: bench/backends.py [--runs 5] [--cases models,pool] [--requests 2400]
+Environment: SLUICE_BIN (skip the build), SLUICE_TANSU_BIN.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness as h  # noqa: E402
+
+LATENCY_MS = 100
+PER_TOKEN_MS = 1
+MAX_TOKENS = 32
+SERVICE_S = (LATENCY_MS + PER_TOKEN_MS * MAX_TOKENS) / 1000.0
+PARTITIONS = 8
+WORKERS = 2
+
+
+def config_file(backends):
+    """A TOML file naming each (name, url, model) backend."""
+    text = "".join(f'[backends.{name}]\nurl = "{url}"\nmodels = ["{model}"]\n\n'
+                   for name, url, model in backends)
+    f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
+    f.write(text)
+    f.close()
+    return f.name
+
+
+def start(procs, binary, slots_by_name, model_by_name):
+    bootstrap = h.start_tansu(procs, {"sluice.requests": PARTITIONS, "sluice.replies": PARTITIONS,
+                                      "sluice.dlq": 1, "sluice.control": 1})
+    urls = {name: h.start_mock(procs, binary, slots, LATENCY_MS, PER_TOKEN_MS, "reject",
+                               name=f"mock-{name}")
+            for name, slots in slots_by_name.items()}
+    config = config_file([(name, urls[name], model_by_name[name]) for name in slots_by_name])
+    env = h.worker_env(bootstrap, "unused", {"SLUICE_CONFIG": config})
+    env.pop("SLUICE__BACKEND__URL")
+    workers = [h.Worker(procs, binary, f"worker-{i + 1}", env) for i in range(WORKERS)]
+    for w in workers:
+        w.wait_ready()
+    h.wait_assigned(workers)
+    return bootstrap, urls, env
+
+
+def burst(binary, bootstrap, env, procs, model, requests, rate, backend_url, name):
+    """One loadgen for `model`, measured on `backend_url`; returns its report."""
+    return h.loadgen(binary, ["--kafka", bootstrap, "--requests", str(requests), "--rate", str(rate),
+                              "--model", model, "--max-tokens", str(MAX_TOKENS), "--timeout", "300s",
+                              "--backend-metrics", backend_url + "/metrics"],
+                     env, os.path.join(procs.dir, f"report-{name}.json"))
+
+
+def models_run(binary, requests):
+    slots = {"small": 16, "large": 48}
+    models = {"small": "model-small", "large": "model-large"}
+    with h.Procs("backends-models") as procs:
+        bootstrap, urls, env = start(procs, binary, slots, models)
+        reports = {}
+
+        def send(name):
+            capacity = slots[name] / SERVICE_S
+            reports[name] = burst(binary, bootstrap, env, procs, models[name], requests,
+                                  round(10 * capacity), urls[name], name)
+
+        threads = [threading.Thread(target=send, args=(name,)) for name in slots]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        out = {}
+        for name, report in reports.items():
+            b = report["backend"]
+            out[name] = {"utilisation": b["utilisation"], "overload": b["overload_per_1000_calls"],
+                         "lost": report["lost"], "failed": h.failed(report)}
+        return out
+
+
+def pool_run(binary, requests):
+    slots = {"a": 16, "b": 32}
+    with h.Procs("backends-pool") as procs:
+        bootstrap, urls, env = start(procs, binary, slots, {"a": "shared", "b": "shared"})
+        capacity = sum(slots.values()) / SERVICE_S
+        report = burst(binary, bootstrap, env, procs, "shared", requests, round(10 * capacity),
+                       urls["a"], "pool")
+        out = {"lost": report["lost"], "failed": h.failed(report)}
+        served = {name: mock_ok(urls[name]) for name in slots}
+        total = sum(served.values()) or 1
+        for name in slots:
+            out[f"share_{name}"] = served[name] / total
+            out[f"capacity_share_{name}"] = slots[name] / sum(slots.values())
+        window = report["backend"]["window_seconds"]
+        for name in slots:
+            busy = h.metrics(urls[name] + "/metrics").get("sluice_mock_busy_seconds_total", 0.0)
+            out[f"utilisation_{name}"] = busy / (slots[name] * window) if window else 0.0
+        return out
+
+
+def mock_ok(url):
+    m = h.metrics(url + "/metrics")
+    return sum(v for k, v in m.items() if k.startswith("sluice_mock_requests_total") and '"ok"' in k)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cases", default="models,pool")
+    parser.add_argument("--requests", type=int, default=2400)
+    args = parser.parse_args()
+    binary = h.sluice_bin()
+    cases = args.cases.split(",")
+    if "models" in cases:
+        runs = []
+        for i in range(args.runs):
+            r = models_run(binary, args.requests)
+            h.say("models, run %d: " % (i + 1) + "; ".join(
+                f"{n} utilisation {v['utilisation']:.3f} overload/1000 {v['overload']:.1f} lost "
+                f"{v['lost']} failed {v['failed']}" for n, v in r.items()))
+            runs.append(r)
+        print()
+        print(f"bench-backends, models: {args.requests} requests per model at 10x each backend's capacity "
+              f"(16 and 48 slots x {int(SERVICE_S * 1000)} ms, 429 above); {WORKERS} workers; "
+              f"{args.runs} runs (min / median / max)")
+        rows = []
+        for name in ("small", "large"):
+            col = lambda k: [r[name][k] for r in runs]
+            rows.append((name, h.fmt_spread(col("utilisation"), "{:.3f}"),
+                         h.fmt_spread(col("overload"), "{:.1f}"), sum(col("lost")), sum(col("failed"))))
+        h.table(("backend", "utilisation", "overload/1000", "lost", "failed"), rows)
+    if "pool" in cases:
+        runs = []
+        for i in range(args.runs):
+            r = pool_run(binary, args.requests)
+            h.say(f"pool, run {i + 1}: share a {r['share_a']:.3f} (capacity {r['capacity_share_a']:.3f}), "
+                  f"utilisation a {r['utilisation_a']:.3f} b {r['utilisation_b']:.3f}, lost {r['lost']}, "
+                  f"failed {r['failed']}")
+            runs.append(r)
+        print()
+        print(f"bench-backends, pool: {args.requests} requests for one model served by backends of 16 "
+              f"and 32 slots, at 10x their sum; {WORKERS} workers; {args.runs} runs (min / median / max)")
+        col = lambda k: [r[k] for r in runs]
+        h.table(("figure", "min / median / max"), [
+            ("share served by a (capacity 0.333)", h.fmt_spread(col("share_a"), "{:.3f}")),
+            ("utilisation of a (16 slots)", h.fmt_spread(col("utilisation_a"), "{:.3f}")),
+            ("utilisation of b (32 slots)", h.fmt_spread(col("utilisation_b"), "{:.3f}")),
+            ("lost / failed", f"{sum(col('lost'))} / {sum(col('failed'))}"),
+        ])
+
+
+if __name__ == "__main__":
+    main()

@@ -104,6 +104,18 @@ pub struct Reply {
     pub timing: Timing,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<Value>,
+    /// The backend that was called, and the model it was asked for; none when no backend
+    /// was called.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<Box<ServedBy>>,
+}
+
+/// Which backend a request was sent to, by its configured name, and the model it was
+/// sent as (an alias resolved).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServedBy {
+    pub backend: String,
+    pub model: String,
 }
 
 /// Why a request did not end `ok`.
@@ -278,6 +290,7 @@ mod tests {
                 backend_ms: 3,
             },
             metadata: Some(json!({"k": 1})),
+            served_by: None,
         };
         let value = serde_json::to_value(&reply).unwrap();
         assert_eq!(value["status"], "error");

@@ -1,6 +1,6 @@
 //! Several backends in one worker, on tansu with separate processes: each request goes to
-//! a backend that serves its model (an alias to its model), a model served by two
-//! backends is split between them, a model nothing serves ends `rejected` with
+//! a backend that serves its model (an alias to its model) and its reply says which
+//! (`served_by`), a model served by two backends is split between them, a model nothing serves ends `rejected` with
 //! `model_not_found` without a backend call, and a backend that is down holds back only
 //! its own model's requests.
 
@@ -82,24 +82,40 @@ async fn each_model_goes_to_the_backends_that_serve_it() {
         let reply = replies.first(id).expect("answered");
         assert_eq!(reply["status"], "ok", "{reply}");
     }
+    for id in &llama {
+        let served_by = &replies.first(id).unwrap()["served_by"];
+        assert_eq!(
+            *served_by,
+            json!({"backend": "big", "model": "llama-3-70b"})
+        );
+    }
+    let mut served_by_a = 0;
     for id in &fast {
         let reply = replies.first(id).unwrap();
         assert_eq!(
             reply["body"]["model"], "smollm2-135m",
             "the alias's model was called"
         );
+        assert_eq!(reply["served_by"]["model"], "smollm2-135m", "{reply}");
+        match reply["served_by"]["backend"].as_str() {
+            Some("small-a") => served_by_a += 1,
+            Some("small-b") => {}
+            other => panic!("served by {other:?}, not the pool: {reply}"),
+        }
     }
     for id in &unknown {
         let reply = replies.first(id).unwrap();
         assert_eq!(reply["status"], "rejected", "{reply}");
         assert_eq!(reply["error"]["type"], "model_not_found", "{reply}");
         assert_eq!(reply["attempts"], 0, "no backend was called");
+        assert!(reply.get("served_by").is_none(), "{reply}");
     }
     // Each backend served only its models; the pool of two split the alias's requests.
     assert_eq!(big.requests("ok").await, 30);
     let (a, b) = (small_a.requests("ok").await, small_b.requests("ok").await);
     assert_eq!(a + b, 60);
     assert!(a >= 10 && b >= 10, "the pool split its work: {a} and {b}");
+    assert_eq!(served_by_a, a, "the replies name the backend that answered");
     let metrics = worker.metrics().await;
     for backend in ["big", "small-a", "small-b"] {
         assert!(

@@ -6,7 +6,9 @@ use std::collections::BTreeSet;
 
 use jsonschema::Validator;
 use serde_json::{json, Value};
-use sluice::envelope::{decode_request, Chunk, Reply, ReplyError, Request, Status, Timing, Usage};
+use sluice::envelope::{
+    decode_request, Chunk, Reply, ReplyError, Request, ServedBy, Status, Timing, Usage,
+};
 
 const REQUEST_SCHEMA: &str = include_str!("../docs/schema/request.v1.json");
 const REPLY_SCHEMA: &str = include_str!("../docs/schema/reply.v1.json");
@@ -99,6 +101,10 @@ fn ok_reply() -> Reply {
         }),
         timing: timing(),
         metadata: Some(json!({"ticket": 1234})),
+        served_by: Some(Box::new(ServedBy {
+            backend: "small-1".into(),
+            model: "smollm2".into(),
+        })),
     }
 }
 
@@ -118,6 +124,7 @@ fn error_reply() -> Reply {
         usage: None,
         timing: timing(),
         metadata: None,
+        served_by: None,
     }
 }
 
@@ -140,6 +147,7 @@ fn expired_reply() -> Reply {
             ..timing()
         },
         metadata: None,
+        served_by: None,
     }
 }
 

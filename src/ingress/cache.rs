@@ -206,6 +206,7 @@ mod tests {
             usage: None,
             timing: Timing::default(),
             metadata: None,
+            served_by: None,
         }
     }
 

@@ -1,19 +1,32 @@
 //! A sluice reply as an OpenAI-compatible HTTP answer: the completion with 200, or the
 //! error in OpenAI's shape (`{"error": {"message", "type", "param", "code"}}`) with the
 //! backend's status, so an OpenAI SDK raises what it would have raised against the
-//! backend itself. Used by the synchronous answer ([`super::chat`]) and the head of a
-//! streamed one ([`super::stream`]).
+//! backend itself. The backend that was called is named in `x-sluice-backend`. Used by the
+//! synchronous answer ([`super::chat`]) and the head of a streamed one ([`super::stream`]).
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::api::ErrorBody;
 use crate::envelope::{Reply, ReplyError, Status};
 
+/// The response header that names the backend a request was sent to (`served_by`).
+pub(crate) const BACKEND_HEADER: &str = "x-sluice-backend";
+
 /// A final reply as the backend would have answered it: the completion, or the error
-/// with the backend's status (502 or 504 when there was none).
+/// with the backend's status (502 or 504 when there was none), with the backend that was
+/// called in [`BACKEND_HEADER`].
 pub(crate) fn reply_response(reply: &Reply) -> Response {
+    let mut response = answer(reply);
+    let backend = reply.served_by.as_ref().map(|s| s.backend.as_str());
+    if let Some(value) = backend.and_then(|b| HeaderValue::from_str(b).ok()) {
+        response.headers_mut().insert(BACKEND_HEADER, value);
+    }
+    response
+}
+
+fn answer(reply: &Reply) -> Response {
     match (reply.status, &reply.body, &reply.error) {
         (Status::Ok, Some(body), _) => (StatusCode::OK, Json(body.clone())).into_response(),
         (status, _, error) => {
@@ -24,6 +37,7 @@ pub(crate) fn reply_response(reply: &Reply) -> Response {
             };
             let error = error.as_ref().unwrap_or(&fallback);
             let http = match (status, error.status) {
+                (Status::Rejected, Some(404)) => StatusCode::NOT_FOUND,
                 (Status::Rejected, _) => StatusCode::BAD_REQUEST,
                 (Status::Expired, _) => StatusCode::GATEWAY_TIMEOUT,
                 (_, Some(code)) => StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY),
@@ -73,6 +87,7 @@ mod tests {
             usage: None,
             timing: Timing::default(),
             metadata: None,
+            served_by: None,
         }
     }
 
@@ -104,9 +119,28 @@ mod tests {
                 reply(Status::Rejected, None, error("invalid_request", None)),
                 400,
             ),
+            (
+                reply(Status::Rejected, None, error("model_not_found", Some(404))),
+                404,
+            ),
             (reply(Status::Ok, None, None), 502),
         ] {
             assert_eq!(reply_response(&r).status().as_u16(), expected, "{r:?}");
         }
+    }
+
+    #[test]
+    fn the_answer_names_the_backend_that_was_called() {
+        let mut ok = reply(Status::Ok, Some(json!({"choices": []})), None);
+        assert!(reply_response(&ok).headers().get(BACKEND_HEADER).is_none());
+        ok.served_by = Some(Box::new(crate::envelope::ServedBy {
+            backend: "small-1".into(),
+            model: "smollm2-135m".into(),
+        }));
+        let response = reply_response(&ok);
+        assert_eq!(response.headers()[BACKEND_HEADER], "small-1");
+        let mut failed = reply(Status::Error, None, error("backend_status", Some(500)));
+        failed.served_by = ok.served_by.clone();
+        assert_eq!(reply_response(&failed).headers()[BACKEND_HEADER], "small-1");
     }
 }

@@ -43,6 +43,7 @@ use crate::envelope;
         envelope::Usage,
         envelope::Timing,
         envelope::Status,
+        envelope::ServedBy,
         super::models::ModelList,
         super::models::Model,
         super::status::StatusBody,

@@ -140,6 +140,7 @@ mod tests {
             usage: None,
             timing: Timing::default(),
             metadata: None,
+            served_by: None,
         })
     }
 

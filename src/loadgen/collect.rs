@@ -133,6 +133,7 @@ mod tests {
                 ..Timing::default()
             },
             metadata: None,
+            served_by: None,
         }
     }
 

@@ -99,6 +99,7 @@ mod tests {
             }),
             timing: Timing::default(),
             metadata: Some(serde_json::json!({"blob": "x"})),
+            served_by: None,
         }
     }
 

@@ -23,7 +23,7 @@ use crate::backend::stack::BackendStack;
 use crate::backend::stream::ChunkSink;
 use crate::backend::{BackendError, ChatRequest};
 use crate::config::Config;
-use crate::envelope::{self, now_ms, Reply, ReplyError, Request, Status, Timing};
+use crate::envelope::{self, now_ms, Reply, ReplyError, Request, ServedBy, Status, Timing};
 use crate::kafka::producer::Producer;
 use crate::routing::Route;
 use crate::telemetry::{propagation, semconv};
@@ -132,6 +132,7 @@ async fn decide(
                 0,
                 Err(error),
                 timing,
+                None,
             );
         }
     }
@@ -147,13 +148,21 @@ async fn decide(
             ),
             status: Some(404),
         };
-        return reply_output(topic, &request, Status::Rejected, 0, Err(error), timing);
+        return reply_output(
+            topic,
+            &request,
+            Status::Rejected,
+            0,
+            Err(error),
+            timing,
+            None,
+        );
     };
     let Call {
         backend: name,
         service: mut backend,
     } = call;
-    span.set_attribute(semconv::SLUICE_BACKEND, name);
+    span.set_attribute(semconv::SLUICE_BACKEND, name.clone());
 
     if request.deadline_ms.is_some_and(|d| started_ms >= d) {
         let error = ReplyError {
@@ -161,7 +170,15 @@ async fn decide(
             message: "the deadline passed before the backend was called".into(),
             status: None,
         };
-        return reply_output(topic, &request, Status::Expired, 0, Err(error), timing);
+        return reply_output(
+            topic,
+            &request,
+            Status::Expired,
+            0,
+            Err(error),
+            timing,
+            None,
+        );
     }
 
     let chat = ChatRequest::new(backend_body(&request, &route.model), request.deadline_ms);
@@ -239,7 +256,19 @@ async fn decide(
         shared.metrics.retries.inc_by(u64::from(attempts - 1));
     }
     let result = result.map(|response| (response.body, response.usage));
-    reply_output(topic, &request, status, attempts, result, timing)
+    let served_by = ServedBy {
+        backend: name,
+        model: route.model,
+    };
+    reply_output(
+        topic,
+        &request,
+        status,
+        attempts,
+        result,
+        timing,
+        Some(Box::new(served_by)),
+    )
 }
 
 /// The body sent to the backend, for `model` (a model its alias named, sent as the model
@@ -294,6 +323,7 @@ fn reply_output(
     attempts: u32,
     result: Result<(Value, Option<envelope::Usage>), ReplyError>,
     mut timing: Timing,
+    served_by: Option<Box<ServedBy>>,
 ) -> Output {
     timing.finished_ms = now_ms();
     let (body, usage, error) = match result {
@@ -325,6 +355,7 @@ fn reply_output(
             usage,
             timing,
             metadata: request.metadata.clone(),
+            served_by,
         },
     }
 }

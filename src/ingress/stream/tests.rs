@@ -34,6 +34,7 @@ fn final_reply(status: Status, body: Option<Value>, error: Option<ReplyError>) -
         usage: None,
         timing: Timing::default(),
         metadata: None,
+        served_by: None,
     }))
 }
 

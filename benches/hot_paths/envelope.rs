@@ -5,7 +5,7 @@ use std::hint::black_box;
 
 use gungraun::{library_benchmark, library_benchmark_group};
 use serde_json::json;
-use sluice::envelope::{self, Reply, Request, Status, Timing, Usage};
+use sluice::envelope::{self, Reply, Request, ServedBy, Status, Timing, Usage};
 use sluice::kafka::reply_record::{self, ReplyRecord};
 use sluice::worker::output::Output;
 
@@ -46,6 +46,10 @@ fn reply() -> Reply {
             backend_ms: 1_218,
         },
         metadata: Some(json!({"ticket": "SUP-20931", "channel": "web"})),
+        served_by: Some(Box::new(ServedBy {
+            backend: "small-1".into(),
+            model: "smollm2-135m".into(),
+        })),
     }
 }
 

@@ -2,7 +2,8 @@
 //! a backend that serves its model (an alias to its model) and its reply says which
 //! (`served_by`), a model served by two backends is split between them, a model nothing serves ends `rejected` with
 //! `model_not_found` without a backend call, and a backend that is down holds back only
-//! its own model's requests.
+//! its own model's requests. The `openai` SDK lists the models and gets `NotFoundError`
+//! for one nothing serves.
 
 mod support;
 
@@ -11,10 +12,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::pipeline::{
-    collect_replies, produce_requests_with, reader_config, sluice_env, with_env, MockLlm, Topics,
-    Worker,
+    collect_replies, produce_requests_with, reader_config, sluice_env, with_env, Ingress, MockLlm,
+    Topics, Worker,
 };
-use support::{free_port, Tansu};
+use support::{free_port, python, Tansu};
 
 /// A request body for `model`.
 fn body(model: &str) -> Value {
@@ -165,4 +166,57 @@ async fn a_backend_that_is_down_holds_back_only_its_own_models_requests() {
         "the live backend's requests were answered while the other backend is down"
     );
     assert_eq!(up.requests("ok").await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_lists_the_models_and_is_refused_one_nothing_serves() {
+    let tansu = Tansu::start();
+    let topics = Topics::fresh();
+    topics.create_on(&tansu).await;
+    let big = MockLlm::start_paced(free_port(), 4, 5, 0).await;
+    let small = MockLlm::start_paced(free_port(), 4, 5, 0).await;
+    let file = backends_file(
+        &[
+            ("big", &big.url(), r#""llama-3-70b""#),
+            ("small", &small.url(), r#""smollm2-135m", "smollm2-*""#),
+        ],
+        &[("fast", "smollm2-135m")],
+    );
+    let env: Vec<(String, String)> = sluice_env(&tansu.bootstrap(), &topics, "unused")
+        .into_iter()
+        .filter(|(key, _)| key != "SLUICE__BACKEND__URL")
+        .collect();
+    let env = with_env(&env, &[("SLUICE_CONFIG", file.path().to_str().unwrap())]);
+    let ingress = Ingress::start(&env).await;
+    let mut worker = Worker::start(&env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/support/openai_models.py"
+    );
+    let output = tokio::process::Command::new(python())
+        .args([script, &ingress.url])
+        .output()
+        .await
+        .expect("running openai_models.py");
+    assert!(
+        output.status.success(),
+        "openai_models.py failed:\n{}\n--- ingress ---\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        ingress.process.logs()
+    );
+    let found: Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&output.stdout)));
+    assert_eq!(
+        found["models"],
+        json!(["fast", "llama-3-70b", "smollm2-135m"]),
+        "served by name and aliases; not the pattern"
+    );
+    assert_eq!(found["alias_model"], "smollm2-135m", "{found}");
+    assert_eq!(found["alias_backend"], "small", "{found}");
+    assert_eq!(found["unknown"]["status"], 404, "{found}");
+    assert_eq!(found["unknown"]["code"], "model_not_found", "{found}");
+    assert_eq!(small.requests("ok").await, 1);
+    assert_eq!(big.requests("ok").await, 0);
 }

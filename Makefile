@@ -9,7 +9,7 @@
 
 CARGO ?= cargo
 
-.PHONY: build dev test validate-deploy test-chaos lint fmt fuzz sim-open bench-check bench-baseline bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance bench-backends
+.PHONY: build dev test validate-deploy test-chaos lint fmt fuzz sim-open bench-check bench-baseline bench-burst bench-burst-quick bench-memory bench-rate bench-group bench-llama bench-capacity bench-rebalance bench-backends bench-remembered
 .DEFAULT_GOAL := build
 
 build:
@@ -115,6 +115,12 @@ bench-capacity:
 # slots (the split against the capacities). About 1 minute a run of each.
 bench-backends:
 	$(PEERS) && python3 bench/backends.py --runs $(RUNS)
+
+# Remembered capacity: the reference burst at 48 slots through 2 workers, then every
+# worker restarted after 90 s (or the same ones idle 90 s) and a second burst: each
+# burst's utilisation, and the limit the new workers started from. About 2 minutes a run.
+bench-remembered:
+	$(PEERS) && python3 bench/remembered.py --runs $(RUNS)
 
 # A worker joins and another leaves during the reference burst: utilisation over the
 # drain, lost. About 40 s a run.

@@ -21,7 +21,7 @@ pub struct KafkaConfig {
     /// Consumer group of the workers. Default `sluice-workers`.
     pub group_id: String,
     /// Compacted topic where the workers share what they know of each backend (group
-    /// pacing). Created (compacted, 1 h retention) when missing and the cluster allows.
+    /// pacing). Created (compacted, 7 days' retention) when missing and the cluster allows.
     /// Default `sluice.control`.
     pub control_topic: String,
     /// Priority lanes, highest first. A request with `lane = "x"` goes to

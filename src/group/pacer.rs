@@ -233,8 +233,11 @@ impl<B: Bus> Pacer<B> {
         }
         let load = (self.load)();
         if link.grouped {
-            if let Some(estimate) = view.newest_estimate(now_ms()) {
-                self.controller.adopt(estimate);
+            match view.newest_estimate(now_ms()) {
+                Some(estimate) => {
+                    self.controller.adopt(estimate);
+                }
+                None => self.start_from_remembered(view),
             }
             self.controller
                 .set_peers(Some(context(view, load.demand, link.echo)));
@@ -251,6 +254,23 @@ impl<B: Bus> Pacer<B> {
         s.estimate.store(estimate, Ordering::Relaxed);
         s.permits
             .store(self.controller.permits(), Ordering::Relaxed);
+    }
+
+    /// A group that starts again (every member new, or back after a long idle with no
+    /// estimate recent enough to adopt) begins at the estimate it last wrote rather than
+    /// at the initial limit: a controller that has not moved yet takes it. Its first
+    /// answers verify it and back-pressure lowers it at once, as for any adopted estimate.
+    fn start_from_remembered(&self, view: &GroupView) {
+        if self.controller.estimate().version != 0 {
+            return;
+        }
+        let Some(remembered) = view.remembered_estimate(now_ms()) else {
+            return;
+        };
+        if self.controller.adopt(remembered) {
+            tracing::info!(backend = %self.backend, limit = remembered.limit,
+                "starting at the capacity the group last found");
+        }
     }
 
     fn publish(
@@ -313,7 +333,93 @@ fn context(view: &GroupView, demand: usize, echo: Duration) -> Box<GroupContext>
 
 #[cfg(test)]
 mod tests {
-    use super::Load;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Bus, GroupStatus, Load, Pacer};
+    use crate::backend::concurrency::{ConcurrencySettings, Controller};
+    use crate::envelope::now_ms;
+    use crate::group::record::{EstimateRecord, StateRecord, VERSION};
+
+    /// Writes nowhere.
+    struct Nowhere;
+    impl Bus for Nowhere {
+        fn publish(&self, _: &StateRecord) {}
+    }
+
+    /// A record of a group that left `ago_ms` ago with an estimate of `limit`.
+    fn left(ago_ms: u64, limit: usize) -> StateRecord {
+        StateRecord {
+            v: VERSION,
+            backend: "b".into(),
+            worker: "gone".into(),
+            at_ms: now_ms() - ago_ms,
+            seq: 9,
+            demand: 0,
+            in_flight: 0,
+            permits: 0,
+            estimate: EstimateRecord {
+                limit,
+                recover_to: limit,
+                version: 17,
+            },
+            grouped: true,
+            leaving: true,
+        }
+    }
+
+    /// The limit a new worker's controller has a moment after its pacer read `records`.
+    async fn limit_after(controller: Arc<Controller>, records: Vec<StateRecord>) -> usize {
+        let (sender, incoming) = mpsc::channel(16);
+        for record in records {
+            sender.send(record).await.unwrap();
+        }
+        let pacer = Pacer {
+            backend: "b".into(),
+            worker: "new".into(),
+            controller: controller.clone(),
+            load: Arc::new(|| Load { demand: 0 }),
+            bus: Nowhere,
+            incoming,
+            status: Arc::new(GroupStatus::default()),
+        };
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(pacer.run(stop.clone()));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        task.await.unwrap();
+        controller.limit()
+    }
+
+    #[tokio::test]
+    async fn a_group_that_starts_again_begins_at_the_estimate_it_last_wrote() {
+        let fresh = || Arc::new(Controller::new(ConcurrencySettings::default()));
+        let initial = ConcurrencySettings::default().initial;
+        let ten_minutes = 10 * 60_000;
+        assert_eq!(limit_after(fresh(), vec![left(ten_minutes, 48)]).await, 48);
+        assert_eq!(
+            limit_after(fresh(), vec![]).await,
+            initial,
+            "nothing remembered: the initial limit"
+        );
+        let week = crate::group::view::REMEMBERED_MAX_AGE_MS;
+        assert_eq!(
+            limit_after(fresh(), vec![left(week + 60_000, 48)]).await,
+            initial,
+            "forgotten after a week"
+        );
+        // A controller that has moved by itself has evidence of its own.
+        let moved = fresh();
+        moved.adopt(crate::backend::concurrency::Estimate {
+            limit: 20,
+            recover_to: 20,
+            version: 1,
+        });
+        assert_eq!(limit_after(moved, vec![left(ten_minutes, 48)]).await, 20);
+    }
 
     #[test]
     fn a_draining_worker_wants_only_its_calls_in_flight() {

@@ -1,5 +1,6 @@
 //! What one worker knows of its group for one backend: the latest record of every live
-//! member, and from them this worker's share and the newest estimate. Pure: time is
+//! member, and from them this worker's share and the newest estimate (and the last one
+//! written, of any age, that a group starting again remembers). Pure: time is
 //! passed in, records arrive through [`GroupView::observe`]. The one reading of the
 //! records: the ingress's status page sees the group through it too
 //! ([`GroupView::observer`]), so it shows the estimate the workers use.
@@ -21,6 +22,9 @@ pub(crate) const MEMBER_TTL: Duration = Duration::from_secs(2);
 pub(crate) const RECORD_MAX_AGE_MS: u64 = 10_000;
 /// An estimate written longer ago than this is not adopted: the backend may have changed.
 pub(crate) const ESTIMATE_MAX_AGE_MS: u64 = 60_000;
+/// A group that starts again begins at its last estimate up to this old (a week: a
+/// weekend's idle and a redeploy after it); older, the deployment has likely changed.
+pub(crate) const REMEMBERED_MAX_AGE_MS: u64 = 7 * 24 * 3_600_000;
 
 /// What a record read from the topic was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +52,9 @@ pub(crate) struct GroupView {
     members: HashMap<String, Seen>,
     /// The newest group estimate seen in any record (alive or not), with its writer's time.
     newest: Option<(Estimate, u64)>,
+    /// The group estimate written last (by its writer's clock), whatever its age or
+    /// version: versions start again with a group that started again.
+    last_written: Option<(Estimate, u64)>,
 }
 
 impl GroupView {
@@ -57,6 +64,7 @@ impl GroupView {
             me: me.to_string(),
             members: HashMap::new(),
             newest: None,
+            last_written: None,
         }
     }
 
@@ -71,6 +79,15 @@ impl GroupView {
             return Observed::Ignored;
         }
         let age_ms = now_ms.saturating_sub(record.at_ms);
+        if record.grouped {
+            let estimate = Estimate::from(record.estimate);
+            let later = self.last_written.is_none_or(|(last, at_ms)| {
+                record.at_ms > at_ms || (record.at_ms == at_ms && estimate.limit < last.limit)
+            });
+            if later {
+                self.last_written = Some((estimate, record.at_ms));
+            }
+        }
         if record.grouped && age_ms <= ESTIMATE_MAX_AGE_MS {
             let estimate = Estimate::from(record.estimate);
             let newer = self.newest.is_none_or(|(newest, _)| {
@@ -144,6 +161,14 @@ impl GroupView {
     pub(crate) fn newest_estimate(&self, now_ms: u64) -> Option<Estimate> {
         self.newest
             .filter(|(_, at_ms)| now_ms.saturating_sub(*at_ms) <= ESTIMATE_MAX_AGE_MS)
+            .map(|(estimate, _)| estimate)
+    }
+
+    /// The group estimate written last, up to [`REMEMBERED_MAX_AGE_MS`] old: where a group
+    /// that starts again (no estimate recent enough to adopt) begins.
+    pub(crate) fn remembered_estimate(&self, now_ms: u64) -> Option<Estimate> {
+        self.last_written
+            .filter(|(_, at_ms)| now_ms.saturating_sub(*at_ms) <= REMEMBERED_MAX_AGE_MS)
             .map(|(estimate, _)| estimate)
     }
 
@@ -234,6 +259,31 @@ mod tests {
             view.newest_estimate(now_ms + ESTIMATE_MAX_AGE_MS)
                 .map(|e| e.limit),
             None
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_estimate_written_last_is_remembered_whatever_its_age_or_version() {
+        let mut view = GroupView::new("b", "me");
+        let now = Instant::now();
+        let now_ms = 10 * 60_000;
+        // A group gone for ten minutes: an old group's high version, then its last record.
+        view.observe(record("old", 1_000, 0, 0, 40, 30), now, now_ms);
+        view.observe(record("last", 2_000, 0, 0, 12, 48), now, now_ms);
+        let mut solo = record("solo", 3_000, 0, 0, 50, 99);
+        solo.grouped = false;
+        view.observe(solo, now, now_ms);
+        assert_eq!(view.newest_estimate(now_ms), None, "too old to adopt");
+        let remembered = view.remembered_estimate(now_ms).expect("remembered");
+        assert_eq!(
+            (remembered.limit, remembered.version),
+            (48, 12),
+            "the last grouped record written, not the highest version"
+        );
+        assert_eq!(
+            view.remembered_estimate(2_000 + REMEMBERED_MAX_AGE_MS + 1),
+            None,
+            "a week old: forgotten"
         );
     }
 

@@ -36,7 +36,10 @@ pub(crate) async fn ensure_topics(
 }
 
 /// Creates the compacted control topic (`kafka.control_topic`) when it is missing: one
-/// partition, each key's latest record kept, records older than an hour dropped. Best
+/// partition, each key's latest record kept, records older than a week dropped (a group
+/// that starts again begins at the estimate it last wrote, up to a week old:
+/// `group::view::REMEMBERED_MAX_AGE_MS`; the week also clears the keys of workers long
+/// gone). Best
 /// effort: a cluster that refuses (no rights, no CreateTopics) leaves it to the
 /// operator, and the workers say so if they cannot use it.
 pub(crate) async fn ensure_control_topic(kafka: &KafkaConfig) {
@@ -46,7 +49,7 @@ pub(crate) async fn ensure_control_topic(kafka: &KafkaConfig) {
             super::client_config(kafka, super::ClientKind::Admin, &[], &[]).create()?;
         let new = NewTopic::new(topic, 1, TopicReplication::Fixed(-1))
             .set("cleanup.policy", "compact,delete")
-            .set("retention.ms", "3600000")
+            .set("retention.ms", "604800000")
             .set("segment.ms", "600000");
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
         admin.create_topics([&new], &options).await

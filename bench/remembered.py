@@ -34,6 +34,8 @@ SERVICE_S = (LATENCY_MS + PER_TOKEN_MS * MAX_TOKENS) / 1000.0
 PARTITIONS = 8
 SLOTS = 48
 WORKERS = 2
+# Tries of a run whose workers got no partitions.
+STARTS = 3
 
 
 def start_workers(procs, binary, env, generation):
@@ -111,15 +113,18 @@ def main():
     results, restarted = {}, 0
     for case in args.cases.split(","):
         for i in range(args.runs):
-            try:
-                r = one_run(binary, case, args.idle, args.requests, args.sample)
-            except RuntimeError as e:
-                # tansu's group coordinator once assigned nothing to a group that emptied
-                # and filled again within 60 s (README, bench-rebalance); such a run
-                # measures nothing of sluice.
-                h.say(f"{case}, run {i + 1} did not start ({e}); running it again")
-                restarted += 1
-                r = one_run(binary, case, args.idle, args.requests, args.sample)
+            for attempt in range(1, STARTS + 1):
+                try:
+                    r = one_run(binary, case, args.idle, args.requests, args.sample)
+                    break
+                except RuntimeError as e:
+                    # tansu's group coordinator sometimes assigns no partitions to a group
+                    # that emptied and filled again (README); such a run measures nothing
+                    # of sluice.
+                    if attempt == STARTS:
+                        raise
+                    h.say(f"{case}, run {i + 1} did not start ({e}); running it again")
+                    restarted += 1
             h.say(f"{case}, run {i + 1}: " + "; ".join(
                 f"{which} utilisation {r[which]['utilisation']:.3f} overload/1000 "
                 f"{r[which]['overload']:.1f} lost {r[which]['lost']} failed {r[which]['failed']}"

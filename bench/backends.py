@@ -24,11 +24,8 @@ import threading
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
 
-LATENCY_MS = 100
-PER_TOKEN_MS = 1
-MAX_TOKENS = 32
-SERVICE_S = (LATENCY_MS + PER_TOKEN_MS * MAX_TOKENS) / 1000.0
-PARTITIONS = 8
+# The reference burst's backend and topic, as bench-group runs them.
+from group import LATENCY_MS, MAX_TOKENS, PARTITIONS, PER_TOKEN_MS, SERVICE_S  # noqa: E402
 WORKERS = 2
 
 

@@ -173,7 +173,11 @@ impl Config {
             };
             backend.validate(&section)?;
         }
-        let routes = crate::routing::Routes::from_config(self);
+        let patterns: Vec<&String> = self
+            .named_backends()
+            .into_iter()
+            .flat_map(|(_, backend)| &backend.models)
+            .collect();
         for (alias, model) in &self.models.aliases {
             let key = || format!("models.aliases.{alias}");
             if alias.trim().is_empty() {
@@ -182,7 +186,7 @@ impl Config {
                     "an alias must not be empty",
                 ));
             }
-            if routes.serves_by_name(alias) {
+            if patterns.contains(&alias) {
                 return Err(ConfigError::invalid(
                     key(),
                     format!("{alias:?} is a model a backend serves by that name; an alias may not hide it"),
@@ -194,7 +198,7 @@ impl Config {
                     format!("{model:?} is an alias itself; name the model it stands for"),
                 ));
             }
-            if routes.pool(model).is_none() {
+            if !patterns.iter().any(|p| model_matches(p, model)) {
                 return Err(ConfigError::invalid(
                     key(),
                     format!("no backend serves {model:?} (see each backend's `models`)"),
@@ -297,7 +301,7 @@ pub(crate) use error::ConfigError;
 pub(crate) use ingress::IngressConfig;
 pub(crate) use kafka::{check_client_properties, KafkaConfig};
 pub use keys::unknown_env_warnings;
-pub(crate) use models::ModelsConfig;
+pub(crate) use models::{model_matches, ModelsConfig};
 pub(crate) use rate::RateSettings;
 pub(crate) use telemetry::{LogFormat, TelemetryConfig};
 pub use tenants::TenantConfig;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Config;
+use crate::config::{model_matches, Config};
 
 /// See the module documentation. Cheap to share; lives as long as its role.
 #[derive(Debug, Clone)]
@@ -59,16 +59,11 @@ impl Routes {
     }
 
     /// The backends that serve `model` by name or pattern (aliases not resolved).
-    pub(crate) fn pool(&self, model: &str) -> Option<Vec<usize>> {
+    fn pool(&self, model: &str) -> Option<Vec<usize>> {
         let pool: Vec<usize> = (0..self.backends.len())
-            .filter(|&i| self.patterns[i].iter().any(|p| matches(p, model)))
+            .filter(|&i| self.patterns[i].iter().any(|p| model_matches(p, model)))
             .collect();
         (!pool.is_empty()).then_some(pool)
-    }
-
-    /// Whether a backend names `model` exactly (not through a pattern).
-    pub(crate) fn serves_by_name(&self, model: &str) -> bool {
-        self.patterns.iter().flatten().any(|p| p == model)
     }
 
     /// The models served by name, and the aliases, sorted: what `GET /v1/models` lists.
@@ -86,26 +81,6 @@ impl Routes {
         models.dedup();
         models
     }
-}
-
-/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
-fn matches(pattern: &str, name: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let first = parts.next().unwrap_or("");
-    let Some(mut rest) = name.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
 }
 
 #[cfg(test)]
@@ -129,21 +104,6 @@ mod tests {
                 .insert(alias.to_string(), model.to_string());
         }
         config
-    }
-
-    #[test]
-    fn patterns_match_names_with_any_run_for_a_star() {
-        assert!(matches("*", ""));
-        assert!(matches("*", "llama-3-70b"));
-        assert!(matches("llama-3-*", "llama-3-70b"));
-        assert!(!matches("llama-3-*", "llama-2-70b"));
-        assert!(matches("*-instruct", "qwen-7b-instruct"));
-        assert!(matches("qwen-*-instruct", "qwen-7b-instruct"));
-        assert!(!matches("qwen-*-instruct", "qwen-instruct"));
-        assert!(matches("a*b*c", "abc"));
-        assert!(!matches("a*b*c", "acb"));
-        assert!(matches("gpt-4o", "gpt-4o"));
-        assert!(!matches("gpt-4o", "gpt-4o-mini"));
     }
 
     #[test]

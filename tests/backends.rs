@@ -40,6 +40,19 @@ fn backends_file(
     file
 }
 
+/// The roles' environment with the backends of `file` in place of `[backend]`.
+fn backends_env(
+    tansu: &Tansu,
+    topics: &Topics,
+    file: &tempfile::NamedTempFile,
+) -> Vec<(String, String)> {
+    let env: Vec<(String, String)> = sluice_env(&tansu.bootstrap(), topics, "unused")
+        .into_iter()
+        .filter(|(key, _)| key != "SLUICE__BACKEND__URL")
+        .collect();
+    with_env(&env, &[("SLUICE_CONFIG", file.path().to_str().unwrap())])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_model_goes_to_the_backends_that_serve_it() {
     let tansu = Tansu::start();
@@ -56,12 +69,8 @@ async fn each_model_goes_to_the_backends_that_serve_it() {
         ],
         &[("fast", "smollm2-135m")],
     );
-    let env: Vec<(String, String)> = sluice_env(&tansu.bootstrap(), &topics, "unused")
-        .into_iter()
-        .filter(|(key, _)| key != "SLUICE__BACKEND__URL")
-        .collect();
-    let config = file.path().to_str().unwrap();
-    let mut worker = Worker::start(&with_env(&env, &[("SLUICE_CONFIG", config)])).await;
+    let env = backends_env(&tansu, &topics, &file);
+    let mut worker = Worker::start(&env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
 
     let bootstrap = tansu.bootstrap();
@@ -140,12 +149,8 @@ async fn a_backend_that_is_down_holds_back_only_its_own_models_requests() {
         &[("up", &up.url(), r#""small""#), ("down", &down, r#""big""#)],
         &[],
     );
-    let env: Vec<(String, String)> = sluice_env(&tansu.bootstrap(), &topics, "unused")
-        .into_iter()
-        .filter(|(key, _)| key != "SLUICE__BACKEND__URL")
-        .collect();
-    let config = file.path().to_str().unwrap();
-    let mut worker = Worker::start(&with_env(&env, &[("SLUICE_CONFIG", config)])).await;
+    let env = backends_env(&tansu, &topics, &file);
+    let mut worker = Worker::start(&env).await;
     worker.wait_ready(Duration::from_secs(30)).await;
 
     let bootstrap = tansu.bootstrap();
@@ -182,11 +187,7 @@ async fn the_openai_sdk_lists_the_models_and_is_refused_one_nothing_serves() {
         ],
         &[("fast", "smollm2-135m")],
     );
-    let env: Vec<(String, String)> = sluice_env(&tansu.bootstrap(), &topics, "unused")
-        .into_iter()
-        .filter(|(key, _)| key != "SLUICE__BACKEND__URL")
-        .collect();
-    let env = with_env(&env, &[("SLUICE_CONFIG", file.path().to_str().unwrap())]);
+    let env = backends_env(&tansu, &topics, &file);
     let ingress = Ingress::start(&env).await;
     let mut worker = Worker::start(&env).await;
     worker.wait_ready(Duration::from_secs(30)).await;

@@ -1,4 +1,5 @@
-//! `[models]`: other names for the models the backends serve.
+//! `[models]`: other names for the models the backends serve; and what a backend's
+//! `models` entry matches (a name, or a pattern with `*`).
 
 use std::collections::BTreeMap;
 
@@ -12,4 +13,44 @@ pub struct ModelsConfig {
     /// backend is called with the model's name, and the reply names it). An alias may not
     /// be a name a backend serves, nor another alias. Default: none.
     pub aliases: BTreeMap<String, String>,
+}
+
+/// Whether `name` matches `pattern`, where `*` stands for any run of characters.
+pub(crate) fn model_matches(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or("");
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_names_with_any_run_for_a_star() {
+        assert!(model_matches("*", ""));
+        assert!(model_matches("*", "llama-3-70b"));
+        assert!(model_matches("llama-3-*", "llama-3-70b"));
+        assert!(!model_matches("llama-3-*", "llama-2-70b"));
+        assert!(model_matches("*-instruct", "qwen-7b-instruct"));
+        assert!(model_matches("qwen-*-instruct", "qwen-7b-instruct"));
+        assert!(!model_matches("qwen-*-instruct", "qwen-instruct"));
+        assert!(model_matches("a*b*c", "abc"));
+        assert!(!model_matches("a*b*c", "acb"));
+        assert!(model_matches("gpt-4o", "gpt-4o"));
+        assert!(!model_matches("gpt-4o", "gpt-4o-mini"));
+    }
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench-backends: several backends behind one group of workers.
 
-Two cases, each RUNS times on a fresh broker, backends and workers (2 workers, defaults):
+Three cases, each RUNS times on a fresh broker, backends and workers (2 workers, defaults):
 
   models  two models on two mock backends of different capacities (16 and 48 slots x 132 ms,
           429 above their slots), one mixed burst at 10x each backend's capacity: each
@@ -11,7 +11,12 @@ Two cases, each RUNS times on a fresh broker, backends and workers (2 workers, d
           requests each served against its share of the capacity (1/3 and 2/3), and each
           one's utilisation over the drain
 
-Usage: bench/backends.py [--runs 5] [--cases models,pool] [--requests 2400]
+  down    two models on two backends of 16 slots, each at 80% of its capacity for 40 s;
+          in one run of each pair the second backend refuses connections for the first 30 s
+          (its mock starts then), in the other it is up throughout: the first model's
+          queue-wait p99 in both, and how the second model's requests ended
+
+Usage: bench/backends.py [--runs 5] [--cases models,pool,down] [--requests 2400]
 Environment: SLUICE_BIN (skip the build), SLUICE_TANSU_BIN.
 """
 
@@ -20,6 +25,7 @@ import os
 import sys
 import tempfile
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness as h  # noqa: E402
@@ -108,6 +114,54 @@ def pool_run(binary, requests):
         return out
 
 
+DOWN_S = 30
+DOWN_LOAD_S = 40
+DOWN_SLOTS = 16
+
+
+def down_run(binary, outage):
+    """Models a and b at 80% of their backends' capacity for DOWN_LOAD_S; with `outage`,
+    b's backend refuses connections for the first DOWN_S. Returns both reports' figures."""
+    with h.Procs("backends-down") as procs:
+        bootstrap = h.start_tansu(procs, {"sluice.requests": PARTITIONS, "sluice.replies": PARTITIONS,
+                                          "sluice.dlq": 1, "sluice.control": 1})
+        url_a = h.start_mock(procs, binary, DOWN_SLOTS, LATENCY_MS, PER_TOKEN_MS, "reject",
+                             name="mock-a")
+        port_b = h.free_port()
+        url_b = f"http://127.0.0.1:{port_b}"
+        start_b = lambda: h.start_mock(procs, binary, DOWN_SLOTS, LATENCY_MS, PER_TOKEN_MS,
+                                       "reject", name="mock-b", port=port_b)
+        if not outage:
+            start_b()
+        config = config_file([("a", url_a, "model-a"), ("b", url_b, "model-b")])
+        env = h.worker_env(bootstrap, "unused", {"SLUICE_CONFIG": config})
+        env.pop("SLUICE__BACKEND__URL")
+        workers = [h.Worker(procs, binary, f"worker-{i + 1}", env) for i in range(WORKERS)]
+        for w in workers:
+            w.wait_ready()
+        h.wait_assigned(workers)
+        rate = round(0.8 * DOWN_SLOTS / SERVICE_S)
+        reports = {}
+
+        def send(name):
+            args = ["--kafka", bootstrap, "--requests", str(rate * DOWN_LOAD_S), "--rate", str(rate),
+                    "--model", f"model-{name}", "--max-tokens", str(MAX_TOKENS), "--timeout", "300s"]
+            reports[name] = h.loadgen(binary, args, env, os.path.join(procs.dir, f"report-{name}.json"))
+
+        threads = [threading.Thread(target=send, args=(name,)) for name in ("a", "b")]
+        for t in threads:
+            t.start()
+        if outage:
+            time.sleep(DOWN_S)
+            start_b()
+        for t in threads:
+            t.join()
+        a, b = reports["a"], reports["b"]
+        return {"a_queue_p99": a["queue_wait_ms"]["p99"], "a_queue_p50": a["queue_wait_ms"]["p50"],
+                "a_lost": a["lost"], "a_failed": h.failed(a), "b_lost": b["lost"],
+                "b_failed": h.failed(b), "b_completed": b["completed"]}
+
+
 def mock_ok(url):
     m = h.metrics(url + "/metrics")
     return sum(v for k, v in m.items() if k.startswith("sluice_mock_requests_total") and '"ok"' in k)
@@ -116,7 +170,7 @@ def mock_ok(url):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--cases", default="models,pool")
+    parser.add_argument("--cases", default="models,pool,down")
     parser.add_argument("--requests", type=int, default=2400)
     args = parser.parse_args()
     binary = h.sluice_bin()
@@ -157,6 +211,35 @@ def main():
             ("utilisation of b (32 slots)", h.fmt_spread(col("utilisation_b"), "{:.3f}")),
             ("lost / failed", f"{sum(col('lost'))} / {sum(col('failed'))}"),
         ])
+    if "down" in cases:
+        down_case(binary, args.runs)
+
+
+def down_case(binary, runs_wanted):
+    """Pairs of runs, with and without the outage, interleaved."""
+    runs = {True: [], False: []}
+    for i in range(runs_wanted):
+        for outage in (False, True):
+            r = down_run(binary, outage)
+            h.say(f"down, run {i + 1}, {'outage' if outage else 'no outage'}: a queue wait p99 "
+                  f"{r['a_queue_p99']:.0f} ms (p50 {r['a_queue_p50']:.0f}), a lost {r['a_lost']} failed "
+                  f"{r['a_failed']}; b lost {r['b_lost']} ended {r['b_completed']}")
+            runs[outage].append(r)
+    print()
+    print(f"bench-backends, down: models a and b on backends of {DOWN_SLOTS} slots, each at 80% of "
+          f"its capacity for {DOWN_LOAD_S} s; b's backend refusing connections for the first {DOWN_S} s "
+          f"or up throughout; {WORKERS} workers; {runs_wanted} runs each (min / median / max)")
+    col = lambda outage, k: [r[k] for r in runs[outage]]
+    h.table(("figure", "b up throughout", "b down 30 s"), [
+        ("a: queue wait p99 (ms)", h.fmt_spread(col(False, "a_queue_p99"), "{:.0f}"),
+         h.fmt_spread(col(True, "a_queue_p99"), "{:.0f}")),
+        ("a: queue wait p50 (ms)", h.fmt_spread(col(False, "a_queue_p50"), "{:.0f}"),
+         h.fmt_spread(col(True, "a_queue_p50"), "{:.0f}")),
+        ("a: lost / failed", f"{sum(col(False, 'a_lost'))} / {sum(col(False, 'a_failed'))}",
+         f"{sum(col(True, 'a_lost'))} / {sum(col(True, 'a_failed'))}"),
+        ("b: lost / failed", f"{sum(col(False, 'b_lost'))} / {sum(col(False, 'b_failed'))}",
+         f"{sum(col(True, 'b_lost'))} / {sum(col(True, 'b_failed'))}"),
+    ])
 
 
 if __name__ == "__main__":

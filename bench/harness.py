@@ -164,8 +164,9 @@ def start_tansu(procs, topics):
     return f"127.0.0.1:{port}"
 
 
-def start_mock(procs, binary, slots, latency_ms, per_token_ms, overflow="reject", name="mock-llm"):
-    port = free_port()
+def start_mock(procs, binary, slots, latency_ms, per_token_ms, overflow="reject", name="mock-llm",
+               port=None):
+    port = port or free_port()
     procs.start(name, [binary, "mock-llm", "--listen", f"127.0.0.1:{port}", "--slots", str(slots),
                        "--latency-ms", str(latency_ms), "--per-token-ms", str(per_token_ms),
                        "--overflow", overflow])

@@ -1,7 +1,8 @@
 //! Which backends serve a request: the model it names (an alias resolved first) picks its
 //! pool, the backends whose `models` match it. Built once from the configuration; the
 //! ingress refuses a model nothing serves and lists what is served, and the worker sends
-//! each request to one backend of its pool.
+//! each request to one backend of its pool. A deployment of several pools names a topic
+//! for each pool's overflow ([`Routes::overflow_topics`]).
 
 use std::collections::BTreeMap;
 
@@ -64,6 +65,38 @@ impl Routes {
             .filter(|&i| self.patterns[i].iter().any(|p| model_matches(p, model)))
             .collect();
         (!pool.is_empty()).then_some(pool)
+    }
+
+    /// The distinct pools of the models served by name (and of the aliases' models), in
+    /// order: the pools known before any request arrives. (A model that only a `*`
+    /// pattern matches may make another pool at run time.)
+    pub fn named_pools(&self) -> Vec<Vec<usize>> {
+        let named = self.patterns.iter().flatten().filter(|p| !p.contains('*'));
+        let mut pools: Vec<Vec<usize>> = named
+            .chain(self.aliases.values())
+            .filter_map(|model| self.pool(model))
+            .collect();
+        pools.sort();
+        pools.dedup();
+        pools
+    }
+
+    /// Each named pool and the topic a full pool's overflow is forwarded to,
+    /// `<request_topic>.pool.<backend>[.<backend>...]`; none with fewer than two pools
+    /// (forwarding helps only when another pool has room).
+    pub fn overflow_topics(&self, request_topic: &str) -> Vec<(Vec<usize>, String)> {
+        let pools = self.named_pools();
+        if pools.len() < 2 {
+            return Vec::new();
+        }
+        pools
+            .into_iter()
+            .map(|pool| {
+                let names: Vec<&str> = pool.iter().map(|&i| self.backends[i].as_str()).collect();
+                let topic = format!("{request_topic}.pool.{}", names.join("."));
+                (pool, topic)
+            })
+            .collect()
     }
 
     /// The models served by name, and the aliases, sorted: what `GET /v1/models` lists.
@@ -143,5 +176,26 @@ mod tests {
             routes.models(),
             ["fast", "gpt-4o-mini", "llama-3-70b", "smollm2-135m"]
         );
+        assert_eq!(routes.named_pools(), [vec![0], vec![1], vec![2, 3]]);
+        let topics = routes.overflow_topics("req");
+        assert_eq!(
+            topics,
+            [
+                (vec![0], "req.pool.big".to_string()),
+                (vec![1], "req.pool.hosted".to_string()),
+                (vec![2, 3], "req.pool.small-1.small-2".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn one_pool_has_no_overflow_topic() {
+        let one = config(&[("a", &["m"]), ("b", &["m", "m-*"])], &[]);
+        let routes = Routes::from_config(&one);
+        assert_eq!(routes.named_pools(), [vec![0, 1]]);
+        assert!(routes.overflow_topics("req").is_empty());
+        assert!(Routes::from_config(&Config::default())
+            .overflow_topics("req")
+            .is_empty());
     }
 }

@@ -2,8 +2,10 @@
 //! a backend that serves its model (an alias to its model) and its reply says which
 //! (`served_by`), a model served by two backends is split between them, a model nothing serves ends `rejected` with
 //! `model_not_found` without a backend call, and a backend that is down holds back only
-//! its own model's requests. The `openai` SDK lists the models and gets `NotFoundError`
-//! for one nothing serves.
+//! its own model's requests. A slow backend's backlog is forwarded to its pool's overflow
+//! topic rather than stand in front of the other pool's requests, and is served from there
+//! in full. The `openai` SDK lists the models and gets `NotFoundError` for one nothing
+//! serves.
 
 mod support;
 
@@ -171,6 +173,77 @@ async fn a_backend_that_is_down_holds_back_only_its_own_models_requests() {
         "the live backend's requests were answered while the other backend is down"
     );
     assert_eq!(up.requests("ok").await, 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_pools_backlog_waits_in_its_overflow_topic_not_in_front_of_the_other_pool() {
+    let tansu = Tansu::start();
+    let topics = Topics::fresh();
+    topics.create_on(&tansu).await;
+    // 2 calls at once of 500 ms: 60 requests take 15 s.
+    let slow = MockLlm::start_paced(free_port(), 2, 500, 0).await;
+    let fast = MockLlm::start_paced(free_port(), 8, 20, 0).await;
+    let file = backends_file(
+        &[
+            ("slow", &slow.url(), r#""big""#),
+            ("fast", &fast.url(), r#""small""#),
+        ],
+        &[],
+    );
+    let env = with_env(
+        &backends_env(&tansu, &topics, &file),
+        &[("SLUICE__WORKER__LANE_BUFFER", "8")],
+    );
+    let mut worker = Worker::start(&env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    let bootstrap = tansu.bootstrap();
+    let big = produce_requests_with(&bootstrap, &topics.request, 60, "big", body("big")).await;
+    let small =
+        produce_requests_with(&bootstrap, &topics.request, 40, "small", body("small")).await;
+    // Behind 52 slow requests in a buffer of 8, the fast pool's would wait ~13 s.
+    let early = collect_replies(
+        reader_config(&bootstrap),
+        &topics.reply,
+        &small,
+        Duration::from_secs(6),
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(
+        early.missing(&small).is_empty(),
+        "{} of the fast pool's requests were held behind the slow pool's",
+        early.missing(&small).len()
+    );
+    let metrics = worker.metrics().await;
+    let forwarded = metrics.value("sluice_worker_forwarded_total", &[]);
+    assert!(
+        forwarded >= 20.0,
+        "the slow pool's overflow was forwarded: {forwarded}"
+    );
+
+    let all: Vec<String> = [big.clone(), small.clone()].concat();
+    let replies = collect_replies(
+        reader_config(&bootstrap),
+        &topics.reply,
+        &all,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert!(replies.missing(&all).is_empty(), "nothing lost");
+    for id in &all {
+        let reply = replies.first(id).unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+    }
+    for id in &big {
+        assert_eq!(replies.first(id).unwrap()["served_by"]["backend"], "slow");
+    }
+    assert_eq!(
+        slow.requests("ok").await,
+        60,
+        "each slow request called once"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,7 @@ use crate::admin::Readiness;
 use crate::config::Config;
 use crate::envelope::now_ms;
 use crate::kafka::watermarks::{PartitionSample, Sampler};
+use crate::routing::Routes;
 
 /// How far back the drain rate looks.
 const RATE_WINDOW: Duration = Duration::from_secs(10);
@@ -41,6 +42,9 @@ pub struct Admission {
     enabled: bool,
     /// Request topics, highest priority first.
     topics: Vec<String>,
+    /// The pools' overflow topics (several backends): their backlog is shown and counts
+    /// as work, and what is forwarded to them is not counted as drained.
+    overflow: Vec<String>,
     /// The dead-letter topic, sampled for the status page.
     dlq_topic: String,
     state: Mutex<View>,
@@ -50,7 +54,7 @@ pub struct Admission {
 
 #[derive(Debug, Default, Clone)]
 struct View {
-    /// Backlog per topic of `topics`, at the last sample.
+    /// Backlog per topic of `topics`, then of `overflow`, at the last sample.
     backlog: Vec<u64>,
     /// Messages per second drained while there was a backlog; `None` until measured.
     rate: Option<f64>,
@@ -63,7 +67,7 @@ struct View {
 /// What the sampler saw last, for the status page.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub(crate) struct Snapshot {
-    /// Backlog per request topic, highest priority first.
+    /// Backlog per request topic, highest priority first, then per overflow topic.
     pub backlog: Vec<(String, u64)>,
     /// Messages per second the workers drained while busy.
     pub drain_rate: Option<f64>,
@@ -87,6 +91,11 @@ impl Admission {
         Admission {
             enabled: config.ingress.admission,
             topics: config.lane_topics(),
+            overflow: Routes::from_config(config)
+                .overflow_topics(&config.kafka.request_topic)
+                .into_iter()
+                .map(|(_, topic)| topic)
+                .collect(),
             dlq_topic: config.kafka.dlq_topic.clone(),
             state: Mutex::default(),
             gauges,
@@ -165,7 +174,8 @@ impl Admission {
                 continue;
             }
             if sampler.is_none() {
-                match Sampler::new(&config.kafka, &config.kafka.group_id, &sampled_topics) {
+                let group = &config.kafka.group_id;
+                match Sampler::new(&config.kafka, group, &sampled_topics, &self.overflow) {
                     Ok(s) => sampler = Some(s),
                     Err(e) => {
                         tracing::debug!(error = %e, "admission: cannot read the request topics yet");
@@ -178,12 +188,15 @@ impl Admission {
             match s.sample(&shutdown) {
                 Ok((at, samples)) => {
                     if let Some((before_at, before)) = &last {
-                        let busy = backlog_per_topic(&self.topics, before).iter().sum::<u64>() > 0;
+                        let busy = backlog_per_topic(&self.all_topics(), before)
+                            .iter()
+                            .sum::<u64>()
+                            > 0;
                         if busy {
                             intervals.push_back(Interval {
                                 at,
                                 length: at - *before_at,
-                                drained: committed(&samples).saturating_sub(committed(before)),
+                                drained: drained(&self.overflow, before, &samples),
                             });
                         }
                     }
@@ -205,8 +218,13 @@ impl Admission {
         }
     }
 
+    /// The lanes' topics, then the overflow topics.
+    fn all_topics(&self) -> Vec<String> {
+        self.topics.iter().chain(&self.overflow).cloned().collect()
+    }
+
     fn update(&self, samples: &[PartitionSample], intervals: &VecDeque<Interval>, at: Instant) {
-        let backlog = backlog_per_topic(&self.topics, samples);
+        let backlog = backlog_per_topic(&self.all_topics(), samples);
         let busy: Duration = intervals.iter().map(|i| i.length).sum();
         let drained: u64 = intervals.iter().map(|i| i.drained).sum();
         let dead_letters = samples
@@ -242,9 +260,8 @@ impl Admission {
         let view = self.lock().clone();
         Snapshot {
             backlog: self
-                .topics
-                .iter()
-                .cloned()
+                .all_topics()
+                .into_iter()
                 .zip(view.backlog.iter().copied().chain(std::iter::repeat(0)))
                 .collect(),
             drain_rate: view.rate,
@@ -273,6 +290,25 @@ fn backlog_per_topic(topics: &[String], samples: &[PartitionSample]) -> Vec<u64>
                 .sum()
         })
         .collect()
+}
+
+/// Requests served between two samples: committed offsets advanced, less the requests
+/// forwarded to the `overflow` topics meanwhile (a forward commits its request and writes
+/// it again, to be served later).
+fn drained(overflow: &[String], before: &[PartitionSample], after: &[PartitionSample]) -> u64 {
+    let forwarded = written(overflow, after).saturating_sub(written(overflow, before));
+    committed(after)
+        .saturating_sub(committed(before))
+        .saturating_sub(forwarded)
+}
+
+/// End offsets summed over the partitions of `topics`: how many records were written.
+fn written(topics: &[String], samples: &[PartitionSample]) -> u64 {
+    samples
+        .iter()
+        .filter(|s| topics.contains(&s.topic))
+        .map(|s| s.high.max(0) as u64)
+        .sum()
 }
 
 /// Committed offsets summed over every partition (the start where none).

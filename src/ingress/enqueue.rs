@@ -156,6 +156,7 @@ async fn write(state: &IngressState, request: &Request, payload: &[u8]) -> Resul
             key,
             payload,
             headers: vec![(headers::ID, Some(request.id.as_bytes()))],
+            timestamp: None,
         }),
     )
     .await

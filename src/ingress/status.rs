@@ -48,7 +48,7 @@ pub struct StatusBody {
     pub sample_age_ms: Option<u64>,
 }
 
-/// One request topic's backlog.
+/// One request topic's backlog: a lane's, or a pool's overflow topic.
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct TopicQueued {
     pub topic: String,

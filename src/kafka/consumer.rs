@@ -10,7 +10,7 @@ use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, Rebalance, RebalanceProtocol, StreamConsumer,
 };
 use rdkafka::error::KafkaError;
-use rdkafka::ClientContext;
+use rdkafka::{ClientContext, TopicPartitionList};
 
 use super::log::{KafkaLog, STATS_INTERVAL_MS};
 
@@ -24,9 +24,9 @@ pub struct WorkerContext {
     pub tracker: Arc<Mutex<OffsetTracker>>,
     /// True while this member holds an assignment (possibly empty): it has joined the group.
     pub joined: Readiness,
-    /// Told the number of partitions assigned after every rebalance (0 on revoke), e.g.
-    /// to recompute this worker's share of group-wide rate limits.
-    pub on_assignment: Box<dyn Fn(usize) + Send + Sync>,
+    /// Told the partitions assigned after every rebalance (none on revoke), e.g. to
+    /// recompute this worker's share of group-wide rate limits.
+    pub on_assignment: Box<dyn Fn(&TopicPartitionList) + Send + Sync>,
     /// librdkafka's logs, connection failures summarised.
     pub log: KafkaLog,
 }
@@ -69,7 +69,7 @@ impl ConsumerContext for WorkerContext {
     /// takes some partitions and the member stays in the group with the rest; with the
     /// eager one it takes them all until the next assignment.
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let held = consumer.assignment().map_or(0, |a| a.count());
+        let held = consumer.assignment().unwrap_or_default();
         let cooperative = matches!(
             consumer.rebalance_protocol(),
             RebalanceProtocol::Cooperative
@@ -77,12 +77,12 @@ impl ConsumerContext for WorkerContext {
         match rebalance {
             Rebalance::Assign(_) => {
                 self.joined.set(true);
-                (self.on_assignment)(held);
+                (self.on_assignment)(&held);
             }
-            Rebalance::Revoke(_) if cooperative => (self.on_assignment)(held),
+            Rebalance::Revoke(_) if cooperative => (self.on_assignment)(&held),
             Rebalance::Revoke(_) => {
                 self.joined.set(false);
-                (self.on_assignment)(0);
+                (self.on_assignment)(&TopicPartitionList::new());
             }
             Rebalance::Error(_) => {}
         }
@@ -98,7 +98,7 @@ pub(crate) fn worker_consumer(
     kafka: &KafkaConfig,
     tracker: Arc<Mutex<OffsetTracker>>,
     joined: Readiness,
-    on_assignment: Box<dyn Fn(usize) + Send + Sync>,
+    on_assignment: Box<dyn Fn(&TopicPartitionList) + Send + Sync>,
     exactly_once: bool,
 ) -> Result<WorkerConsumer, KafkaError> {
     // Exactly-once: offsets are committed only inside the reply transactions.

@@ -34,6 +34,9 @@ pub struct Outgoing<'a> {
     pub payload: &'a [u8],
     /// `None` is a header without a value, which Kafka keeps distinct from an empty one.
     pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+    /// The record's timestamp (unix ms); `None`: now. A forwarded request keeps its
+    /// original one, which is when it was enqueued.
+    pub timestamp: Option<i64>,
 }
 
 /// Whether Kafka refused a record for its size (librdkafka's `message.max.bytes`, or the
@@ -142,10 +145,13 @@ impl Producer {
             headers = headers.insert(Header { key, value: *value });
         }
         let headers = propagation::inject_kafka(&span, headers);
-        let record = FutureRecord::to(message.topic)
+        let mut record = FutureRecord::to(message.topic)
             .key(message.key)
             .payload(message.payload)
             .headers(headers);
+        if let Some(timestamp) = message.timestamp {
+            record = record.timestamp(timestamp);
+        }
         let result = self
             .inner
             .send(record, Timeout::After(self.limits.queue_wait))

@@ -146,8 +146,14 @@ pub(crate) struct Sampler {
 }
 
 impl Sampler {
-    /// Looks the partitions up and starts the probe. Blocking.
-    pub fn new(kafka: &KafkaConfig, group: &str, topics: &[String]) -> Result<Self, SampleError> {
+    /// Looks the partitions of `topics` up, and of each of `optional` the cluster has (a
+    /// pool's overflow topic before a worker created it), and starts the probe. Blocking.
+    pub fn new(
+        kafka: &KafkaConfig,
+        group: &str,
+        topics: &[String],
+        optional: &[String],
+    ) -> Result<Self, SampleError> {
         let no_commits = [
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -180,8 +186,17 @@ impl Sampler {
         .map_err(SampleError::Probe)?;
         let mut partitions = TopicPartitionList::new();
         let mut at_end = TopicPartitionList::new();
-        for topic in topics {
-            for id in partition_ids(&probe, topic, METADATA_TIMEOUT)? {
+        let present = optional.iter().filter_map(|topic| {
+            match partition_ids(&probe, topic, METADATA_TIMEOUT) {
+                Err(e) if e.is_absent() => None,
+                found => Some((topic, found)),
+            }
+        });
+        let required = topics
+            .iter()
+            .map(|topic| (topic, partition_ids(&probe, topic, METADATA_TIMEOUT)));
+        for (topic, ids) in required.chain(present) {
+            for id in ids? {
                 partitions.add_partition(topic, id);
                 at_end
                     .add_partition_offset(topic, id, Offset::End)

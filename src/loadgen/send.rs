@@ -129,6 +129,7 @@ impl Target {
                         key: &id,
                         payload: &value,
                         headers: vec![(headers::ID, Some(id.as_bytes()))],
+                        timestamp: None,
                     })
                     .await;
                 match sent {

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, KafkaConfig};
 use crate::kafka::watermarks::{PartitionSample, Sampler};
+use crate::routing::Routes;
 
 /// Flags of `sluice lag`.
 #[derive(clap::Args, Debug, Clone)]
@@ -109,16 +110,28 @@ pub fn report(
     }
 }
 
-/// Reports the lag of the group on `Config::lane_topics()`.
+/// Reports the lag of the group on `Config::lane_topics()` and the pools' overflow topics
+/// that exist (the backlog of each pool that overflowed).
 pub async fn run(config: Config, args: LagArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let group = args
         .group
         .clone()
         .unwrap_or_else(|| config.kafka.group_id.clone());
     let topics = config.lane_topics();
+    let overflow: Vec<String> = Routes::from_config(&config)
+        .overflow_topics(&config.kafka.request_topic)
+        .into_iter()
+        .map(|(_, topic)| topic)
+        .collect();
     let interval = args.interval;
     let report = tokio::task::spawn_blocking(move || {
-        measure(&config.kafka, &group, &topics, interval, &shutdown)
+        measure(
+            &config.kafka,
+            &group,
+            (&topics, &overflow),
+            interval,
+            &shutdown,
+        )
     })
     .await
     .context("the lag task panicked")??;
@@ -133,11 +146,11 @@ pub async fn run(config: Config, args: LagArgs, shutdown: CancellationToken) -> 
 fn measure(
     kafka: &KafkaConfig,
     group: &str,
-    topics: &[String],
+    (topics, optional): (&[String], &[String]),
     interval: Duration,
     cancel: &CancellationToken,
 ) -> anyhow::Result<LagReport> {
-    let sampler = Sampler::new(kafka, group, topics)?;
+    let sampler = Sampler::new(kafka, group, topics, optional)?;
     let (t0, first) = sampler.sample(cancel)?;
     if interval.is_zero() {
         return Ok(report(group, None, &first, Duration::ZERO));

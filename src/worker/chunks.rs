@@ -89,6 +89,7 @@ async fn write(producer: &Producer, topic: &str, id: &str, seq: u64, chunk: Valu
                 (headers::ID, Some(id.as_bytes())),
                 (headers::KIND, Some(headers::KIND_CHUNK.as_bytes())),
             ],
+            timestamp: None,
         })
         .await;
     if let Err(e) = &sent {

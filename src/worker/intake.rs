@@ -13,11 +13,17 @@
 //!
 //! Each message is buffered with the pool of backends that serve its model
 //! ([`crate::routing`]): one scheduler per pool, so a pool whose backends are full or down
-//! never holds back the messages of another pool once they are buffered. (A lane's buffer
-//! counts every pool's messages, so a pool that stays full long enough still fills it and
-//! pauses the lane's partitions.)
+//! never holds back the messages of another pool once they are buffered. With several
+//! pools, each has its own bound of `worker.lane_buffer` per lane: a request whose pool is
+//! at its bound, while another pool has room, is forwarded to its pool's overflow topic
+//! ([`super::overflow`]) rather than buffered, so a full pool does not fill the lane and
+//! stop it for the others; the overflow topic is paused while its pool is full. A lane
+//! stops only when no pool has room, or when what cannot be forwarded (requests with an
+//! ordering key, whose order a copy elsewhere could break, and pools without an overflow
+//! topic) fills its bound.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -27,8 +33,10 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, TopicPartitionList};
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::outbox::Outbox;
+use super::overflow::{self, Overflow};
 use super::scheduler::fair::Weights;
 use super::scheduler::{Entry, Scheduler};
 use crate::envelope::{self, DecodeError, Request};
@@ -78,15 +86,48 @@ pub struct Intake {
     new_pools: mpsc::UnboundedSender<PoolKey>,
     /// Request topics, highest priority first; the index is the lane.
     lane_topics: Vec<String>,
-    /// Buffer size per lane that pauses the lane's partitions.
+    /// Buffer size per lane (and per pool and lane, with overflow topics) that pauses.
     lane_buffer: usize,
+    /// The pools' overflow topics (none with one pool).
+    overflow: Overflow,
+    /// Where forwards run, drained with the calls at shutdown; the group's id for their
+    /// spans.
+    forwards: (TaskTracker, String),
+    /// Forwards not written yet: at `lane_buffer`, requests are buffered instead, so a
+    /// slow overflow topic cannot make the worker hold more than its bounds.
+    forwarding: Arc<AtomicUsize>,
+}
+
+/// Counts a forward until its task ends.
+struct Forwarding(Arc<AtomicUsize>);
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How an [`Intake`] is made: what it buffers for, and its bounds.
+pub(crate) struct IntakeSettings {
+    /// Request topics, highest priority first.
+    pub lane_topics: Vec<String>,
+    pub lane_buffer: usize,
+    pub lane_min_share: f64,
+    pub tenant_weights: Weights,
+    pub overflow: Overflow,
+    /// Where forwards run (the worker drains it).
+    pub tasks: TaskTracker,
+    pub group_id: String,
 }
 
 struct State {
     /// Each pool's buffer.
     pools: BTreeMap<PoolKey, Pool>,
-    /// Which lanes are paused now.
-    paused: Vec<bool>,
+    /// The lane and overflow topics paused now.
+    paused: HashSet<String>,
+    /// Pools that forwarded since their buffer was last empty: their requests keep going
+    /// to the overflow topic, behind the ones already there, rather than overtake them.
+    overflowing: HashSet<PoolKey>,
 }
 
 /// The messages waiting for one pool of backends.
@@ -104,34 +145,78 @@ impl State {
             .map(|p| p.scheduler.buffered(lane))
             .sum()
     }
+
+    /// Entries of `pool` buffered in `lane`.
+    fn in_pool(&self, pool: &[usize], lane: usize) -> usize {
+        self.pools
+            .get(pool)
+            .map_or(0, |p| p.scheduler.buffered(lane))
+    }
+
+    /// Entries of `pool` buffered, over every lane.
+    fn pool_total(&self, pool: &[usize]) -> usize {
+        self.pools.get(pool).map_or(0, |p| p.scheduler.len())
+    }
+
+    /// Whether a request of `pool` in `lane` belongs in the pool's overflow topic: the pool
+    /// has one and is at `bound` there (or forwarded since its buffer was last empty), and
+    /// another pool waits for the lane (it has room there and is not overflowing itself:
+    /// its room fills from its own topic).
+    fn overflows(&self, overflow: &Overflow, bound: usize, pool: &[usize], lane: usize) -> bool {
+        let full = self.in_pool(pool, lane) >= bound || self.overflowing.contains(pool);
+        let waiting_elsewhere = overflow.pools().any(|other| {
+            other.as_slice() != pool
+                && self.in_pool(other, lane) < bound
+                && !self.overflowing.contains(other)
+        });
+        overflow.topic_of(pool).is_some() && full && waiting_elsewhere
+    }
+
+    /// Whether `lane` holds `limit` entries in the sense that stops it: what overflow
+    /// cannot take (entries beyond each overflow pool's bound, and every other pool's)
+    /// reaches `limit`, or no overflow pool has fewer than `limit`. Without overflow
+    /// topics: the lane's entries reach `limit`.
+    fn lane_at(&self, overflow: &Overflow, bound: usize, lane: usize, limit: usize) -> bool {
+        let within: usize = overflow
+            .pools()
+            .map(|pool| self.in_pool(pool, lane).min(bound))
+            .sum();
+        let beyond = self.buffered(lane) - within;
+        let no_room = !overflow.is_empty()
+            && overflow
+                .pools()
+                .all(|pool| self.in_pool(pool, lane) >= limit);
+        beyond >= limit || no_room
+    }
 }
 
 impl Intake {
     /// The intake, and where it announces each pool as its first message arrives.
-    pub fn new(
+    pub(crate) fn new(
         consumer: Arc<WorkerConsumer>,
         outbox: Arc<Outbox>,
         routes: Arc<Routes>,
-        lane_topics: Vec<String>,
-        lane_buffer: usize,
-        lane_min_share: f64,
-        tenant_weights: Weights,
+        settings: IntakeSettings,
     ) -> (Self, mpsc::UnboundedReceiver<PoolKey>) {
-        let lanes = lane_topics.len();
+        let lanes = settings.lane_topics.len();
         let (new_pools, pools) = mpsc::unbounded_channel();
         let intake = Self {
             consumer,
             outbox,
             state: Mutex::new(State {
                 pools: BTreeMap::new(),
-                paused: vec![false; lanes],
+                paused: HashSet::new(),
+                overflowing: HashSet::new(),
             }),
             room: Notify::new(),
             routes,
-            lanes: (lanes, lane_min_share, tenant_weights),
+            lanes: (lanes, settings.lane_min_share, settings.tenant_weights),
             new_pools,
-            lane_topics,
-            lane_buffer,
+            lane_topics: settings.lane_topics,
+            lane_buffer: settings.lane_buffer,
+            overflow: settings.overflow,
+            forwards: (settings.tasks, settings.group_id),
+            forwarding: Arc::default(),
         };
         (intake, pools)
     }
@@ -174,12 +259,13 @@ impl Intake {
             room.as_mut().enable();
             {
                 let mut state = self.lock_state();
-                if state.buffered(0) < self.lane_buffer || state.paused[0] {
+                let topic = &self.lane_topics[0];
+                if !self.lane_full(&state, 0) || state.paused.contains(topic) {
                     return true;
                 }
                 if waiting_since.elapsed() >= KEEPALIVE {
                     tracing::debug!("buffer full for a while; pausing to keep polling");
-                    self.set_paused(&mut state, 0, true);
+                    self.set_paused(&mut state, topic, true);
                     return true;
                 }
             }
@@ -189,6 +275,44 @@ impl Intake {
                 _ = tokio::time::sleep_until(waiting_since + KEEPALIVE) => {}
             }
         }
+    }
+
+    /// Whether `lane` is full: it stops receiving (one lane) or is paused.
+    fn lane_full(&self, state: &State, lane: usize) -> bool {
+        state.lane_at(&self.overflow, self.lane_buffer, lane, self.lane_buffer)
+    }
+
+    /// The lane of `message`: its topic's, or for a forwarded copy the topic it first
+    /// arrived on; the lowest for a topic no lane has.
+    fn lane_of(&self, message: &OwnedMessage) -> usize {
+        let topic = match self.overflow.pool_of(message.topic()) {
+            Some(_) => overflow::source_topic(message).unwrap_or_default(),
+            None => message.topic().to_string(),
+        };
+        self.lane_topics
+            .iter()
+            .position(|t| *t == topic)
+            .unwrap_or(self.lane_topics.len() - 1)
+    }
+
+    /// The overflow topic `message` goes to instead of the buffer: it came from a lane
+    /// topic, has no ordering key, fits, its pool overflows ([`State::overflows`]), and
+    /// fewer than `lane_buffer` forwards are unwritten. So only what stands in another
+    /// pool's way is written twice.
+    fn forward_to(
+        &self,
+        state: &State,
+        message: &OwnedMessage,
+        pool: &[usize],
+        lane: usize,
+        keyed: bool,
+    ) -> Option<String> {
+        let topic = self.overflow.topic_of(pool)?;
+        let from_lane = self.overflow.pool_of(message.topic()).is_none();
+        let overflows = state.overflows(&self.overflow, self.lane_buffer, pool, lane);
+        let room = self.forwarding.load(Ordering::Relaxed) < self.lane_buffer;
+        (from_lane && !keyed && overflows && room && self.overflow.fits(message))
+            .then(|| topic.to_string())
     }
 
     fn push(&self, message: OwnedMessage) {
@@ -205,13 +329,26 @@ impl Intake {
             .ok()
             .and_then(|r| r.tenant.as_deref())
             .map(Arc::from);
-        let lane = self
-            .lane_topics
-            .iter()
-            .position(|t| t == message.topic())
-            .unwrap_or(self.lane_topics.len() - 1);
+        let lane = self.lane_of(&message);
         let changed = {
             let mut state = self.lock_state();
+            if let Some(topic) =
+                self.forward_to(&state, &message, &key, lane, ordering_key.is_some())
+            {
+                state.overflowing.insert(key);
+                drop(state);
+                let (tasks, group) = &self.forwards;
+                self.forwarding.fetch_add(1, Ordering::Relaxed);
+                let counted = Forwarding(self.forwarding.clone());
+                let forward =
+                    overflow::forward(self.outbox.clone(), message, topic, ticket, group.clone());
+                tasks.spawn(async move {
+                    forward.await;
+                    drop(counted);
+                });
+                return;
+            }
+            let source = message.topic().to_string();
             let pool = state.pools.entry(key.clone()).or_insert_with(|| {
                 // A dispatcher that is gone (the worker is stopping) does not matter.
                 let _ = self.new_pools.send(key);
@@ -233,10 +370,19 @@ impl Intake {
                 },
             });
             let changed = pool.changed.clone();
-            // Re-pausing a paused lane also covers partitions assigned since the pause.
+            // Re-pausing a paused topic also covers partitions assigned since the pause.
+            if let Some(source_pool) = self.overflow.pool_of(&source) {
+                if state.pool_total(source_pool) >= self.lane_buffer
+                    || state.paused.contains(&source)
+                {
+                    self.set_paused(&mut state, &source, true);
+                }
+            }
+            let lane_topic = &self.lane_topics[lane];
             let several_lanes = self.lane_topics.len() > 1;
-            if (several_lanes && state.buffered(lane) >= self.lane_buffer) || state.paused[lane] {
-                self.set_paused(&mut state, lane, true);
+            if (several_lanes && self.lane_full(&state, lane)) || state.paused.contains(lane_topic)
+            {
+                self.set_paused(&mut state, lane_topic, true);
             }
             changed
         };
@@ -264,10 +410,7 @@ impl Intake {
             let entry = {
                 let mut state = self.lock_state();
                 let entry = state.pools.get_mut(pool)?.scheduler.pop()?;
-                let lane = entry.lane;
-                if state.paused[lane] && state.buffered(lane) <= self.lane_buffer / 2 {
-                    self.set_paused(&mut state, lane, false);
-                }
+                self.resume_below_half(&mut state, pool, entry.lane);
                 entry
             };
             self.room.notify_one();
@@ -276,6 +419,25 @@ impl Intake {
                 return Some(entry);
             }
             self.finished(pool, entry.ordering_key.as_deref());
+        }
+    }
+
+    /// Resumes `lane`'s topic, and `pool`'s overflow topic, once below half their bound.
+    fn resume_below_half(&self, state: &mut State, pool: &[usize], lane: usize) {
+        let half = self.lane_buffer / 2;
+        let lane_topic = &self.lane_topics[lane];
+        if state.paused.contains(lane_topic)
+            && !state.lane_at(&self.overflow, self.lane_buffer, lane, half + 1)
+        {
+            self.set_paused(state, lane_topic, false);
+        }
+        if let Some(topic) = self.overflow.topic_of(pool) {
+            if state.paused.contains(topic) && state.pool_total(pool) <= half {
+                self.set_paused(state, topic, false);
+            }
+        }
+        if state.pool_total(pool) == 0 {
+            state.overflowing.remove(pool);
         }
     }
 
@@ -321,11 +483,14 @@ impl Intake {
             .expect("intake lock is never poisoned: no panics while held")
     }
 
-    /// Pauses or resumes every assigned partition of `lane`'s topic (local, non-blocking
+    /// Pauses or resumes every assigned partition of `topic` (local, non-blocking
     /// librdkafka calls, so fine under the lock).
-    fn set_paused(&self, state: &mut State, lane: usize, pause: bool) {
-        let topic = &self.lane_topics[lane];
-        let was = std::mem::replace(&mut state.paused[lane], pause);
+    fn set_paused(&self, state: &mut State, topic: &str, pause: bool) {
+        let was = if pause {
+            !state.paused.insert(topic.to_string())
+        } else {
+            state.paused.remove(topic)
+        };
         let assignment = match self.consumer.assignment() {
             Ok(assignment) => assignment,
             Err(e) => {
@@ -354,5 +519,117 @@ impl Intake {
                 tracing::warn!(error = %e, topic = %topic, paused = pause, "pausing or resuming failed")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BOUND: usize = 4;
+
+    /// Buffers holding `counts` (pool, lane, entries), `overflowing` pools marked so.
+    fn state(counts: &[(&[usize], usize, usize)], overflowing: &[&[usize]]) -> State {
+        let mut pools: BTreeMap<PoolKey, Pool> = BTreeMap::new();
+        for &(pool, lane, n) in counts {
+            let entry = pools.entry(pool.to_vec()).or_insert_with(|| Pool {
+                scheduler: Scheduler::new(2, 0.0),
+                changed: Arc::new(Notify::new()),
+            });
+            for _ in 0..n {
+                entry.scheduler.push(Entry {
+                    lane,
+                    ordering_key: None,
+                    tenant: None,
+                    item: empty_taken(),
+                });
+            }
+        }
+        State {
+            pools,
+            paused: HashSet::new(),
+            overflowing: overflowing.iter().map(|p| p.to_vec()).collect(),
+        }
+    }
+
+    fn empty_taken() -> Taken {
+        let message = OwnedMessage::new(
+            None,
+            None,
+            "t".into(),
+            rdkafka::Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        Taken {
+            message,
+            request: Err(DecodeError::Empty),
+            ticket: crate::kafka::offsets::OffsetTracker::new().begin("t", 0, 0),
+            route: None,
+        }
+    }
+
+    fn two_pools() -> Overflow {
+        Overflow::new(
+            vec![(vec![0], "t.pool.a".into()), (vec![1], "t.pool.b".into())],
+            1 << 20,
+        )
+    }
+
+    #[test]
+    fn without_overflow_topics_a_lane_stops_at_its_bound_as_before() {
+        let none = Overflow::default();
+        let s = state(&[(&[0], 0, 3), (&[1], 0, 1)], &[]);
+        assert!(s.lane_at(&none, BOUND, 0, BOUND), "4 over both pools");
+        assert!(!s.lane_at(&none, BOUND, 1, BOUND));
+        assert!(
+            !s.overflows(&none, BOUND, &[0], 0),
+            "no topic to forward to"
+        );
+    }
+
+    #[test]
+    fn a_full_pool_overflows_while_another_waits_and_the_lane_goes_on() {
+        let overflow = two_pools();
+        let s = state(&[(&[0], 0, BOUND)], &[]);
+        assert!(s.overflows(&overflow, BOUND, &[0], 0));
+        assert!(!s.overflows(&overflow, BOUND, &[1], 0), "b has room");
+        assert!(!s.lane_at(&overflow, BOUND, 0, BOUND), "b still has room");
+        // Once a has forwarded, its next requests follow to its topic even with room.
+        let s = state(&[(&[0], 0, 1)], &[&[0]]);
+        assert!(s.overflows(&overflow, BOUND, &[0], 0));
+    }
+
+    #[test]
+    fn no_pool_overflows_into_one_that_fills_from_its_own_topic_or_is_full() {
+        let overflow = two_pools();
+        let s = state(&[(&[0], 0, BOUND), (&[1], 0, 1)], &[&[1]]);
+        assert!(!s.overflows(&overflow, BOUND, &[0], 0), "b is overflowing");
+        let s = state(&[(&[0], 0, BOUND), (&[1], 0, BOUND)], &[]);
+        assert!(!s.overflows(&overflow, BOUND, &[0], 0));
+        assert!(
+            s.lane_at(&overflow, BOUND, 0, BOUND),
+            "no pool has room: the lane stops"
+        );
+        // Resumes below half: both pools at 2 of 4 are not "at 3".
+        let s = state(&[(&[0], 0, 2), (&[1], 0, 2)], &[]);
+        assert!(!s.lane_at(&overflow, BOUND, 0, BOUND / 2 + 1));
+    }
+
+    #[test]
+    fn what_cannot_overflow_still_stops_the_lane_at_its_bound() {
+        let overflow = two_pools();
+        // a holds 4 beyond its bound (keyed requests), and a third pool without a topic 1.
+        let s = state(
+            &[(&[0], 0, 2 * BOUND - 1), (&[0, 1], 0, 1), (&[1], 0, 0)],
+            &[],
+        );
+        assert!(
+            s.lane_at(&overflow, BOUND, 0, BOUND),
+            "3 beyond a's bound + 1"
+        );
+        let s = state(&[(&[0], 0, BOUND + 2), (&[0, 1], 0, 1)], &[]);
+        assert!(!s.lane_at(&overflow, BOUND, 0, BOUND));
     }
 }

@@ -39,6 +39,8 @@ pub struct WorkerMetrics {
     pub retries: Counter,
     /// Dead letters written.
     pub dead_letters: Counter,
+    /// Requests forwarded to their pool's overflow topic (the pool was full).
+    pub forwarded: Counter,
     /// Messages taken and not yet finished.
     pub in_flight: Gauge,
     /// The configured cap on in-flight messages.
@@ -94,6 +96,7 @@ impl WorkerMetrics {
             backend_calls: Family::default(),
             retries: Counter::default(),
             dead_letters: Counter::default(),
+            forwarded: Counter::default(),
             in_flight: Gauge::default(),
             max_in_flight: Gauge::default(),
             queue_wait_seconds: crate::metrics::latency_histogram(),
@@ -138,6 +141,11 @@ impl WorkerMetrics {
             "dead_letters",
             "Dead letters written",
             m.dead_letters.clone(),
+        );
+        r.register(
+            "forwarded",
+            "Requests forwarded to their pool's overflow topic while the pool was full",
+            m.forwarded.clone(),
         );
         r.register(
             "in_flight",

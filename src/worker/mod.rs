@@ -39,6 +39,7 @@ pub mod lag;
 pub mod metrics;
 pub(crate) mod outbox;
 pub mod output;
+pub(crate) mod overflow;
 pub mod process;
 pub mod scheduler;
 pub mod summary;
@@ -51,6 +52,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use prometheus_client::registry::Registry;
 use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -70,9 +72,10 @@ use crate::routing::Routes;
 use backends::Backends;
 use dispatch::Dispatch;
 use housekeeping::{Observed, PartitionTotal, Upkeep};
-use intake::{Intake, PoolKey};
+use intake::{Intake, IntakeSettings, PoolKey};
 use metrics::{ClassLabel, WorkerMetrics};
 use outbox::Outbox;
+use overflow::Overflow;
 use process::Shared;
 
 /// librdkafka `message.timeout.ms` for replies: a failed write is retried by the outbox.
@@ -130,6 +133,8 @@ pub struct Worker {
     after_drain: CancellationToken,
     admin: JoinHandle<std::io::Result<()>>,
     companions: Vec<JoinHandle<()>>,
+    /// Where started messages and forwards run, drained at shutdown.
+    tasks: TaskTracker,
 }
 
 impl Worker {
@@ -159,7 +164,14 @@ impl Worker {
                 .map(|b| b.handles.rate_share.clone())
                 .collect();
             let total = total_partitions.clone();
-            Box::new(move |assigned: usize| {
+            let lanes = config.lane_topics();
+            // The share counts the lanes' partitions, as the total does (not overflow topics).
+            Box::new(move |held: &TopicPartitionList| {
+                let assigned = held
+                    .elements()
+                    .iter()
+                    .filter(|e| lanes.iter().any(|t| t == e.topic()))
+                    .count();
                 if total.get() > 0 || assigned == 0 {
                     for share in &shares {
                         share.set_share(assigned, total.get().max(assigned));
@@ -178,7 +190,14 @@ impl Worker {
             .context("creating the Kafka consumer")?,
         );
         let request_topics = config.lane_topics();
-        let topics: Vec<&str> = request_topics.iter().map(String::as_str).collect();
+        let overflow = Overflow::prepare(&config, &routes, &consumer).await;
+        // What the worker reads: the lanes, then the pools' overflow topics.
+        let read_topics: Vec<String> = request_topics
+            .iter()
+            .chain(overflow.topics())
+            .cloned()
+            .collect();
+        let topics: Vec<&str> = read_topics.iter().map(String::as_str).collect();
         consumer
             .subscribe(&topics)
             .context("subscribing to the request topics")?;
@@ -203,21 +222,30 @@ impl Worker {
             )
             .await?,
         );
+        let tasks = TaskTracker::new();
         let (intake, new_pools) = Intake::new(
             consumer.clone(),
             outbox.clone(),
             routes,
-            request_topics.clone(),
-            config.worker.lane_buffer,
-            config.worker.lane_min_share,
-            Arc::new(config.worker.tenant_weights.clone().into_iter().collect()),
+            IntakeSettings {
+                lane_topics: request_topics.clone(),
+                lane_buffer: config.worker.lane_buffer,
+                lane_min_share: config.worker.lane_min_share,
+                tenant_weights: Arc::new(
+                    config.worker.tenant_weights.clone().into_iter().collect(),
+                ),
+                overflow,
+                tasks: tasks.clone(),
+                group_id: config.kafka.group_id.clone(),
+            },
         );
         let intake = Arc::new(intake);
         let shared = Arc::new(Shared {
             config: config.clone(),
             worker_id: config.worker_id(),
             metrics: metrics.clone(),
-            request_topics: request_topics.clone(),
+            // `reply_to` may name none of them.
+            request_topics: read_topics.clone(),
             // Its own producer, outside any transaction: a chunk is useful only at once.
             chunk_producer: Producer::new(&config.kafka, REPLY_LIMITS)
                 .context("creating the Kafka producer for stream chunks")?,
@@ -282,7 +310,7 @@ impl Worker {
                         .collect(),
                     intake: intake.clone(),
                     metrics,
-                    lag: LagMeter::new(consumer.clone(), request_topics, tracker),
+                    lag: LagMeter::new(consumer.clone(), read_topics, tracker),
                     max_in_flight: config.worker.max_in_flight,
                 },
                 stop.clone(),
@@ -307,13 +335,14 @@ impl Worker {
             after_drain,
             admin,
             companions,
+            tasks,
         })
     }
 
     /// Starts buffered messages until the stop signal, then drains: a dispatcher per pool
     /// of backends, each started as the pool's first message arrives.
     pub async fn run(mut self) -> anyhow::Result<()> {
-        let tasks = TaskTracker::new();
+        let tasks = self.tasks.clone();
         let dispatch = Arc::new(Dispatch {
             shared: self.shared.clone(),
             outbox: self.outbox.clone(),

@@ -21,7 +21,7 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::WorkerMetrics;
-use super::output::Output;
+use super::output::{Output, FORWARDED};
 use super::transactions::{Transactions, TxnOutput};
 use crate::envelope::now_ms;
 use crate::kafka::consumer::WorkerConsumer;
@@ -154,6 +154,7 @@ impl Outbox {
                         key: record.key,
                         payload: record.payload,
                         headers: record.headers,
+                        timestamp: record.timestamp,
                         ticket,
                     })
                     .await;
@@ -193,6 +194,7 @@ impl Outbox {
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_deref()))
                         .collect(),
+                    timestamp: record.timestamp,
                 })
                 .await;
             let e = match sent {
@@ -218,6 +220,10 @@ impl Outbox {
     }
 
     fn finished(&self, outcome: &str, enqueued_ms: Option<u64>) {
+        if outcome == FORWARDED {
+            self.metrics.forwarded.inc();
+            return;
+        }
         self.metrics.finished(outcome);
         match enqueued_ms {
             Some(enqueued) => {

@@ -1,6 +1,8 @@
 //! The one output a message ends in, as the record written for it: a final reply on its
 //! reply topic, or a dead letter. An output too large for its topic becomes a smaller one
-//! that is still the message's one outcome ([`Output::shrink`]).
+//! that is still the message's one outcome ([`Output::shrink`]). A request forwarded to
+//! its pool's overflow topic ([`super::overflow`]) ends here too: its outcome comes later,
+//! from the forwarded copy.
 
 use super::dead_letter::DeadLetter;
 use crate::envelope::{headers, Reply, ReplyError, Status};
@@ -9,7 +11,21 @@ use crate::envelope::{headers, Reply, ReplyError, Status};
 pub enum Output {
     Reply { topic: String, reply: Reply },
     DeadLetter(DeadLetter),
+    Forward(Forward),
 }
+
+/// A request moved, as it is, to the overflow topic of its pool.
+pub struct Forward {
+    pub topic: String,
+    pub key: String,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// The original record's timestamp, when the request was enqueued.
+    pub timestamp: Option<i64>,
+}
+
+/// The outcome label of [`Output::Forward`]: not a finished message.
+pub(crate) const FORWARDED: &str = "forwarded";
 
 /// An output as a record to write.
 pub struct Record {
@@ -19,6 +35,7 @@ pub struct Record {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub timestamp: Option<i64>,
 }
 
 impl Output {
@@ -36,6 +53,7 @@ impl Output {
                 ],
                 key: reply.id.clone(),
                 topic: topic.clone(),
+                timestamp: None,
             },
             Output::DeadLetter(dl) => Record {
                 outcome: "dead_letter",
@@ -43,6 +61,15 @@ impl Output {
                 key: dl.key_text(),
                 payload: dl.value.clone(),
                 headers: dl.headers.clone(),
+                timestamp: None,
+            },
+            Output::Forward(forward) => Record {
+                outcome: FORWARDED,
+                topic: forward.topic.clone(),
+                key: forward.key.clone(),
+                payload: forward.payload.clone(),
+                headers: forward.headers.clone(),
+                timestamp: forward.timestamp,
             },
         }
     }
@@ -52,9 +79,11 @@ impl Output {
     /// its value, then the original key and headers ([`DeadLetter::shrink`]); a reply
     /// becomes an `error` reply of type `reply_too_large` without body and metadata (the
     /// metadata is echoed from the request, so request and completion together can
-    /// exceed what Kafka takes although each alone did not).
+    /// exceed what Kafka takes although each alone did not). A forwarded request cannot
+    /// shrink (only requests well below the limit are forwarded).
     pub(crate) fn shrink(&self) -> Option<Output> {
         match self {
+            Output::Forward(_) => None,
             Output::DeadLetter(dl) => dl.shrink().map(Output::DeadLetter),
             Output::Reply { reply, .. } if reply.body.is_none() && reply.metadata.is_none() => None,
             Output::Reply { topic, reply } => Some(Output::Reply {

@@ -68,7 +68,7 @@ pub async fn handle(shared: &Shared, outbox: &Outbox, taken: Taken, call: Option
         let output = decide(shared, &message, request, route, call).await;
         let enqueued_ms = match &output {
             Output::Reply { reply, .. } => Some(reply.timing.enqueued_ms),
-            Output::DeadLetter(_) => None,
+            Output::DeadLetter(_) | Output::Forward(_) => None,
         };
         outbox.deliver(output, enqueued_ms, ticket).await
     }

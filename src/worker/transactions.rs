@@ -38,6 +38,8 @@ pub(crate) struct TxnOutput {
     pub key: String,
     pub payload: Vec<u8>,
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// See [`crate::kafka::producer::Outgoing::timestamp`].
+    pub timestamp: Option<i64>,
     pub ticket: Ticket,
 }
 
@@ -136,6 +138,7 @@ async fn commit_batch(
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_deref()))
                     .collect(),
+                timestamp: p.timestamp,
             })
             .await?;
     }

@@ -5,6 +5,7 @@ fn admission(topics: &[&str]) -> Admission {
     Admission {
         enabled: true,
         topics: topics.iter().map(|t| t.to_string()).collect(),
+        overflow: Vec::new(),
         dlq_topic: "dlq".into(),
         state: Mutex::default(),
         gauges: Family::default(),
@@ -145,4 +146,36 @@ fn switched_off_it_admits_everything() {
     a.enabled = false;
     a.update(&[sample("req", 0, 0, 10_000)], &busy(6, 0), Instant::now());
     assert!(a.check("req", in_seconds(1)).is_ok());
+}
+
+#[test]
+fn an_overflow_topics_backlog_is_shown_but_not_ahead_of_another_pools_requests() {
+    let mut a = admission(&["req"]);
+    a.overflow = vec!["req.pool.big".into()];
+    let samples = [
+        sample("req", 0, 900, 1000),
+        sample("req.pool.big", 0, 0, 4000),
+    ];
+    a.update(&samples, &busy(1, 100), Instant::now());
+    let snapshot = a.snapshot();
+    assert_eq!(
+        snapshot.backlog,
+        [("req".to_string(), 100), ("req.pool.big".to_string(), 4000)]
+    );
+    let wait = a.expected_wait("req").unwrap();
+    assert!(
+        (0.9..=1.1).contains(&wait.as_secs_f64()),
+        "the lane's 100 only: {wait:?}"
+    );
+    // 1,000 taken from the lane, 600 of them forwarded; 400 served from the overflow topic.
+    let before = [sample("req", 0, 0, 1000), sample("req.pool.big", 0, 0, 0)];
+    let after = [
+        sample("req", 0, 1000, 1000),
+        sample("req.pool.big", 0, 400, 600),
+    ];
+    assert_eq!(
+        drained(&a.overflow, &before, &after),
+        800,
+        "served: 400 from the lane, 400 from the overflow topic; 600 forwarded"
+    );
 }

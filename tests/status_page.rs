@@ -136,6 +136,10 @@ async fn after_a_burst_the_page_shows_what_the_metrics_say() {
         .as_u64()
         .expect("an estimate");
     assert_eq!(page["capacity"], capacity.to_string());
+    assert_eq!(
+        status["backends"][0]["breaker"], "closed",
+        "each backend's breaker, as the workers report it"
+    );
     assert!(
         page["drain-rate"].parse::<f64>().is_ok_and(|r| r > 0.0),
         "{:?}",

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::context::GroupContext;
 use super::record::{StateRecord, VERSION};
 use super::view::{GroupView, Observed};
+use crate::backend::breaker::{BreakerHandle, BreakerState};
 use crate::backend::concurrency::{Controller, Estimate};
 use crate::envelope::now_ms;
 
@@ -100,6 +101,8 @@ pub(crate) struct Pacer<B> {
     pub bus: B,
     pub incoming: mpsc::Receiver<StateRecord>,
     pub status: Arc<GroupStatus>,
+    /// The backend's circuit breaker, whose state the records carry (`None`: no breaker).
+    pub breaker: Option<BreakerHandle>,
 }
 
 /// Whether records make the round trip, and which are still on their way.
@@ -126,6 +129,7 @@ struct Published {
     /// calls reach the backend at.
     in_flight: usize,
     grouped: bool,
+    breaker: BreakerState,
 }
 
 impl<B: Bus> Pacer<B> {
@@ -294,6 +298,10 @@ impl<B: Bus> Pacer<B> {
             permits,
             in_flight: self.controller.in_flight(),
             grouped: link.grouped,
+            breaker: self
+                .breaker
+                .as_ref()
+                .map_or(BreakerState::Closed, BreakerHandle::state),
         };
         let due = match last {
             None => true,
@@ -317,6 +325,8 @@ impl<B: Bus> Pacer<B> {
             estimate: estimate.into(),
             grouped: link.grouped,
             leaving,
+            breaker: (summary.breaker != BreakerState::Closed)
+                .then(|| summary.breaker.label().to_string()),
         });
         // Bounded: while nothing comes back the oldest entry alone decides.
         if link.unechoed.len() < 256 {
@@ -368,6 +378,7 @@ mod tests {
             },
             grouped: true,
             leaving: true,
+            breaker: None,
         }
     }
 
@@ -385,6 +396,7 @@ mod tests {
             bus: Nowhere,
             incoming,
             status: Arc::new(GroupStatus::default()),
+            breaker: None,
         };
         let stop = CancellationToken::new();
         let task = tokio::spawn(pacer.run(stop.clone()));

@@ -34,6 +34,10 @@ pub(crate) struct StateRecord {
     /// The writer is leaving: its share is free now.
     #[serde(default)]
     pub leaving: bool,
+    /// The writer's circuit breaker for the backend, when not closed (`open`,
+    /// `half_open`): for the status page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<String>,
 }
 
 /// [`Estimate`] on the wire.
@@ -103,6 +107,7 @@ mod tests {
             },
             grouped: true,
             leaving: false,
+            breaker: None,
         };
         let json = serde_json::to_value(&record).unwrap();
         assert_eq!(json["estimate"]["limit"], 16);

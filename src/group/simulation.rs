@@ -238,6 +238,7 @@ pub(super) async fn run_recorded(case: Case) -> (Outcome, Record, f64) {
             bus: bus.clone(),
             incoming,
             status: Arc::new(GroupStatus::default()),
+            breaker: None,
         };
         if case.grouped {
             tokio::spawn(pacer.run(stop.clone()));

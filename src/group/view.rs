@@ -213,6 +213,7 @@ mod tests {
             },
             grouped: true,
             leaving: false,
+            breaker: None,
         }
     }
 

@@ -37,6 +37,8 @@ pub struct BackendView {
     pub capacity_estimate: Option<usize>,
     /// `in_flight / capacity_estimate`.
     pub utilisation: Option<f64>,
+    /// The worst of the workers' circuit breakers for it: `closed`, `half_open` or `open`.
+    pub breaker: &'static str,
 }
 
 impl GroupWatch {
@@ -93,6 +95,7 @@ impl GroupWatch {
                     utilisation: capacity_estimate
                         .filter(|c| *c > 0)
                         .map(|c| in_flight as f64 / c as f64),
+                    breaker: worst_breaker(view.others().map(|r| r.breaker.as_deref())),
                 })
             })
             .collect();
@@ -105,6 +108,20 @@ impl GroupWatch {
             .lock()
             .expect("group watch lock is never poisoned: no code panics while holding it")
     }
+}
+
+/// The worst of the breakers the workers report (`None`: closed): one worker that cannot
+/// reach the backend is worth seeing.
+fn worst_breaker<'a>(states: impl Iterator<Item = Option<&'a str>>) -> &'static str {
+    let mut worst = "closed";
+    for state in states.flatten() {
+        match state {
+            "open" => return "open",
+            "half_open" => worst = "half_open",
+            _ => {}
+        }
+    }
+    worst
 }
 
 #[cfg(test)]
@@ -130,6 +147,7 @@ mod tests {
             },
             grouped: true,
             leaving: false,
+            breaker: None,
         }
     }
 
@@ -148,6 +166,17 @@ mod tests {
         // version and time used to win here, so the page showed 16).
         assert_eq!(view.capacity_estimate, Some(14));
         assert_eq!(view.utilisation, Some(12.0 / 14.0));
+        assert_eq!(view.breaker, "closed");
+        let open = StateRecord {
+            breaker: Some("open".into()),
+            ..record("b", 2, 0, 14, 3)
+        };
+        watch.observe(open, now, ms);
+        assert_eq!(
+            watch.backends_at(now, ms)[0].breaker,
+            "open",
+            "one worker's is shown"
+        );
         assert!(
             watch.backends_at(now + MEMBER_TTL, ms).is_empty(),
             "silent workers drop out when the workers drop them"

@@ -523,6 +523,7 @@ fn start_group_pacing(
             bus: bus.clone(),
             incoming: incoming.next().expect("one channel per backend"),
             status: status.clone(),
+            breaker: Some(backend.handles.breaker.clone()),
         };
         statuses.push(status);
         tasks.push(tokio::spawn(pacer.run(stop.clone())));

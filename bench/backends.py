@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """bench-backends: several backends behind one group of workers.
 
-Three cases, each RUNS times on a fresh broker, backends and workers (2 workers, defaults):
+Four cases, each RUNS times on a fresh broker, backends and workers (2 workers, defaults):
 
   models  two models on two mock backends of different capacities (16 and 48 slots x 132 ms,
           429 above their slots), one mixed burst at 10x each backend's capacity: each
@@ -16,7 +16,14 @@ Three cases, each RUNS times on a fresh broker, backends and workers (2 workers,
           (its mock starts then), in the other it is up throughout: the first model's
           queue-wait p99 in both, and how the second model's requests ended
 
-Usage: bench/backends.py [--runs 5] [--cases models,pool,down] [--requests 2400]
+  degrade a big model (16 slots) with a fallback chain to a small one (48 slots) on
+          `deadline`; the small one warmed first (1,500 requests at 2x its capacity), then
+          1,200 requests for the big model at 10x its capacity, each with a 3 s deadline:
+          served by each, expired, and whether the small one had room (its utilisation over
+          the burst: below 1, expired requests are ones it had room for), beside the same run
+          without the chain
+
+Usage: bench/backends.py [--runs 5] [--cases models,pool,down,degrade] [--requests 2400]
 Environment: SLUICE_BIN (skip the build), SLUICE_TANSU_BIN.
 """
 
@@ -35,10 +42,10 @@ from group import LATENCY_MS, MAX_TOKENS, PARTITIONS, PER_TOKEN_MS, SERVICE_S  #
 WORKERS = 2
 
 
-def config_file(backends):
-    """A TOML file naming each (name, url, model) backend."""
+def config_file(backends, extra=""):
+    """A TOML file naming each (name, url, model) backend, then `extra`."""
     text = "".join(f'[backends.{name}]\nurl = "{url}"\nmodels = ["{model}"]\n\n'
-                   for name, url, model in backends)
+                   for name, url, model in backends) + extra
     f = tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False)
     f.write(text)
     f.close()
@@ -162,6 +169,53 @@ def down_run(binary, outage):
                 "b_failed": h.failed(b), "b_completed": b["completed"]}
 
 
+DEGRADE_REQUESTS = 1200
+DEGRADE_DEADLINE_MS = 3000
+
+
+def degrade_run(binary, with_chain):
+    """The big model at 10x its capacity with 3 s deadlines, falling back to the small one
+    `with_chain` (else without a chain: the same run as a baseline)."""
+    with h.Procs("backends-degrade") as procs:
+        bootstrap = h.start_tansu(procs, {"sluice.requests": PARTITIONS, "sluice.replies": PARTITIONS,
+                                          "sluice.dlq": 1, "sluice.control": 1})
+        urls = {name: h.start_mock(procs, binary, slots, LATENCY_MS, PER_TOKEN_MS, "reject",
+                                   name=f"mock-{name}")
+                for name, slots in (("big", 16), ("small", 48))}
+        chain = '[models.fallbacks.model-big]\nto = ["model-small"]\non = ["deadline"]\n'
+        chain = chain if with_chain else ""
+        config = config_file([("big", urls["big"], "model-big"), ("small", urls["small"], "model-small")],
+                             chain)
+        env = h.worker_env(bootstrap, "unused", {"SLUICE_CONFIG": config})
+        env.pop("SLUICE__BACKEND__URL")
+        workers = [h.Worker(procs, binary, f"worker-{i + 1}", env) for i in range(WORKERS)]
+        for w in workers:
+            w.wait_ready()
+        h.wait_assigned(workers)
+        # The small model warm first (as in a deployment that has been running): its
+        # capacity found, not searched for from 8 during the big model's burst.
+        h.loadgen(binary, ["--kafka", bootstrap, "--requests", "1500", "--rate",
+                           str(round(2 * 48 / SERVICE_S)), "--model", "model-small",
+                           "--max-tokens", str(MAX_TOKENS), "--timeout", "120s"],
+                  env, os.path.join(procs.dir, "warm.json"))
+        small_before = mock_ok(urls["small"])
+        rate = round(10 * 16 / SERVICE_S)
+        report = h.loadgen(binary, ["--kafka", bootstrap, "--requests", str(DEGRADE_REQUESTS),
+                                    "--rate", str(rate), "--model", "model-big",
+                                    "--max-tokens", str(MAX_TOKENS), "--timeout", "120s",
+                                    "--deadline-ms", str(DEGRADE_DEADLINE_MS),
+                                    "--backend-metrics", urls["small"] + "/metrics"],
+                           env, os.path.join(procs.dir, "report.json"))
+        fell_back = sum(v for w in workers for k, v in h.metrics(w.admin + "/metrics").items()
+                        if k.startswith("sluice_worker_fallbacks_total"))
+        return {"big": mock_ok(urls["big"]), "small": mock_ok(urls["small"]) - small_before,
+                "fell_back": fell_back,
+                "small_utilisation": report["backend"]["utilisation"],
+                "expired": report["completed"].get("expired", 0), "lost": report["lost"],
+                "other": sum(v for k, v in report["completed"].items() if k not in ("ok", "expired")),
+                "small_peak": report["backend"]["peak_in_flight"]}
+
+
 def mock_ok(url):
     m = h.metrics(url + "/metrics")
     return sum(v for k, v in m.items() if k.startswith("sluice_mock_requests_total") and '"ok"' in k)
@@ -170,7 +224,7 @@ def mock_ok(url):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--cases", default="models,pool,down")
+    parser.add_argument("--cases", default="models,pool,down,degrade")
     parser.add_argument("--requests", type=int, default=2400)
     args = parser.parse_args()
     binary = h.sluice_bin()
@@ -213,6 +267,8 @@ def main():
         ])
     if "down" in cases:
         down_case(binary, args.runs)
+    if "degrade" in cases:
+        degrade_case(binary, args.runs)
 
 
 def down_case(binary, runs_wanted):
@@ -239,6 +295,34 @@ def down_case(binary, runs_wanted):
          f"{sum(col(True, 'a_lost'))} / {sum(col(True, 'a_failed'))}"),
         ("b: lost / failed", f"{sum(col(False, 'b_lost'))} / {sum(col(False, 'b_failed'))}",
          f"{sum(col(True, 'b_lost'))} / {sum(col(True, 'b_failed'))}"),
+    ])
+
+
+def degrade_case(binary, runs_wanted):
+    runs = {True: [], False: []}
+    for i in range(runs_wanted):
+        for with_chain in (True, False):
+            r = degrade_run(binary, with_chain)
+            h.say(f"degrade, run {i + 1}, {'chain' if with_chain else 'no chain'}: served by big "
+                  f"{r['big']:.0f}, by small {r['small']:.0f} (sent there {r['fell_back']:.0f}), "
+                  f"expired {r['expired']}, other "
+                  f"{r['other']}, lost {r['lost']}, small's peak in flight {r['small_peak']:.0f} "
+                  f"of 48, its utilisation {r['small_utilisation']:.3f}")
+            runs[with_chain].append(r)
+    print()
+    print(f"bench-backends, degrade: {DEGRADE_REQUESTS} requests for a 16-slot model at 10x its "
+          f"capacity, {DEGRADE_DEADLINE_MS} ms deadlines, chain to a 48-slot model on `deadline`; "
+          f"{WORKERS} workers; {runs_wanted} runs (min / median / max)")
+    both = lambda k, fmt="{:.0f}": tuple(h.fmt_spread([r[k] for r in runs[c]], fmt) for c in (True, False))
+    total = lambda c, k: sum(r[k] for r in runs[c])
+    h.table(("figure", "with the chain", "without (baseline)"), [
+        ("served by the big model", *both("big")),
+        ("served by the small model (fallback)", *both("small")),
+        ("sent to the small model (fallback)", *both("fell_back")),
+        ("expired", *both("expired")),
+        ("small model's utilisation over the burst", *both("small_utilisation", "{:.3f}")),
+        ("other outcomes / lost", f"{total(True, 'other')} / {total(True, 'lost')}",
+         f"{total(False, 'other')} / {total(False, 'lost')}"),
     ])
 
 

@@ -205,6 +205,55 @@ impl Config {
                 ));
             }
         }
+        self.validate_fallbacks(&patterns)
+    }
+
+    /// `[models.fallbacks.*]`: every model named is served, and no chain loops back to
+    /// its own model (a chain is followed as written; a fallback's own chain is not).
+    fn validate_fallbacks(&self, patterns: &[&String]) -> Result<(), ConfigError> {
+        let aliases = &self.models.aliases;
+        let resolve = |name: &str| aliases.get(name).map_or(name, String::as_str).to_string();
+        let served = |name: &str| {
+            let model = resolve(name);
+            patterns.iter().any(|p| model_matches(p, &model))
+        };
+        for (model, chain) in &self.models.fallbacks {
+            let key = |field: &str| format!("models.fallbacks.{model}{field}");
+            if !served(model) {
+                return Err(ConfigError::invalid(
+                    key(""),
+                    format!("no backend serves {model:?}, so it has no requests to fall back"),
+                ));
+            }
+            if chain.to.is_empty() || chain.on.is_empty() {
+                return Err(ConfigError::invalid(
+                    key(""),
+                    "a chain needs `to` (the models to try instead, in order) and `on` (what \
+                     sends a request down it: breaker_open, deadline, retries_exhausted, \
+                     context_too_long)",
+                ));
+            }
+            let mut seen = vec![resolve(model)];
+            for next in &chain.to {
+                if !served(next) {
+                    return Err(ConfigError::invalid(
+                        key(".to"),
+                        format!("no backend serves {next:?} (see each backend's `models`)"),
+                    ));
+                }
+                let resolved = resolve(next);
+                if seen.contains(&resolved) {
+                    return Err(ConfigError::invalid(
+                        key(".to"),
+                        format!(
+                            "{next:?} ({resolved}) comes round again: a chain may name each \
+                             model once, and not the model it is for"
+                        ),
+                    ));
+                }
+                seen.push(resolved);
+            }
+        }
         Ok(())
     }
 
@@ -301,7 +350,9 @@ pub(crate) use error::ConfigError;
 pub(crate) use ingress::IngressConfig;
 pub(crate) use kafka::{check_client_properties, KafkaConfig};
 pub use keys::unknown_env_warnings;
-pub(crate) use models::{model_matches, ModelsConfig};
+#[cfg(test)]
+pub(crate) use models::FallbackConfig;
+pub(crate) use models::{model_matches, FallbackTrigger, ModelsConfig};
 pub(crate) use rate::RateSettings;
 pub(crate) use telemetry::{LogFormat, TelemetryConfig};
 pub use tenants::TenantConfig;

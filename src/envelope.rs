@@ -58,6 +58,10 @@ pub struct Request {
     /// Requests sharing a key are processed in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordering_key: Option<String>,
+    /// `false`: served only by the model it names, never by its fallback chain
+    /// (`[models.fallbacks]`). Absent: the chain applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
     /// An OpenAI `chat.completions` request.
     pub body: Map<String, Value>,
     /// Echoed back untouched.
@@ -116,6 +120,14 @@ pub struct Reply {
 pub struct ServedBy {
     pub backend: String,
     pub model: String,
+    /// When another model than the one named served it (its fallback chain): the model
+    /// named (an alias resolved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_from: Option<String>,
+    /// Why it fell back: `breaker_open`, `deadline`, `retries_exhausted` or
+    /// `context_too_long`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_reason: Option<String>,
 }
 
 /// Why a request did not end `ok`.

@@ -2,11 +2,13 @@
 //! pool, the backends whose `models` match it. Built once from the configuration; the
 //! ingress refuses a model nothing serves and lists what is served, and the worker sends
 //! each request to one backend of its pool. A deployment of several pools names a topic
-//! for each pool's overflow ([`Routes::overflow_topics`]).
+//! for each pool's overflow ([`Routes::overflow_topics`]). A model's fallback chain
+//! (`[models.fallbacks]`) gives the routes to try instead when a trigger fires
+//! ([`Routes::fallbacks`]).
 
 use std::collections::BTreeMap;
 
-use crate::config::{model_matches, Config};
+use crate::config::{model_matches, Config, FallbackTrigger};
 
 /// See the module documentation. Cheap to share; lives as long as its role.
 #[derive(Debug, Clone)]
@@ -17,6 +19,9 @@ pub struct Routes {
     patterns: Vec<Vec<String>>,
     /// alias -> model.
     aliases: BTreeMap<String, String>,
+    /// model (an alias resolved) -> its chain: the models to try instead (aliases
+    /// resolved), and what sends a request down it.
+    fallbacks: BTreeMap<String, (Vec<String>, Vec<FallbackTrigger>)>,
 }
 
 /// Where one request goes.
@@ -26,6 +31,16 @@ pub struct Route {
     pub model: String,
     /// The backends that serve it, by index, never empty.
     pub pool: Vec<usize>,
+    /// Set when this route is a fallback: the model the request named, and why.
+    pub fell_back: Option<FellBack>,
+}
+
+/// Why a request is served by another model than the one it named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FellBack {
+    /// The model the request named (an alias resolved).
+    pub from: String,
+    pub reason: FallbackTrigger,
 }
 
 impl Routes {
@@ -39,6 +54,19 @@ impl Routes {
                 .map(|(_, backend)| backend.models.clone())
                 .collect(),
             aliases: config.models.aliases.clone(),
+            fallbacks: config
+                .models
+                .fallbacks
+                .iter()
+                .map(|(model, chain)| {
+                    let resolve = |name: &str| {
+                        let model = config.models.aliases.get(name).map_or(name, String::as_str);
+                        model.to_string()
+                    };
+                    let to = chain.to.iter().map(|m| resolve(m)).collect();
+                    (resolve(model), (to, chain.on.clone()))
+                })
+                .collect(),
         }
     }
 
@@ -56,7 +84,45 @@ impl Routes {
         Some(Route {
             model: model.to_string(),
             pool,
+            fell_back: None,
         })
+    }
+
+    /// Whether `model` (an alias resolved) has a chain that `trigger` sends requests down.
+    pub fn falls_back_on(&self, model: &str, trigger: FallbackTrigger) -> bool {
+        self.fallbacks
+            .get(model)
+            .is_some_and(|(_, on)| on.contains(&trigger))
+    }
+
+    /// The routes to try instead of `route`, in order, when `trigger` fires: the chain of
+    /// the model the request named, after `route`'s model when `route` is already one of
+    /// it (each model of a chain is tried at most once, in order; a fallback model's own
+    /// chain is not followed); none when the chain is not for `trigger`.
+    pub fn fallbacks(&self, route: &Route, trigger: FallbackTrigger) -> Vec<Route> {
+        let named = route.fell_back.as_ref().map_or(&route.model, |f| &f.from);
+        if !self.falls_back_on(named, trigger) {
+            return Vec::new();
+        }
+        let (to, _) = &self.fallbacks[named];
+        let after = match &route.fell_back {
+            None => 0,
+            Some(_) => to
+                .iter()
+                .position(|m| *m == route.model)
+                .map_or(to.len(), |at| at + 1),
+        };
+        to[after..]
+            .iter()
+            .filter_map(|model| self.resolve(Some(model)))
+            .map(|next| Route {
+                fell_back: Some(FellBack {
+                    from: named.clone(),
+                    reason: trigger,
+                }),
+                ..next
+            })
+            .collect()
     }
 
     /// The backends that serve `model` by name or pattern (aliases not resolved).
@@ -186,6 +252,55 @@ mod tests {
                 (vec![2, 3], "req.pool.small-1.small-2".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn a_chain_gives_its_routes_in_order_for_its_triggers_only() {
+        let mut config = config(
+            &[
+                ("big", &["big-m"]),
+                ("small", &["small-*"]),
+                ("hosted", &["gpt-4o-mini"]),
+            ],
+            &[("fast", "small-1"), ("large", "big-m")],
+        );
+        config.models.fallbacks.insert(
+            "large".into(),
+            crate::config::FallbackConfig {
+                to: vec!["fast".into(), "gpt-4o-mini".into()],
+                on: vec![FallbackTrigger::Deadline],
+            },
+        );
+        let routes = Routes::from_config(&config);
+        let big = routes.resolve(Some("big-m")).unwrap();
+        assert!(routes.falls_back_on("big-m", FallbackTrigger::Deadline));
+        let chain = routes.fallbacks(&big, FallbackTrigger::Deadline);
+        let models: Vec<&str> = chain.iter().map(|r| r.model.as_str()).collect();
+        assert_eq!(
+            models,
+            ["small-1", "gpt-4o-mini"],
+            "aliases resolved, in order"
+        );
+        assert_eq!(chain[0].pool, [2]);
+        assert_eq!(
+            chain[0].fell_back,
+            Some(FellBack {
+                from: "big-m".into(),
+                reason: FallbackTrigger::Deadline
+            })
+        );
+        assert!(routes
+            .fallbacks(&big, FallbackTrigger::BreakerOpen)
+            .is_empty());
+        let then: Vec<String> = routes
+            .fallbacks(&chain[0], FallbackTrigger::Deadline)
+            .into_iter()
+            .map(|r| r.model)
+            .collect();
+        assert_eq!(then, ["gpt-4o-mini"], "on down the chain, not round it");
+        assert!(routes
+            .fallbacks(&chain[1], FallbackTrigger::Deadline)
+            .is_empty());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `model_not_found` without a backend call, and a backend that is down holds back only
 //! its own model's requests. A slow backend's backlog is forwarded to its pool's overflow
 //! topic rather than stand in front of the other pool's requests, and is served from there
-//! in full. The `openai` SDK lists the models and gets `NotFoundError` for one nothing
+//! in full. Fallback chains serve a prompt too long for its model's context, and requests
+//! for a model whose backend is down, by another model, unless a request opts out. The `openai` SDK lists the models and gets `NotFoundError` for one nothing
 //! serves.
 
 mod support;
@@ -18,6 +19,13 @@ use support::pipeline::{
     Topics, Worker,
 };
 use support::{free_port, python, Tansu};
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
 
 /// A request body for `model`.
 fn body(model: &str) -> Value {
@@ -244,6 +252,205 @@ async fn a_slow_pools_backlog_waits_in_its_overflow_topic_not_in_front_of_the_ot
         60,
         "each slow request called once"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallback_chains_serve_what_the_named_model_cannot() {
+    let tansu = Tansu::start();
+    let topics = Topics::fresh();
+    topics.create_on(&tansu).await;
+    // A context of 20 tokens: a 400-character prompt (100 tokens) is refused.
+    let big = MockLlm::start_with(free_port(), 4, 20, 0, &["--context-tokens", "20"]).await;
+    let small = MockLlm::start_paced(free_port(), 8, 20, 0).await;
+    let down_port = free_port();
+    let down = format!("http://127.0.0.1:{down_port}");
+    let mut file = backends_file(
+        &[
+            ("big", &big.url(), r#""big-m""#),
+            ("down", &down, r#""down-m""#),
+            ("small", &small.url(), r#""small-m""#),
+        ],
+        &[],
+    );
+    writeln!(
+        file,
+        "[models.fallbacks.big-m]\nto = [\"small-m\"]\non = [\"context_too_long\"]\n\
+         [models.fallbacks.down-m]\nto = [\"small-m\"]\non = [\"retries_exhausted\", \"breaker_open\"]"
+    )
+    .unwrap();
+    let env = with_env(
+        &backends_env(&tansu, &topics, &file),
+        &[
+            ("SLUICE__BACKENDS__DOWN__MAX_ATTEMPTS", "2"),
+            ("SLUICE__BACKENDS__DOWN__RETRY_INITIAL_BACKOFF_MS", "50"),
+        ],
+    );
+    let mut worker = Worker::start(&env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    let bootstrap = tansu.bootstrap();
+    let request = &topics.request;
+    let long = json!({"body": {"model": "big-m", "max_tokens": 4,
+        "messages": [{"role": "user", "content": "x".repeat(400)}]}});
+    let too_long = produce_requests_with(&bootstrap, request, 5, "long", long).await;
+    let fits = produce_requests_with(&bootstrap, request, 5, "fits", body("big-m")).await;
+    let to_down = produce_requests_with(&bootstrap, request, 20, "down", body("down-m")).await;
+    let mut kept = body("down-m");
+    kept["fallback"] = json!(false);
+    let not_moved = produce_requests_with(&bootstrap, request, 3, "kept", kept).await;
+    let ids: Vec<String> = [too_long.clone(), fits.clone(), to_down.clone()].concat();
+    let replies = collect_replies(
+        reader_config(&bootstrap),
+        &topics.reply,
+        &ids,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    let missing = replies.missing(&ids);
+    assert!(
+        missing.is_empty(),
+        "every request answered; not: {missing:?}"
+    );
+    let served = |id: &String| replies.first(id).unwrap()["served_by"].clone();
+    for id in &too_long {
+        let reply = replies.first(id).unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(
+            served(id),
+            json!({"backend": "small", "model": "small-m", "fallback_from": "big-m",
+                   "fallback_reason": "context_too_long"})
+        );
+        assert_eq!(
+            reply["body"]["model"], "small-m",
+            "the fallback model was called"
+        );
+    }
+    for id in &fits {
+        assert_eq!(served(id), json!({"backend": "big", "model": "big-m"}));
+    }
+    for id in &to_down {
+        let reply = replies.first(id).unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(served(id)["backend"], "small", "{reply}");
+        let reason = served(id)["fallback_reason"].clone();
+        assert!(
+            reason == "retries_exhausted" || reason == "breaker_open",
+            "{reply}"
+        );
+    }
+    // Those that asked not to fall back wait for their own backend, and it serves them.
+    assert!(
+        replies.missing(&not_moved).len() == not_moved.len(),
+        "not served elsewhere meanwhile"
+    );
+    let _back = MockLlm::start_paced(down_port, 4, 20, 0).await;
+    let later = collect_replies(
+        reader_config(&bootstrap),
+        &topics.reply,
+        &not_moved,
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(
+        later.missing(&not_moved).is_empty(),
+        "served once it was back"
+    );
+    for id in &not_moved {
+        let reply = later.first(id).unwrap();
+        assert_eq!(reply["status"], "ok", "{reply}");
+        assert_eq!(
+            reply["served_by"],
+            json!({"backend": "down", "model": "down-m"})
+        );
+    }
+    assert_eq!(
+        big.requests("invalid").await,
+        5,
+        "each long prompt tried once on big"
+    );
+    let metrics = worker.metrics().await;
+    let context = metrics.value(
+        "sluice_worker_fallbacks_total",
+        &[
+            ("from", "big-m"),
+            ("to", "small-m"),
+            ("reason", "context_too_long"),
+        ],
+    );
+    assert_eq!(context, 5.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_the_big_model_cannot_meet_is_served_by_the_small_one() {
+    let tansu = Tansu::start();
+    let topics = Topics::fresh();
+    topics.create_on(&tansu).await;
+    // 2 calls at once of 300 ms: about 6.7 answers a second.
+    let big = MockLlm::start_paced(free_port(), 2, 300, 0).await;
+    let small = MockLlm::start_paced(free_port(), 8, 20, 0).await;
+    let mut file = backends_file(
+        &[
+            ("big", &big.url(), r#""big-m""#),
+            ("small", &small.url(), r#""small-m""#),
+        ],
+        &[],
+    );
+    writeln!(
+        file,
+        "[models.fallbacks.big-m]\nto = [\"small-m\"]\non = [\"deadline\"]"
+    )
+    .unwrap();
+    let env = backends_env(&tansu, &topics, &file);
+    let mut worker = Worker::start(&env).await;
+    worker.wait_ready(Duration::from_secs(30)).await;
+
+    let bootstrap = tansu.bootstrap();
+    let request = &topics.request;
+    // 30 without a deadline: 4.5 s of work for the big model, and its pace measured.
+    let backlog = produce_requests_with(&bootstrap, request, 30, "backlog", body("big-m")).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut hurried = body("big-m");
+    hurried["deadline_ms"] = json!(now_ms() + 1_500);
+    let urgent = produce_requests_with(&bootstrap, request, 10, "urgent", hurried).await;
+    let ids: Vec<String> = [backlog.clone(), urgent.clone()].concat();
+    let replies = collect_replies(
+        reader_config(&bootstrap),
+        &topics.reply,
+        &ids,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(replies.missing(&ids).is_empty(), "every request answered");
+    // None expires behind the backlog: most go to the small model at once (the wait
+    // estimate is rough: a few may still be started in time by the big one).
+    let mut fell_back = 0;
+    for id in &urgent {
+        let reply = replies.first(id).unwrap();
+        assert_eq!(
+            reply["status"], "ok",
+            "not expired behind the backlog: {reply}"
+        );
+        if reply["served_by"]["backend"] == "small" {
+            assert_eq!(
+                reply["served_by"],
+                json!({"backend": "small", "model": "small-m", "fallback_from": "big-m",
+                       "fallback_reason": "deadline"})
+            );
+            fell_back += 1;
+        }
+    }
+    assert!(fell_back >= 5, "only {fell_back} of 10 fell back");
+    for id in &backlog {
+        let reply = replies.first(id).unwrap();
+        assert_eq!(
+            reply["served_by"],
+            json!({"backend": "big", "model": "big-m"}),
+            "{reply}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,7 @@ fn full_request() -> Request {
         lane: Some("interactive".into()),
         reply_to: Some("sluice.replies.alt".into()),
         ordering_key: Some("conv-42".into()),
+        fallback: Some(false),
         body: json!({
             "model": "smollm2",
             "messages": [{"role": "user", "content": "hi"}],
@@ -68,6 +69,7 @@ fn minimal_request() -> Request {
         lane: None,
         reply_to: None,
         ordering_key: None,
+        fallback: None,
         body: serde_json::Map::new(),
         metadata: None,
     }
@@ -104,6 +106,8 @@ fn ok_reply() -> Reply {
         served_by: Some(Box::new(ServedBy {
             backend: "small-1".into(),
             model: "smollm2".into(),
+            fallback_from: Some("llama-3-70b".into()),
+            fallback_reason: Some("deadline".into()),
         })),
     }
 }

@@ -50,19 +50,23 @@ fn request() -> impl Strategy<Value = Request> {
         prop::option::of(".{1,30}"),
         prop::collection::btree_map("[a-z_]{1,12}", json_value(), 0..5),
         prop::option::of(json_value()),
+        prop::option::of(any::<bool>()),
     )
         .prop_map(
-            |(id, tenant, deadline_ms, lane, reply_to, ordering_key, body, metadata)| Request {
-                v: VERSION,
-                id,
-                tenant,
-                deadline_ms,
-                lane,
-                reply_to,
-                ordering_key,
-                body: body.into_iter().collect::<Map<String, Value>>(),
-                // `null` metadata is the same as none on the wire.
-                metadata: metadata.filter(|m| !m.is_null()),
+            |(id, tenant, deadline_ms, lane, reply_to, ordering_key, body, metadata, fallback)| {
+                Request {
+                    v: VERSION,
+                    id,
+                    tenant,
+                    deadline_ms,
+                    lane,
+                    reply_to,
+                    ordering_key,
+                    fallback,
+                    body: body.into_iter().collect::<Map<String, Value>>(),
+                    // `null` metadata is the same as none on the wire.
+                    metadata: metadata.filter(|m| !m.is_null()),
+                }
             },
         )
 }

@@ -20,6 +20,7 @@ fn request() -> Request {
         lane: Some("interactive".into()),
         reply_to: None,
         ordering_key: Some("conversation-5531".into()),
+        fallback: None,
         body: fixtures::chat_body(),
         metadata: Some(json!({"ticket": "SUP-20931", "channel": "web"})),
     }
@@ -49,6 +50,8 @@ fn reply() -> Reply {
         served_by: Some(Box::new(ServedBy {
             backend: "small-1".into(),
             model: "smollm2-135m".into(),
+            fallback_from: None,
+            fallback_reason: None,
         })),
     }
 }

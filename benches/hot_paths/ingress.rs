@@ -60,6 +60,7 @@ fn parse_chat(input: (Vec<u8>, Config)) -> Request {
         wait: Duration::from_secs(30),
         lane: Some("interactive".into()),
         ordering_key: None,
+        fallback: None,
     };
     let (request, _wait) =
         chat::parse(black_box(&bytes), &config, options, Some("bookshop".into()))

@@ -257,3 +257,52 @@ fn bad_backends_and_aliases_name_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn fallback_chains_load_and_bad_ones_name_the_key() {
+    let backends =
+        "[backends.big]\nmodels = [\"big-m\"]\n[backends.small]\nmodels = [\"small-*\"]\n\
+                    [models.aliases]\nfast = \"small-1\"\n";
+    let load = |chains: &str| {
+        let file = toml_file(&format!("{backends}{chains}"));
+        Config::load_from(Some(file.path()), env(&[]))
+    };
+    let good = load(
+        "[models.fallbacks.big-m]\nto = [\"fast\", \"small-2\"]\non = [\"deadline\", \"breaker_open\"]\n",
+    )
+    .unwrap();
+    let chain = &good.models.fallbacks["big-m"];
+    assert_eq!(chain.to, ["fast", "small-2"]);
+    assert_eq!(
+        chain.on,
+        [FallbackTrigger::Deadline, FallbackTrigger::BreakerOpen]
+    );
+    let err = |chains: &str| load(chains).unwrap_err().to_string();
+    let e = err("[models.fallbacks.gpt-5]\nto = [\"fast\"]\non = [\"deadline\"]\n");
+    assert!(
+        e.contains("models.fallbacks.gpt-5") && e.contains("no backend serves"),
+        "{e}"
+    );
+    let e = err("[models.fallbacks.big-m]\nto = [\"nobody\"]\non = [\"deadline\"]\n");
+    assert!(
+        e.contains("models.fallbacks.big-m.to") && e.contains("\"nobody\""),
+        "{e}"
+    );
+    let e = err("[models.fallbacks.big-m]\nto = [\"fast\", \"small-1\"]\non = [\"deadline\"]\n");
+    assert!(
+        e.contains("comes round again"),
+        "an alias and its model: {e}"
+    );
+    let e = err("[models.fallbacks.fast]\nto = [\"small-1\"]\non = [\"deadline\"]\n");
+    assert!(
+        e.contains("models.fallbacks.fast.to") && e.contains("comes round again"),
+        "{e}"
+    );
+    let e = err("[models.fallbacks.big-m]\nto = [\"fast\"]\n");
+    assert!(
+        e.contains("models.fallbacks.big-m") && e.contains("`on`"),
+        "{e}"
+    );
+    let e = err("[models.fallbacks.big-m]\nto = [\"fast\"]\non = [\"sometimes\"]\n");
+    assert!(e.contains("sometimes"), "{e}");
+}

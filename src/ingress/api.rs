@@ -85,6 +85,8 @@ pub(crate) struct Submission {
     pub reply_to: Option<String>,
     /// Echoed back in the reply untouched.
     pub metadata: Option<Value>,
+    /// `false`: never served by the model's fallback chain (`[models.fallbacks]`).
+    pub fallback: Option<bool>,
     /// Ignored: the ingress stamps the tenant from the API key.
     #[serde(default)]
     #[schema(value_type = Option<String>)]

@@ -31,6 +31,8 @@ pub(crate) const TIMEOUT_HEADER: &str = "x-sluice-timeout-ms";
 pub(crate) const LANE_HEADER: &str = "x-sluice-lane";
 /// Requests with the same ordering key are processed in order.
 pub(crate) const ORDERING_KEY_HEADER: &str = "x-sluice-ordering-key";
+/// `off`: the request is served only by the model it names, never by its fallback chain.
+pub(crate) const FALLBACK_HEADER: &str = "x-sluice-fallback";
 /// The sluice id of the request, on every answer.
 pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -43,6 +45,7 @@ pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
          description = "How long to wait for the reply, 1 s to 1 day (default ingress.sync_timeout_ms); also the request's deadline"),
         ("x-sluice-lane" = Option<String>, Header, description = "Priority lane"),
         ("x-sluice-ordering-key" = Option<String>, Header, description = "Requests with the same key are processed in order"),
+        ("x-sluice-fallback" = Option<String>, Header, description = "`off`: served only by the model named, never by its fallback chain ([models.fallbacks]); `on` (the default): the chain applies"),
     ),
     responses(
         (status = 200, description = "The backend's completion, or with `stream: true` its chunks as server-sent events ending in `data: [DONE]`",
@@ -139,6 +142,8 @@ pub struct CallOptions {
     pub wait: Duration,
     pub lane: Option<String>,
     pub ordering_key: Option<String>,
+    /// `Some(false)` from `x-sluice-fallback: off`.
+    pub fallback: Option<bool>,
 }
 
 impl CallOptions {
@@ -168,10 +173,21 @@ impl CallOptions {
                 }
             },
         };
+        let fallback = match text(FALLBACK_HEADER)?.map(|v| v.trim().to_ascii_lowercase()) {
+            None => None,
+            Some(v) if v == "on" => Some(true),
+            Some(v) if v == "off" => Some(false),
+            Some(v) => {
+                return Err(AppError::BadRequest(format!(
+                    "header {FALLBACK_HEADER} must be `on` or `off`; got {v:?}"
+                )))
+            }
+        };
         Ok(Self {
             wait: Duration::from_millis(wait_ms),
             lane: text(LANE_HEADER)?,
             ordering_key: text(ORDERING_KEY_HEADER)?,
+            fallback,
         })
     }
 }
@@ -212,6 +228,7 @@ pub fn parse(
         ordering_key: options.ordering_key,
         reply_to: None,
         metadata: None,
+        fallback: options.fallback,
         tenant: None,
     };
     Ok((submit::into_request(submit, config, tenant)?, options.wait))
@@ -275,6 +292,7 @@ mod tests {
             wait: Duration::from_secs(30),
             lane: None,
             ordering_key: None,
+            fallback: Some(false),
         };
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}"#;
         let (request, wait) = parse(body, &config, options.clone(), None).unwrap();

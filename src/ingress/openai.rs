@@ -136,6 +136,8 @@ mod tests {
         ok.served_by = Some(Box::new(crate::envelope::ServedBy {
             backend: "small-1".into(),
             model: "smollm2-135m".into(),
+            fallback_from: None,
+            fallback_reason: None,
         }));
         let response = reply_response(&ok);
         assert_eq!(response.headers()[BACKEND_HEADER], "small-1");

@@ -160,6 +160,7 @@ pub(crate) fn into_request(
         lane: submit.lane,
         reply_to: submit.reply_to,
         ordering_key: submit.ordering_key,
+        fallback: submit.fallback,
         body: submit.body,
         metadata: submit.metadata,
     })

@@ -118,6 +118,7 @@ impl Target {
                     lane: None,
                     reply_to: None,
                     ordering_key: None,
+                    fallback: None,
                     body: payload.chat_body(),
                     metadata: Some(metadata),
                 };

@@ -66,6 +66,10 @@ pub struct MockLlmArgs {
     /// as `Retry-After` in whole seconds rounded up. Default: the base latency, at least 1.
     #[arg(long)]
     pub retry_after_ms: Option<u64>,
+    /// The model's context, in tokens: a prompt longer than this is refused with 400 and
+    /// OpenAI's "maximum context length" message. Default: no limit.
+    #[arg(long)]
+    pub context_tokens: Option<u64>,
 }
 
 impl Default for MockLlmArgs {
@@ -80,6 +84,7 @@ impl Default for MockLlmArgs {
             default_max_tokens: 64,
             max_tokens_cap: 4096,
             retry_after_ms: None,
+            context_tokens: None,
         }
     }
 }

@@ -116,6 +116,20 @@ async fn chat_completions(
         }
     };
     let reply = state.plan(&request);
+    if let Some(context) = state.args().context_tokens {
+        if reply.prompt_tokens > context {
+            tally.invalid();
+            return Err(InvalidRequest {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, your \
+                     messages resulted in {} tokens. Please reduce the length of the messages.",
+                    reply.prompt_tokens
+                ),
+                param: Some("messages".into()),
+            }
+            .into());
+        }
+    }
     let slot = match state.0.capacity.admit().await {
         Ok(slot) => slot,
         Err(overloaded) => {

@@ -32,6 +32,10 @@ pub(crate) const SLUICE_STATUS: &str = "sluice.status";
 pub(crate) const SLUICE_ATTEMPTS: &str = "sluice.attempts";
 /// The configured name of the backend that served the request.
 pub(crate) const SLUICE_BACKEND: &str = "sluice.backend";
+/// Set when another model than the one named served the request: the model named.
+pub(crate) const SLUICE_FALLBACK_FROM: &str = "sluice.fallback_from";
+/// Why the request fell back (`deadline`, `breaker_open`, ...).
+pub(crate) const SLUICE_FALLBACK_REASON: &str = "sluice.fallback_reason";
 
 const KAFKA: &str = "kafka";
 

@@ -11,6 +11,7 @@ use tower::ServiceExt;
 
 use super::housekeeping::StackHandles;
 use super::metrics::WorkerMetrics;
+use crate::backend::breaker::BreakerState;
 use crate::backend::concurrency::Controller;
 use crate::backend::stack::{build_stack, BackendStack};
 use crate::backend::BackendError;
@@ -112,6 +113,30 @@ impl Backends {
             async move { service.ready_oneshot().await.map(|ready| (index, ready)) }.boxed()
         });
         select_all(waiting).await.0
+    }
+
+    /// Whether every backend of `pool` has its circuit breaker open.
+    pub fn all_open(&self, pool: &[usize]) -> bool {
+        pool.iter()
+            .all(|&index| self.0[index].handles.breaker.state() == BreakerState::Open)
+    }
+
+    /// Completes once every backend of `pool` has its circuit breaker open.
+    pub async fn until_all_open(&self, pool: &[usize]) {
+        let mut states: Vec<_> = pool
+            .iter()
+            .map(|&index| self.0[index].handles.breaker.subscribe())
+            .collect();
+        loop {
+            if states.iter().all(|s| *s.borrow() == BreakerState::Open) {
+                return;
+            }
+            let changes = states.iter_mut().map(|s| Box::pin(s.changed()));
+            if select_all(changes).await.0.is_err() {
+                // A breaker is gone (the worker is stopping): it never opens again.
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Calls in flight for the limit.

@@ -1,7 +1,10 @@
 //! One dispatcher per pool of backends: it waits for an in-flight slot, the pool's next
 //! buffered message, and a ready backend of the pool, then starts the message. A pool
 //! whose backends are full or down only holds back its own messages. The empty pool
-//! (messages that do not decode, or name a model nothing serves) needs no backend.
+//! (messages that do not decode, or name a model nothing serves) needs no backend. When
+//! every backend of the pool has its breaker open, a message whose model falls back on
+//! `breaker_open` is started on the first model of its chain with a backend that is not
+//! ([`super::fallback`]).
 
 use std::sync::Arc;
 
@@ -10,9 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::backends::Backends;
-use super::intake::{Intake, PoolKey};
+use super::fallback;
+use super::intake::{Intake, PoolKey, Taken};
 use super::outbox::Outbox;
 use super::process::{self, Call, Shared};
+use crate::config::FallbackTrigger;
 
 /// What every dispatcher shares.
 pub struct Dispatch {
@@ -36,16 +41,30 @@ impl Dispatch {
                     permit.expect("the in-flight semaphore is never closed")
                 }
             };
-            let entry = tokio::select! {
+            let mut entry = tokio::select! {
                 _ = stop.cancelled() => return,
                 entry = self.intake.next(&pool) => entry,
             };
             let (call, index) = if pool.is_empty() {
                 (None, None)
             } else {
+                let mut called = self.around_open_breakers(&pool, &mut entry.item);
+                let leaves_when_open = called == pool && self.can_leave(&entry.item);
                 let ready = tokio::select! {
                     _ = stop.cancelled() => return,
-                    ready = self.backends.ready(&pool) => ready,
+                    ready = self.backends.ready(&called) => Some(ready),
+                    _ = self.backends.until_all_open(&pool), if leaves_when_open => None,
+                };
+                // The breakers opened while it waited: its chain, then.
+                let ready = match ready {
+                    Some(ready) => ready,
+                    None => {
+                        called = self.around_open_breakers(&pool, &mut entry.item);
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            ready = self.backends.ready(&called) => ready,
+                        }
+                    }
                 };
                 match ready {
                     Ok((index, service)) => {
@@ -54,6 +73,7 @@ impl Dispatch {
                         let call = Call {
                             backend: backend.name.clone(),
                             service,
+                            breaker: backend.handles.breaker.clone(),
                         };
                         (Some(call), Some(index))
                     }
@@ -82,8 +102,46 @@ impl Dispatch {
                 }
                 shared.metrics.in_flight.dec();
                 drop(permit);
+                intake.ended(&pool);
                 intake.finished(&pool, key.as_deref());
             });
+        }
+    }
+
+    /// Whether `taken` falls back on `breaker_open`.
+    fn can_leave(&self, taken: &Taken) -> bool {
+        let allowed = taken.request.as_ref().is_ok_and(fallback::allowed);
+        taken.route.as_ref().is_some_and(|route| {
+            allowed
+                && !self
+                    .shared
+                    .routes
+                    .fallbacks(route, FallbackTrigger::BreakerOpen)
+                    .is_empty()
+        })
+    }
+
+    /// The pool to call for `taken`: its own, or, when every backend of it has its
+    /// breaker open, the first model of its `breaker_open` chain with a backend whose
+    /// breaker is not (the message's route becomes that model's).
+    fn around_open_breakers(&self, pool: &[usize], taken: &mut Taken) -> PoolKey {
+        let route = match &taken.route {
+            Some(route) if self.can_leave(taken) && self.backends.all_open(pool) => route,
+            _ => return pool.to_vec(),
+        };
+        let next = self
+            .shared
+            .routes
+            .fallbacks(route, FallbackTrigger::BreakerOpen)
+            .into_iter()
+            .find(|next| !self.backends.all_open(&next.pool));
+        match next {
+            Some(next) => {
+                let called = next.pool.clone();
+                taken.route = Some(next);
+                called
+            }
+            None => pool.to_vec(),
         }
     }
 }

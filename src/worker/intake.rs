@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::fallback::{self, Pace};
 use super::outbox::Outbox;
 use super::overflow::{self, Overflow};
 use super::scheduler::fair::Weights;
@@ -135,6 +136,13 @@ struct Pool {
     scheduler: Scheduler<Taken>,
     /// Signalled when an entry is pushed or a key finishes.
     changed: Arc<Notify>,
+    /// How fast its requests have been ending, for their expected wait.
+    pace: Pace,
+    /// Its requests taken from the buffer and not ended: calling, or waiting to retry.
+    started: usize,
+    /// Its requests this worker forwarded to its overflow topic, less those it read back
+    /// (the others' forwards and reads even out over the group).
+    in_overflow: usize,
 }
 
 impl State {
@@ -156,6 +164,17 @@ impl State {
     /// Entries of `pool` buffered, over every lane.
     fn pool_total(&self, pool: &[usize]) -> usize {
         self.pools.get(pool).map_or(0, |p| p.scheduler.len())
+    }
+
+    /// How long a request entering `pool` now would wait for its turn: what is ahead of
+    /// it (buffered, started but not ended as retries wait too, and in its overflow topic)
+    /// over the pool's recent pace (`None` when not known yet).
+    fn expected_wait(&self, pool: &[usize], now: std::time::Instant) -> Option<Duration> {
+        let Some(entry) = self.pools.get(pool) else {
+            return Some(Duration::ZERO);
+        };
+        let ahead = entry.scheduler.len() + entry.started + entry.in_overflow;
+        fallback::expected_wait(ahead, entry.pace.per_second(now))
     }
 
     /// Whether a request of `pool` in `lane` belongs in the pool's overflow topic: the pool
@@ -322,6 +341,19 @@ impl Intake {
             let model = r.body.get("model").and_then(serde_json::Value::as_str);
             self.routes.resolve(model)
         });
+        let route = match (route, &request) {
+            (Some(route), Ok(r)) if fallback::allowed(r) => {
+                let state = self.lock_state();
+                let now = std::time::Instant::now();
+                Some(fallback::by_deadline(
+                    &self.routes,
+                    route,
+                    r.deadline_ms,
+                    |pool| state.expected_wait(pool, now),
+                ))
+            }
+            (route, _) => route,
+        };
         let key = route.as_ref().map_or_else(Vec::new, |r| r.pool.clone());
         let ordering_key = request.as_ref().ok().and_then(|r| r.ordering_key.clone());
         let tenant = request
@@ -335,6 +367,9 @@ impl Intake {
             if let Some(topic) =
                 self.forward_to(&state, &message, &key, lane, ordering_key.is_some())
             {
+                if let Some(pool) = state.pools.get_mut(&key) {
+                    pool.in_overflow += 1;
+                }
                 state.overflowing.insert(key);
                 drop(state);
                 let (tasks, group) = &self.forwards;
@@ -356,6 +391,9 @@ impl Intake {
                 Pool {
                     scheduler: Scheduler::with_weights(lanes, min_share, weights),
                     changed: Arc::new(Notify::new()),
+                    pace: Pace::default(),
+                    started: 0,
+                    in_overflow: 0,
                 }
             });
             pool.scheduler.push(Entry {
@@ -372,6 +410,9 @@ impl Intake {
             let changed = pool.changed.clone();
             // Re-pausing a paused topic also covers partitions assigned since the pause.
             if let Some(source_pool) = self.overflow.pool_of(&source) {
+                if let Some(pool) = state.pools.get_mut(source_pool) {
+                    pool.in_overflow = pool.in_overflow.saturating_sub(1);
+                }
                 if state.pool_total(source_pool) >= self.lane_buffer
                     || state.paused.contains(&source)
                 {
@@ -390,7 +431,7 @@ impl Intake {
     }
 
     /// Waits for the next entry of `pool` allowed to start (the pool exists: it was
-    /// announced). Entries of partitions revoked since they were buffered are dropped
+    /// announced); tell [`Intake::ended`] when it ended. Entries of partitions revoked since they were buffered are dropped
     /// (their new owner processes them).
     pub async fn next(&self, pool: &[usize]) -> Entry<Taken> {
         let changed = self.lock_state().pools[pool].changed.clone();
@@ -416,6 +457,9 @@ impl Intake {
             self.room.notify_one();
             let current = self.outbox.is_current(&entry.item.ticket);
             if current {
+                if let Some(started) = self.lock_state().pools.get_mut(pool) {
+                    started.started += 1;
+                }
                 return Some(entry);
             }
             self.finished(pool, entry.ordering_key.as_deref());
@@ -438,6 +482,14 @@ impl Intake {
         }
         if state.pool_total(pool) == 0 {
             state.overflowing.remove(pool);
+        }
+    }
+
+    /// An entry of `pool` that [`Intake::next`] gave ended (answered): the pool's pace.
+    pub fn ended(&self, pool: &[usize]) {
+        if let Some(pool) = self.lock_state().pools.get_mut(pool) {
+            pool.pace.ended(std::time::Instant::now());
+            pool.started = pool.started.saturating_sub(1);
         }
     }
 
@@ -535,6 +587,9 @@ mod tests {
             let entry = pools.entry(pool.to_vec()).or_insert_with(|| Pool {
                 scheduler: Scheduler::new(2, 0.0),
                 changed: Arc::new(Notify::new()),
+                pace: Pace::default(),
+                started: 0,
+                in_overflow: 0,
             });
             for _ in 0..n {
                 entry.scheduler.push(Entry {

@@ -8,6 +8,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
 
+use crate::config::FallbackTrigger;
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     /// `ok`, `error`, `expired`, `rejected` or `dead_letter`.
@@ -20,6 +22,16 @@ pub struct ClassLabel {
     pub backend: String,
     /// The classifier's verdict: `success`, `retry`, `back_pressure`, `fatal`.
     pub class: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabel {
+    /// The model the request named.
+    pub from: String,
+    /// The model that served it instead.
+    pub to: String,
+    /// `breaker_open`, `deadline`, `retries_exhausted` or `context_too_long`.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +53,8 @@ pub struct WorkerMetrics {
     pub dead_letters: Counter,
     /// Requests forwarded to their pool's overflow topic (the pool was full).
     pub forwarded: Counter,
+    /// Requests served by their model's fallback chain.
+    pub fallbacks: Family<FallbackLabel, Counter>,
     /// Messages taken and not yet finished.
     pub in_flight: Gauge,
     /// The configured cap on in-flight messages.
@@ -97,6 +111,7 @@ impl WorkerMetrics {
             retries: Counter::default(),
             dead_letters: Counter::default(),
             forwarded: Counter::default(),
+            fallbacks: Family::default(),
             in_flight: Gauge::default(),
             max_in_flight: Gauge::default(),
             queue_wait_seconds: crate::metrics::latency_histogram(),
@@ -146,6 +161,11 @@ impl WorkerMetrics {
             "forwarded",
             "Requests forwarded to their pool's overflow topic while the pool was full",
             m.forwarded.clone(),
+        );
+        r.register(
+            "fallbacks",
+            "Requests served by another model of their model's fallback chain",
+            m.fallbacks.clone(),
         );
         r.register(
             "in_flight",
@@ -269,6 +289,17 @@ impl WorkerMetrics {
         self.messages
             .get_or_create(&OutcomeLabel {
                 outcome: outcome.into(),
+            })
+            .inc();
+    }
+
+    /// A request for `from` was served by `to` of its chain, because of `reason`.
+    pub(crate) fn fell_back(&self, from: &str, to: &str, reason: FallbackTrigger) {
+        self.fallbacks
+            .get_or_create(&FallbackLabel {
+                from: from.into(),
+                to: to.into(),
+                reason: reason.label().into(),
             })
             .inc();
     }

@@ -33,6 +33,7 @@ pub mod backends;
 pub mod chunks;
 pub mod dead_letter;
 pub mod dispatch;
+pub(crate) mod fallback;
 pub mod housekeeping;
 pub(crate) mod intake;
 pub mod lag;
@@ -226,7 +227,7 @@ impl Worker {
         let (intake, new_pools) = Intake::new(
             consumer.clone(),
             outbox.clone(),
-            routes,
+            routes.clone(),
             IntakeSettings {
                 lane_topics: request_topics.clone(),
                 lane_buffer: config.worker.lane_buffer,
@@ -249,6 +250,8 @@ impl Worker {
             // Its own producer, outside any transaction: a chunk is useful only at once.
             chunk_producer: Producer::new(&config.kafka, REPLY_LIMITS)
                 .context("creating the Kafka producer for stream chunks")?,
+            routes: routes.clone(),
+            backends: backends.clone(),
         });
 
         let after_drain = CancellationToken::new();

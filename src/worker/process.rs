@@ -12,20 +12,23 @@ use serde_json::Value;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::backends::Backends;
 use super::chunks;
 use super::dead_letter::{DeadLetter, Reason};
+use super::fallback;
 use super::intake::Taken;
 use super::metrics::WorkerMetrics;
 use super::outbox::Outbox;
 use super::output::Output;
+use crate::backend::breaker::{BreakerHandle, BreakerState};
 use crate::backend::retry::Finished;
 use crate::backend::stack::BackendStack;
 use crate::backend::stream::ChunkSink;
-use crate::backend::{BackendError, ChatRequest};
-use crate::config::Config;
+use crate::backend::{BackendError, ChatRequest, ChatResponse};
+use crate::config::{Config, FallbackTrigger};
 use crate::envelope::{self, now_ms, Reply, ReplyError, Request, ServedBy, Status, Timing};
 use crate::kafka::producer::Producer;
-use crate::routing::Route;
+use crate::routing::{Route, Routes};
 use crate::telemetry::{propagation, semconv};
 
 /// What every message task shares.
@@ -38,12 +41,19 @@ pub struct Shared {
     pub request_topics: Vec<String>,
     /// Writes the chunks of streamed answers.
     pub chunk_producer: Producer,
+    /// Which backends serve which model, and the fallback chains.
+    pub routes: Arc<Routes>,
+    /// Every backend, for a fallback's call.
+    pub backends: Arc<Backends>,
 }
 
 /// The backend a message is sent to: its name and a ready instance of its call path.
 pub struct Call {
     pub backend: String,
     pub service: BackendStack,
+    /// The backend's circuit breaker: a call that waits for it to close gives up when it
+    /// opens, if the request falls back on `breaker_open`.
+    pub breaker: BreakerHandle,
 }
 
 /// Processes one message inside a `process <topic>` CONSUMER span that continues the
@@ -158,11 +168,7 @@ async fn decide(
             None,
         );
     };
-    let Call {
-        backend: name,
-        service: mut backend,
-    } = call;
-    span.set_attribute(semconv::SLUICE_BACKEND, name.clone());
+    span.set_attribute(semconv::SLUICE_BACKEND, call.backend.clone());
 
     if request.deadline_ms.is_some_and(|d| started_ms >= d) {
         let error = ReplyError {
@@ -181,45 +187,40 @@ async fn decide(
         );
     }
 
-    let chat = ChatRequest::new(backend_body(&request, &route.model), request.deadline_ms);
-    let (chat, relay) = if is_streamed(&request) {
-        let (sink, receiver) = ChunkSink::new(asks_for_usage(&request));
-        let relay = tokio::spawn(chunks::relay(
-            shared.chunk_producer.clone(),
-            topic.clone(),
-            request.id.clone(),
-            receiver,
-            Duration::from_millis(shared.config.worker.stream_linger_ms),
-        ));
-        (chat.streaming(sink), Some(relay))
-    } else {
-        (chat, None)
-    };
-    let call_started = Instant::now();
-    let finished = tower::Service::call(&mut backend, chat)
-        .await
-        .unwrap_or_else(|error| Finished::Answered {
-            result: Err(error),
-            attempts: 0,
-        });
-    // Every chunk is written before the final reply, so a reader meets them first.
-    if let Some(relay) = relay {
-        let relayed = relay.await.unwrap_or_default();
-        shared.metrics.stream_chunks.inc_by(relayed.records);
-        shared.metrics.stream_chunks_lost.inc_by(relayed.lost);
+    let mut called = call_backend(shared, &request, &route, call, &topic).await;
+    let mut attempts = called.attempts;
+    let mut backend_time = called.elapsed;
+    let mut route = route;
+    while let Some((next, ready)) = next_in_chain(shared, &request, &route, &called).await {
+        let backend = shared.backends.get(ready.0);
+        backend.begin();
+        let call = Call {
+            backend: backend.name.clone(),
+            service: ready.1,
+            breaker: backend.handles.breaker.clone(),
+        };
+        span.set_attribute(semconv::SLUICE_BACKEND, call.backend.clone());
+        called = call_backend(shared, &request, &next, call, &topic).await;
+        backend.finish();
+        attempts += called.attempts;
+        backend_time += called.elapsed;
+        route = next;
     }
-    let backend = call_started.elapsed();
-    timing.backend_ms = backend.as_millis() as u64;
+    timing.backend_ms = backend_time.as_millis() as u64;
     shared
         .metrics
         .backend_seconds
-        .observe(backend.as_secs_f64());
+        .observe(backend_time.as_secs_f64());
+    if let Some(fell_back) = &route.fell_back {
+        span.set_attribute(semconv::SLUICE_FALLBACK_FROM, fell_back.from.clone());
+        span.set_attribute(semconv::SLUICE_FALLBACK_REASON, fell_back.reason.label());
+        shared
+            .metrics
+            .fell_back(&fell_back.from, &route.model, fell_back.reason);
+    }
 
-    let (status, attempts, result) = match finished {
-        Finished::Answered {
-            result: Ok(response),
-            attempts,
-        } => {
+    let status = match &called.result {
+        Ok(response) => {
             if let Some(usage) = response.usage {
                 shared.metrics.prompt_tokens.inc_by(usage.prompt_tokens);
                 shared
@@ -227,37 +228,26 @@ async fn decide(
                     .completion_tokens
                     .inc_by(usage.completion_tokens);
             }
-            (Status::Ok, attempts, Ok(response))
+            Status::Ok
         }
-        Finished::Answered {
-            result: Err(e),
-            attempts,
-        } => (Status::Error, attempts, Err(reply_error(&e))),
-        Finished::Expired {
-            attempts,
-            last_error,
-        } => {
-            let message = match last_error {
-                Some(e) => format!("the deadline passed while retrying; last error: {e}"),
-                None => "the deadline passed before the backend was called".into(),
-            };
-            (
-                Status::Expired,
-                attempts,
-                Err(ReplyError {
-                    kind: "expired".into(),
-                    message,
-                    status: None,
-                }),
-            )
-        }
+        Err(Ended::Failed(_)) => Status::Error,
+        Err(Ended::Expired(_)) => Status::Expired,
     };
     if attempts > 1 {
         shared.metrics.retries.inc_by(u64::from(attempts - 1));
     }
-    let result = result.map(|response| (response.body, response.usage));
+    let result = match called.result {
+        Ok(response) => Ok((response.body, response.usage)),
+        Err(Ended::Failed(e)) => Err(reply_error(&e)),
+        Err(Ended::Expired(error)) => Err(error),
+    };
     let served_by = ServedBy {
-        backend: name,
+        backend: called.backend,
+        fallback_from: route.fell_back.as_ref().map(|f| f.from.clone()),
+        fallback_reason: route
+            .fell_back
+            .as_ref()
+            .map(|f| f.reason.label().to_string()),
         model: route.model,
     };
     reply_output(
@@ -269,6 +259,148 @@ async fn decide(
         timing,
         Some(Box::new(served_by)),
     )
+}
+
+/// How one call of a backend ended.
+struct Called {
+    /// The backend's name.
+    backend: String,
+    result: Result<ChatResponse, Ended>,
+    attempts: u32,
+    elapsed: Duration,
+    /// Chunk records of a stream written to the reply topic (0 for others).
+    relayed: u64,
+}
+
+/// A call that did not answer.
+enum Ended {
+    Failed(BackendError),
+    /// The deadline passed, before or between attempts.
+    Expired(ReplyError),
+}
+
+/// Calls `call`'s backend for `request` as `route`'s model, relaying a stream's chunks
+/// to `topic` as they come.
+async fn call_backend(
+    shared: &Shared,
+    request: &Request,
+    route: &Route,
+    call: Call,
+    topic: &str,
+) -> Called {
+    let Call {
+        backend: name,
+        service: mut backend,
+        breaker,
+    } = call;
+    // A request that falls back on `breaker_open` stops waiting when the breaker opens
+    // (its retries would wait for the backend to come back) and takes its chain.
+    let leaves_when_open = fallback::allowed(request)
+        && !shared
+            .routes
+            .fallbacks(route, FallbackTrigger::BreakerOpen)
+            .is_empty();
+    let chat = ChatRequest::new(backend_body(request, &route.model), request.deadline_ms);
+    let (chat, relay) = if is_streamed(request) {
+        let (sink, receiver) = ChunkSink::new(asks_for_usage(request));
+        let relay = tokio::spawn(chunks::relay(
+            shared.chunk_producer.clone(),
+            topic.to_string(),
+            request.id.clone(),
+            receiver,
+            Duration::from_millis(shared.config.worker.stream_linger_ms),
+        ));
+        (chat.streaming(sink), Some(relay))
+    } else {
+        (chat, None)
+    };
+    let call_started = Instant::now();
+    let called = tower::Service::call(&mut backend, chat);
+    let finished = if leaves_when_open {
+        let mut state = breaker.subscribe();
+        tokio::select! {
+            finished = called => finished,
+            _ = state.wait_for(|s| *s == BreakerState::Open) => Ok(Finished::Answered {
+                result: Err(BackendError::CircuitOpen { retry_in: Duration::ZERO }),
+                attempts: 0,
+            }),
+        }
+    } else {
+        called.await
+    }
+    .unwrap_or_else(|error| Finished::Answered {
+        result: Err(error),
+        attempts: 0,
+    });
+    // Every chunk is written before the final reply, so a reader meets them first.
+    let mut relayed = 0;
+    if let Some(relay) = relay {
+        let done = relay.await.unwrap_or_default();
+        shared.metrics.stream_chunks.inc_by(done.records);
+        shared.metrics.stream_chunks_lost.inc_by(done.lost);
+        relayed = done.records + done.lost;
+    }
+    let elapsed = call_started.elapsed();
+    let (result, attempts) = match finished {
+        Finished::Answered { result, attempts } => (result.map_err(Ended::Failed), attempts),
+        Finished::Expired {
+            attempts,
+            last_error,
+        } => {
+            let message = match last_error {
+                Some(e) => format!("the deadline passed while retrying; last error: {e}"),
+                None => "the deadline passed before the backend was called".into(),
+            };
+            let error = ReplyError {
+                kind: "expired".into(),
+                message,
+                status: None,
+            };
+            (Err(Ended::Expired(error)), attempts)
+        }
+    };
+    Called {
+        backend: name,
+        result,
+        attempts,
+        elapsed,
+        relayed,
+    }
+}
+
+/// After a failed call: the next model of the route's chain for the trigger the error
+/// fires, and a ready backend of it (index, call path); `None` when the request does
+/// not fall back (no trigger, no chain, not allowed, a stream already under way, the
+/// deadline passed, or no model of the chain got ready before it).
+async fn next_in_chain(
+    shared: &Shared,
+    request: &Request,
+    route: &Route,
+    called: &Called,
+) -> Option<(Route, (usize, BackendStack))> {
+    let Err(Ended::Failed(error)) = &called.result else {
+        return None;
+    };
+    let trigger = fallback::trigger_after(error)?;
+    if !fallback::allowed(request) || called.relayed > 0 {
+        return None;
+    }
+    let left = match request.deadline_ms {
+        Some(deadline) => Duration::from_millis(deadline.checked_sub(now_ms())?),
+        None => Duration::MAX,
+    };
+    for next in shared.routes.fallbacks(route, trigger) {
+        if shared.backends.all_open(&next.pool) {
+            continue;
+        }
+        let ready = shared.backends.ready(&next.pool);
+        match tokio::time::timeout(left, ready).await {
+            Ok(Ok(ready)) => return Some((next, ready)),
+            Ok(Err(e)) => tracing::warn!(error = %e, "a fallback backend failed readiness"),
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// The body sent to the backend, for `model` (a model its alias named, sent as the model

@@ -106,20 +106,36 @@ impl MockLlm {
 
     /// Like [`MockLlm::start_on`], each token taking `per_token_ms` more.
     pub async fn start_paced(port: u16, slots: u32, latency_ms: u32, per_token_ms: u32) -> MockLlm {
-        let mut process = SluiceProcess::spawn(
-            [
-                "mock-llm",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--slots",
-                &slots.to_string(),
-                "--latency-ms",
-                &latency_ms.to_string(),
-                "--per-token-ms",
-                &per_token_ms.to_string(),
-            ],
-            Vec::<(String, String)>::new(),
+        MockLlm::start_with(port, slots, latency_ms, per_token_ms, &[]).await
+    }
+
+    /// Like [`MockLlm::start_paced`], with more `mock-llm` flags.
+    pub async fn start_with(
+        port: u16,
+        slots: u32,
+        latency_ms: u32,
+        per_token_ms: u32,
+        flags: &[&str],
+    ) -> MockLlm {
+        let (listen, slots, latency_ms, per_token_ms) = (
+            format!("127.0.0.1:{port}"),
+            slots.to_string(),
+            latency_ms.to_string(),
+            per_token_ms.to_string(),
         );
+        let mut args = vec![
+            "mock-llm",
+            "--listen",
+            &listen,
+            "--slots",
+            &slots,
+            "--latency-ms",
+            &latency_ms,
+            "--per-token-ms",
+            &per_token_ms,
+        ];
+        args.extend_from_slice(flags);
+        let mut process = SluiceProcess::spawn(args, Vec::<(String, String)>::new());
         process
             .wait_for_http_ok(
                 &format!("http://127.0.0.1:{port}/healthz"),

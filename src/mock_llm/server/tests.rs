@@ -439,3 +439,28 @@ async fn admin_slots_change_the_capacity_at_run_time() {
         "refused changes change nothing"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_prompt_longer_than_the_context_is_refused_as_openai_does() {
+    let state = MockState::new(&MockLlmArgs {
+        context_tokens: Some(10),
+        ..MockLlmArgs::default()
+    });
+    let app = app(state);
+    let short = call(
+        &app,
+        chat(json!({"messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(short.status(), StatusCode::OK);
+    let long = json!({"messages": [{"role": "user", "content": "x".repeat(400)}]});
+    let response = call(&app, chat(long)).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body = json_of(response).await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("maximum context length is 10 tokens"),
+        "{message}"
+    );
+    assert_eq!(body["error"]["param"], "messages");
+}

@@ -17,6 +17,8 @@ use super::fallback;
 use super::intake::{Intake, PoolKey, Taken};
 use super::outbox::Outbox;
 use super::process::{self, Call, Shared};
+use crate::backend::stack::BackendStack;
+use crate::backend::BackendError;
 use crate::config::FallbackTrigger;
 
 /// What every dispatcher shares.
@@ -48,23 +50,8 @@ impl Dispatch {
             let (call, index) = if pool.is_empty() {
                 (None, None)
             } else {
-                let mut called = self.around_open_breakers(&pool, &mut entry.item);
-                let leaves_when_open = called == pool && self.can_leave(&entry.item);
-                let ready = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    ready = self.backends.ready(&called) => Some(ready),
-                    _ = self.backends.until_all_open(&pool), if leaves_when_open => None,
-                };
-                // The breakers opened while it waited: its chain, then.
-                let ready = match ready {
-                    Some(ready) => ready,
-                    None => {
-                        called = self.around_open_breakers(&pool, &mut entry.item);
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            ready = self.backends.ready(&called) => ready,
-                        }
-                    }
+                let Some(ready) = self.ready_for(&pool, &mut entry.item, &stop).await else {
+                    return;
                 };
                 match ready {
                     Ok((index, service)) => {
@@ -105,6 +92,32 @@ impl Dispatch {
                 intake.ended(&pool);
                 intake.finished(&pool, key.as_deref());
             });
+        }
+    }
+
+    /// A ready backend for `taken`, of `pool`, or of its `breaker_open` chain when every
+    /// backend of `pool` has its breaker open, before or while it waits; `None` on `stop`.
+    async fn ready_for(
+        &self,
+        pool: &[usize],
+        taken: &mut Taken,
+        stop: &CancellationToken,
+    ) -> Option<Result<(usize, BackendStack), BackendError>> {
+        let called = self.around_open_breakers(pool, taken);
+        let leaves_when_open = called == pool && self.can_leave(taken);
+        let ready = tokio::select! {
+            _ = stop.cancelled() => return None,
+            ready = self.backends.ready(&called) => Some(ready),
+            _ = self.backends.until_all_open(pool), if leaves_when_open => None,
+        };
+        if ready.is_some() {
+            return ready;
+        }
+        // The breakers opened while it waited: its chain, then.
+        let called = self.around_open_breakers(pool, taken);
+        tokio::select! {
+            _ = stop.cancelled() => None,
+            ready = self.backends.ready(&called) => Some(ready),
         }
     }
 

@@ -334,26 +334,46 @@ impl Intake {
             .then(|| topic.to_string())
     }
 
+    /// Where a request goes: the backends of its model, or of its `deadline` chain when
+    /// they cannot start it in time ([`fallback::by_deadline`]); `None` when it does not
+    /// decode or nothing serves its model.
+    fn route_of(&self, request: &Result<Request, DecodeError>) -> Option<Route> {
+        let request = request.as_ref().ok()?;
+        let model = request
+            .body
+            .get("model")
+            .and_then(serde_json::Value::as_str);
+        let route = self.routes.resolve(model)?;
+        if !fallback::allowed(request) {
+            return Some(route);
+        }
+        let state = self.lock_state();
+        let now = std::time::Instant::now();
+        Some(fallback::by_deadline(
+            &self.routes,
+            route,
+            request.deadline_ms,
+            |pool| state.expected_wait(pool, now),
+        ))
+    }
+
+    /// Writes `message` (taken as `ticket`) to `topic` in the background, counted in
+    /// `forwarding` until written.
+    fn spawn_forward(&self, message: OwnedMessage, topic: String, ticket: Ticket) {
+        let (tasks, group) = &self.forwards;
+        self.forwarding.fetch_add(1, Ordering::Relaxed);
+        let counted = Forwarding(self.forwarding.clone());
+        let forward = overflow::forward(self.outbox.clone(), message, topic, ticket, group.clone());
+        tasks.spawn(async move {
+            forward.await;
+            drop(counted);
+        });
+    }
+
     fn push(&self, message: OwnedMessage) {
         let ticket = self.outbox.take(&message);
         let request = envelope::decode_request(message.payload().unwrap_or_default());
-        let route = request.as_ref().ok().and_then(|r| {
-            let model = r.body.get("model").and_then(serde_json::Value::as_str);
-            self.routes.resolve(model)
-        });
-        let route = match (route, &request) {
-            (Some(route), Ok(r)) if fallback::allowed(r) => {
-                let state = self.lock_state();
-                let now = std::time::Instant::now();
-                Some(fallback::by_deadline(
-                    &self.routes,
-                    route,
-                    r.deadline_ms,
-                    |pool| state.expected_wait(pool, now),
-                ))
-            }
-            (route, _) => route,
-        };
+        let route = self.route_of(&request);
         let key = route.as_ref().map_or_else(Vec::new, |r| r.pool.clone());
         let ordering_key = request.as_ref().ok().and_then(|r| r.ordering_key.clone());
         let tenant = request
@@ -372,15 +392,7 @@ impl Intake {
                 }
                 state.overflowing.insert(key);
                 drop(state);
-                let (tasks, group) = &self.forwards;
-                self.forwarding.fetch_add(1, Ordering::Relaxed);
-                let counted = Forwarding(self.forwarding.clone());
-                let forward =
-                    overflow::forward(self.outbox.clone(), message, topic, ticket, group.clone());
-                tasks.spawn(async move {
-                    forward.await;
-                    drop(counted);
-                });
+                self.spawn_forward(message, topic, ticket);
                 return;
             }
             let source = message.topic().to_string();

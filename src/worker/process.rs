@@ -171,6 +171,8 @@ async fn decide(
     span.set_attribute(semconv::SLUICE_BACKEND, call.backend.clone());
 
     if request.deadline_ms.is_some_and(|d| started_ms >= d) {
+        tracing::debug!(id = %request.id, model = %route.model, backend = %call.backend,
+            fallback = route.fell_back.is_some(), "expired in the queue of its pool");
         let error = ReplyError {
             kind: "expired".into(),
             message: "the deadline passed before the backend was called".into(),

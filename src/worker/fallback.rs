@@ -4,9 +4,10 @@
 //! and `fallback_reason`). Where each trigger is seen:
 //!
 //! - `deadline`: as the request enters the worker's buffer ([`by_deadline`]): the
-//!   expected wait for its pool (what is buffered ahead over the pool's recent pace) is
+//!   expected wait for its pool (what is ahead of it over the pool's recent pace) is
 //!   longer than the time left to its deadline, and a model of the chain can start it in
-//!   time;
+//!   time (a request moved so, and read back from that model's overflow topic, stays
+//!   moved: [`moved_to`]);
 //! - `breaker_open`: as its turn comes, every backend of its pool has its breaker open
 //!   ([`super::dispatch`]); or the breaker opens while its call waits to retry;
 //! - `retries_exhausted` and `context_too_long`: after the call, by the error it ended in
@@ -149,6 +150,20 @@ pub(crate) fn by_deadline(
         .unwrap_or(route)
 }
 
+/// The route of a request read back from the overflow topic of `pool`: when `pool` is
+/// not its model's own but that of a model of its `deadline` chain, the request was moved
+/// there as it first entered a worker, and keeps that route (judged again, it could go
+/// back to the pool it was moved away from, and expire there).
+pub(crate) fn moved_to(routes: &Routes, route: &Route, pool: &[usize]) -> Option<Route> {
+    if route.pool == pool {
+        return None;
+    }
+    routes
+        .fallbacks(route, FallbackTrigger::Deadline)
+        .into_iter()
+        .find(|next| next.pool == pool)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +254,25 @@ mod tests {
             },
         );
         Routes::from_config(&config)
+    }
+
+    #[test]
+    fn a_request_read_back_from_its_fallback_s_overflow_topic_keeps_its_move() {
+        let routes = routes();
+        let big = routes.resolve(Some("big-m")).unwrap();
+        let kept = moved_to(&routes, &big, &[1]).expect("small's pool is of its chain");
+        assert_eq!(kept.model, "small-m");
+        assert_eq!(kept.fell_back.unwrap().reason, FallbackTrigger::Deadline);
+        assert_eq!(
+            moved_to(&routes, &big, &[0]),
+            None,
+            "its own pool: judged again"
+        );
+        assert_eq!(
+            moved_to(&routes, &big, &[0, 1]),
+            None,
+            "no model of its chain"
+        );
     }
 
     #[test]

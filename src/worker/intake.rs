@@ -336,8 +336,13 @@ impl Intake {
 
     /// Where a request goes: the backends of its model, or of its `deadline` chain when
     /// they cannot start it in time ([`fallback::by_deadline`]); `None` when it does not
-    /// decode or nothing serves its model.
-    fn route_of(&self, request: &Result<Request, DecodeError>) -> Option<Route> {
+    /// decode or nothing serves its model. One read back from the overflow topic of a
+    /// pool of its chain was moved there already, and stays.
+    fn route_of(
+        &self,
+        request: &Result<Request, DecodeError>,
+        read_back_for: Option<&PoolKey>,
+    ) -> Option<Route> {
         let request = request.as_ref().ok()?;
         let model = request
             .body
@@ -346,6 +351,10 @@ impl Intake {
         let route = self.routes.resolve(model)?;
         if !fallback::allowed(request) {
             return Some(route);
+        }
+        if let Some(moved) = read_back_for.and_then(|p| fallback::moved_to(&self.routes, &route, p))
+        {
+            return Some(moved);
         }
         let state = self.lock_state();
         let now = std::time::Instant::now();
@@ -373,7 +382,7 @@ impl Intake {
     fn push(&self, message: OwnedMessage) {
         let ticket = self.outbox.take(&message);
         let request = envelope::decode_request(message.payload().unwrap_or_default());
-        let route = self.route_of(&request);
+        let route = self.route_of(&request, self.overflow.pool_of(message.topic()));
         let key = route.as_ref().map_or_else(Vec::new, |r| r.pool.clone());
         let ordering_key = request.as_ref().ok().and_then(|r| r.ordering_key.clone());
         let tenant = request

@@ -24,6 +24,10 @@ pub struct Routes {
     fallbacks: BTreeMap<String, (Vec<String>, Vec<FallbackTrigger>)>,
 }
 
+/// A pool of backends, by index into [`Routes::backends`] (empty: none; a request that
+/// does not decode or names a model nothing serves is answered without a backend).
+pub(crate) type PoolKey = Vec<usize>;
+
 /// Where one request goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {

@@ -27,6 +27,18 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// The final replies to `ids` on the reply topic of `topics`, read until all came, for at
+/// most `timeout`, and then `quiet` longer.
+async fn replies_of(
+    bootstrap: &str,
+    topics: &Topics,
+    ids: &[String],
+    timeout: Duration,
+    quiet: Duration,
+) -> support::pipeline::Replies {
+    collect_replies(reader_config(bootstrap), &topics.reply, ids, timeout, quiet).await
+}
+
 /// A request body for `model`.
 fn body(model: &str) -> Value {
     json!({"body": {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}})
@@ -89,9 +101,9 @@ async fn each_model_goes_to_the_backends_that_serve_it() {
     let fast = produce_requests_with(&bootstrap, request, 60, "fast", body("fast")).await;
     let unknown = produce_requests_with(&bootstrap, request, 5, "nobody", body("gpt-5")).await;
     let ids: Vec<String> = [llama.clone(), fast.clone(), unknown.clone()].concat();
-    let replies = collect_replies(
-        reader_config(&bootstrap),
-        &topics.reply,
+    let replies = replies_of(
+        &bootstrap,
+        &topics,
         &ids,
         Duration::from_secs(60),
         Duration::from_secs(1),
@@ -168,9 +180,9 @@ async fn a_backend_that_is_down_holds_back_only_its_own_models_requests() {
     produce_requests_with(&bootstrap, &topics.request, 20, "big", body("big")).await;
     let small =
         produce_requests_with(&bootstrap, &topics.request, 40, "small", body("small")).await;
-    let replies = collect_replies(
-        reader_config(&bootstrap),
-        &topics.reply,
+    let replies = replies_of(
+        &bootstrap,
+        &topics,
         &small,
         Duration::from_secs(30),
         Duration::from_millis(500),
@@ -210,9 +222,9 @@ async fn a_slow_pools_backlog_waits_in_its_overflow_topic_not_in_front_of_the_ot
     let small =
         produce_requests_with(&bootstrap, &topics.request, 40, "small", body("small")).await;
     // Behind 52 slow requests in a buffer of 8, the fast pool's would wait ~13 s.
-    let early = collect_replies(
-        reader_config(&bootstrap),
-        &topics.reply,
+    let early = replies_of(
+        &bootstrap,
+        &topics,
         &small,
         Duration::from_secs(6),
         Duration::from_millis(200),
@@ -231,9 +243,9 @@ async fn a_slow_pools_backlog_waits_in_its_overflow_topic_not_in_front_of_the_ot
     );
 
     let all: Vec<String> = [big.clone(), small.clone()].concat();
-    let replies = collect_replies(
-        reader_config(&bootstrap),
-        &topics.reply,
+    let replies = replies_of(
+        &bootstrap,
+        &topics,
         &all,
         Duration::from_secs(60),
         Duration::from_secs(1),
@@ -299,9 +311,9 @@ async fn fallback_chains_serve_what_the_named_model_cannot() {
     kept["fallback"] = json!(false);
     let not_moved = produce_requests_with(&bootstrap, request, 3, "kept", kept).await;
     let ids: Vec<String> = [too_long.clone(), fits.clone(), to_down.clone()].concat();
-    let replies = collect_replies(
-        reader_config(&bootstrap),
-        &topics.reply,
+    let replies = replies_of(
+        &bootstrap,
+        &topics,
         &ids,
         Duration::from_secs(60),
         Duration::from_millis(500),
@@ -345,9 +357,9 @@ async fn fallback_chains_serve_what_the_named_model_cannot() {
         "not served elsewhere meanwhile"
     );
     let _back = MockLlm::start_paced(down_port, 4, 20, 0).await;
-    let later = collect_replies(
-        reader_config(&bootstrap),
-        &topics.reply,
+    let later = replies_of(
+        &bootstrap,
+        &topics,
         &not_moved,
         Duration::from_secs(60),
         Duration::from_millis(200),
@@ -415,9 +427,9 @@ async fn a_deadline_the_big_model_cannot_meet_is_served_by_the_small_one() {
     hurried["deadline_ms"] = json!(now_ms() + 1_500);
     let urgent = produce_requests_with(&bootstrap, request, 10, "urgent", hurried).await;
     let ids: Vec<String> = [backlog.clone(), urgent.clone()].concat();
-    let replies = collect_replies(
-        reader_config(&bootstrap),
-        &topics.reply,
+    let replies = replies_of(
+        &bootstrap,
+        &topics,
         &ids,
         Duration::from_secs(60),
         Duration::from_millis(500),

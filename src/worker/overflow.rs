@@ -13,6 +13,7 @@
 //! without overflow (its requests are buffered as with one pool).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,6 @@ use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
 use tracing::Instrument;
 
-use super::intake::PoolKey;
 use super::outbox::Outbox;
 use super::output::{Forward, Output};
 use crate::config::Config;
@@ -28,7 +28,7 @@ use crate::envelope::headers;
 use crate::kafka::consumer::WorkerConsumer;
 use crate::kafka::metadata::partition_ids;
 use crate::kafka::offsets::Ticket;
-use crate::routing::Routes;
+use crate::routing::{PoolKey, Routes};
 use crate::telemetry::{propagation, semconv};
 
 /// How long the metadata lookups of [`Overflow::prepare`] may take.
@@ -146,6 +146,22 @@ impl Overflow {
             + message.key().map_or(0, <[u8]>::len)
             + headers;
         size <= self.max_bytes
+    }
+}
+
+/// One forward counted (in the intake's count of unwritten forwards) until dropped.
+pub(crate) struct Unwritten(Arc<AtomicUsize>);
+
+impl Unwritten {
+    pub(crate) fn count(unwritten: &Arc<AtomicUsize>) -> Self {
+        unwritten.fetch_add(1, Ordering::Relaxed);
+        Self(unwritten.clone())
+    }
+}
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
